@@ -1,0 +1,1 @@
+"""The ``scratchllm`` command line: one thin module per verb over library functions."""

@@ -1,0 +1,137 @@
+"""GPTConfig: one dataclass that describes every GPT this project builds, plus named presets.
+
+GPT-2 is the default. Later ideas — RoPE, ALiBi, RMSNorm, post-norm, SwiGLU, grouped-query
+attention, Mixture-of-Experts — are *switches* on this config, not forks of the model code, so a
+learner can change one thing at a time and compare (``scratchllm compare``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from scratchllm.errors import ScratchLLMError
+
+PosEmb = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+Activation = Literal["gelu", "relu", "swiglu"]
+
+
+@dataclass
+class GPTConfig:
+    # --- size (the book's GPT_CONFIG_124M by default) ---
+    vocab_size: int = 50257
+    context_length: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    #: key/value heads for grouped-query attention; None means n_head (plain multi-head).
+    n_kv_head: int | None = None
+    #: FFN hidden width; None means 4 * n_embd (GELU/ReLU) or the usual 8/3 * n_embd rounded (SwiGLU).
+    ffn_hidden: int | None = None
+    # --- regularisation and biases ---
+    dropout: float = 0.0
+    #: biases in the linear layers and LayerNorms (GPT-2: yes).
+    bias: bool = True
+    #: bias on the query/key/value projection; None means "same as bias".
+    qkv_bias: bool | None = None
+    #: share the token embedding matrix with the output head (GPT-2: yes).
+    tie_weights: bool = True
+    # --- architecture switches ---
+    pos_emb: PosEmb = "learned"
+    rope_base: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_position: NormPosition = "pre"
+    norm_eps: float = 1e-5
+    activation: Activation = "gelu"
+    # --- Mixture-of-Experts feed-forward (0 experts = the dense FFN) ---
+    n_experts: int = 0
+    moe_top_k: int = 2
+    moe_aux_loss_coef: float = 0.01
+    moe_z_loss_coef: float = 0.0
+    # --- initialisation ---
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # The effective values of the "None means ..." fields.
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def use_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.activation == "swiglu":
+            # Same parameter count as a 4x GELU FFN: 3 matrices of 8/3 d instead of 2 of 4 d,
+            # rounded up to a multiple of 64 for friendlier matmul shapes.
+            return 64 * -(-int(8 * self.n_embd / 3) // 64)
+        return 4 * self.n_embd
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise ScratchLLMError(f"invalid model config: {msg}")
+
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.n_embd % self.n_head:
+            bad(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            bad(f"RoPE needs an even head dimension (n_embd/n_head = {self.head_dim})")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.moe_top_k <= self.n_experts):
+            bad(f"moe_top_k ({self.moe_top_k}) must be between 1 and n_experts ({self.n_experts})")
+
+
+# name -> {"model": GPTConfig overrides, "train": TrainConfig overrides, "description": str}
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "description": "GPT-2 small, 124M parameters (Hugging Face 'gpt2')",
+        "model": dict(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, n_embd=768),
+    },
+    "gpt2-medium": {
+        "description": "GPT-2 medium, 355M parameters",
+        "model": dict(vocab_size=50257, context_length=1024, n_layer=24, n_head=16, n_embd=1024),
+    },
+    "gpt2-large": {
+        "description": "GPT-2 large, 774M parameters",
+        "model": dict(vocab_size=50257, context_length=1024, n_layer=36, n_head=20, n_embd=1280),
+    },
+    "gpt2-xl": {
+        "description": "GPT-2 XL, 1.56B parameters",
+        "model": dict(vocab_size=50257, context_length=1024, n_layer=48, n_head=25, n_embd=1600),
+    },
+    "char-shakespeare": {
+        "description": "small character-level GPT for tinyshakespeare on a laptop CPU",
+        "model": dict(context_length=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        "train": dict(batch_size=12, max_steps=2000, lr=1e-3, warmup_steps=100),
+    },
+    "tiny": {
+        "description": "a very small GPT for tests and quick experiments",
+        "model": dict(context_length=64, n_layer=2, n_head=2, n_embd=64),
+        "train": dict(batch_size=8, max_steps=200, lr=1e-3, warmup_steps=10),
+    },
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """Return a preset's sections (``model``/``train``), or raise listing the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ScratchLLMError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None

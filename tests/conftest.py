@@ -1,0 +1,26 @@
+"""Shared test fixtures.
+
+Reference data (tinyshakespeare, the-verdict, GPT-2's encoder.json/vocab.bpe, instruction data)
+lives in ../shared/data beside the checkout; CI always has it there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"reference data not found at {SHARED_DATA} (CI puts ../shared beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gpt2_files(shared_data: Path) -> Path:
+    return shared_data / "gpt2"
