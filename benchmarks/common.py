@@ -1,0 +1,144 @@
+"""Shared helpers for the benchmarks: robust timing, the machine's matmul peak, tables, results.
+
+Machine noise is large on a shared 2-core box, so every measurement warms up first, repeats,
+and reports the median (the typical cost) and the min (the cost without interference).
+Every benchmark row compares scratchllm with a peer measured *in the same process run*.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class Timing:
+    median: float
+    min: float
+    runs: list[float] = field(default_factory=list)
+
+
+def time_it(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1, min_time: float = 0.0) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeat`` timed calls (at least ``min_time`` s)."""
+    for _ in range(warmup):
+        fn()
+    runs: list[float] = []
+    start_all = time.perf_counter()
+    while len(runs) < repeat or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+        if len(runs) >= 10 * repeat:
+            break
+    return Timing(statistics.median(runs), min(runs), runs)
+
+
+@dataclass
+class Row:
+    """One comparison: ``ratio`` is how many times better ours is (>1 is better for us)."""
+
+    name: str
+    ours: float
+    peer: float
+    unit: str
+    peer_name: str
+    higher_is_better: bool = True
+    target: str = ""
+    met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.ours / self.peer if self.peer else float("inf")
+        return self.peer / self.ours if self.ours else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+
+def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """This machine's fp32 matmul throughput (GFLOP/s) from a large ``torch.mm``, measured now."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    t = time_it(lambda: torch.mm(a, b), repeat=repeat, warmup=2)
+    return 2 * n**3 / t.min / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 1024 / 1024
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def format_table(rows: list[Row]) -> str:
+    """A markdown table: what, ours, peer, ratio, unit, target."""
+    lines = [
+        "| benchmark | scratchllm | peer | peer value | ratio (×, >1 = ours better) | unit | target | met |",
+        "|---|---:|---|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(
+            f"| {r.name} | {r.ours:,.3g} | {r.peer_name} | {r.peer:,.3g} | {r.ratio:.2f} | {r.unit} "
+            f"| {r.target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(name: str, rows: list[Row], extra: dict[str, Any] | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (machine info, rows, extra)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "rows": [r.to_dict() for r in rows],
+        **(extra or {}),
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

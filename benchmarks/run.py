@@ -1,0 +1,75 @@
+"""Run the peer benchmarks and print one table.
+
+    python -m benchmarks.run --quick          # small sizes, < 2 minutes (CI runs this)
+    python -m benchmarks.run --full           # the sizes the README's table reports
+    python -m benchmarks.run --full --only generate train
+
+Each ``benchmarks/bench_*.py`` module exposes ``run(quick: bool) -> list[Row | dict]``; rows are
+written to ``benchmarks/results/<module>.json`` and summarised in ``results/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR, Row, format_table, machine_info, write_results
+
+BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality"]
+
+
+def _as_row(r: Row | dict) -> Row:
+    if isinstance(r, Row):
+        return r
+    r = dict(r)
+    r.pop("ratio", None)
+    known = {f for f in Row.__dataclass_fields__}
+    extra = {k: v for k, v in r.items() if k not in known}
+    kwargs = {k: v for k, v in r.items() if k in known}
+    kwargs.setdefault("peer_name", "peer")
+    kwargs.setdefault("extra", {}).update(extra)
+    return Row(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (default)")
+    size.add_argument("--full", action="store_true", help="the full sizes reported in the README")
+    p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these benchmarks")
+    args = p.parse_args(argv)
+    quick = not args.full
+    names = args.only or BENCHMARKS
+    all_rows: list[Row] = []
+    failed: list[str] = []
+    for name in names:
+        module_name = f"benchmarks.bench_{name}"
+        if importlib.util.find_spec(module_name) is None:
+            print(f"[{name}] not available", file=sys.stderr)
+            failed.append(name)
+            continue
+        print(f"[{name}] running ({'quick' if quick else 'full'}) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        rows = [_as_row(r) for r in importlib.import_module(module_name).run(quick=quick)]
+        write_results(name + ("-quick" if quick else ""), rows)
+        print(format_table(rows), flush=True)
+        print(f"[{name}] {time.perf_counter() - t0:.1f} s\n", file=sys.stderr, flush=True)
+        all_rows.extend(rows)
+    info = machine_info()
+    summary = (
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {info.get('cpu_model', info['processor'])}, "
+        f"{info['cpus']} cores, torch {info.get('torch')} ({'quick' if quick else 'full'} sizes).\n\n"
+        + format_table(all_rows)
+        + "\n"
+    )
+    out = Path(RESULTS_DIR) / ("summary-quick.md" if quick else "summary.md")
+    out.write_text(summary)
+    print(summary)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
