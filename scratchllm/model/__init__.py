@@ -18,6 +18,12 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "gpt": ("scratchllm.model.config:GPTConfig", "scratchllm.model.gpt:GPTModel"),
     "bert": ("scratchllm.model.bert:BertConfig", "scratchllm.model.bert:BertModel"),
     "seq2seq": ("scratchllm.model.seq2seq:Seq2SeqConfig", "scratchllm.model.seq2seq:Seq2SeqTransformer"),
+    # Fine-tuned GPTs (scratchllm finetune): LoRA adapters, and a classification head.
+    "gpt-lora": ("scratchllm.finetune.models:GPTLoRAConfig", "scratchllm.finetune.models:GPTLoRAModel"),
+    "gpt-classifier": (
+        "scratchllm.finetune.models:GPTClassifierConfig",
+        "scratchllm.finetune.models:GPTClassifier",
+    ),
 }
 
 

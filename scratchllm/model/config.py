@@ -15,7 +15,8 @@ from scratchllm.errors import ScratchLLMError
 PosEmb = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-Activation = Literal["gelu", "relu", "swiglu"]
+#: "gelu" is GPT-2's tanh approximation; "gelu_erf" the exact erf form (BERT, Hugging Face "gelu").
+Activation = Literal["gelu", "gelu_erf", "relu", "swiglu"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import EOT, Tokenizer
+from scratchllm.tokenizer.base import EOT, Tokenizer, split_on_specials
 
 
 class CharTokenizer(Tokenizer):
@@ -43,22 +43,19 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        pieces = [text]
         # Split out special tokens first so "<|endoftext|>" becomes one id, not 13 characters.
-        for s in self.special_tokens:
-            pieces = [part for piece in pieces for part in _split_keep(piece, s)]
-        for piece in pieces:
-            if piece in self.special_tokens:
+        for piece, is_special in split_on_specials(text, self.special_tokens):
+            if is_special:
                 ids.append(self.special_tokens[piece])
                 continue
-            for pos, ch in enumerate(piece):
-                i = self.stoi.get(ch)
-                if i is None:
-                    raise ScratchLLMError(
-                        f"character {ch!r} (U+{ord(ch):04X}, at position {pos}) is not in this char "
-                        f"tokenizer's vocabulary of {len(self.chars)} characters"
-                    )
-                ids.append(i)
+            try:
+                ids.extend(map(self.stoi.__getitem__, piece))  # C-speed lookups
+            except KeyError:
+                pos, ch = next((k, c) for k, c in enumerate(piece) if c not in self.stoi)
+                raise ScratchLLMError(
+                    f"character {ch!r} (U+{ord(ch):04X}, at position {pos}) is not in this char "
+                    f"tokenizer's vocabulary of {len(self.chars)} characters"
+                ) from None
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -73,16 +70,3 @@ class CharTokenizer(Tokenizer):
         specials = sorted(data.get("special_tokens", {}).items(), key=lambda kv: kv[1])
         return cls(data["chars"], [s for s, _ in specials])
 
-
-def _split_keep(text: str, sep: str) -> list[str]:
-    """``"a<s>b"`` split on ``<s>`` keeping the separator: ``["a", "<s>", "b"]``."""
-    if sep not in text:
-        return [text]
-    parts = text.split(sep)
-    out: list[str] = []
-    for k, part in enumerate(parts):
-        if part:
-            out.append(part)
-        if k < len(parts) - 1:
-            out.append(sep)
-    return out

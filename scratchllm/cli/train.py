@@ -1,0 +1,138 @@
+"""Pretrain a model on token shards from 'scratchllm prepare'.
+
+Config resolves as: defaults -> --preset -> --config file.toml -> --set key=value (model and
+train keys alike; 'scratchllm inspect --list-presets' lists presets). The model's vocab_size comes
+from the data. The run directory gets config.json, tokenizer.json, model.safetensors,
+best.safetensors, checkpoints/, metrics.jsonl and loss.png.
+
+Ctrl-C or SIGTERM saves a checkpoint at the current step and exits; continue with the same
+command plus --resume (bit-exact on the same machine). Several processes: run the same command
+under 'torchrun --nproc_per_node K'.
+
+exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input, 3 loss stayed non-finite
+(the last good checkpoint is kept), 130 interrupted by Ctrl-C (after saving).
+
+examples:
+  scratchllm train --data data/shakespeare --out runs/shakespeare --preset char-shakespeare
+  scratchllm train --data data/shakespeare --out runs/shakespeare --preset char-shakespeare --resume
+  scratchllm train --data data/d --out runs/r --preset tiny --set max_steps=500 --set lr=3e-4
+  torchrun --nproc_per_node 2 -m scratchllm train --data data/d --out runs/ddp --preset tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scratchllm.cli.common import add_config_args, add_json_arg, add_out_arg, add_seed_arg, print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="prepared data directory (train.bin, val.bin, meta.json)")
+    add_out_arg(p, help="run directory to create (or continue with --resume)")
+    p.add_argument("--arch", default=None, help="architecture: gpt (default), bert, seq2seq")
+    add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint")
+    add_seed_arg(p)
+    p.add_argument("--device", default=None, help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument(
+        "--allow-world-size-change",
+        action="store_true",
+        help="resume with a different number of processes (not bit-exact)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or samples")
+    add_json_arg(p)
+
+
+def make_echo(quiet: bool):
+    """Messages during training go to stderr, above the progress bar; only rank 0 speaks."""
+    if quiet or int(os.environ.get("RANK", "0")) != 0:
+        return lambda msg: None
+
+    def echo(msg: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+
+    return echo
+
+
+def summary(result, out: str) -> dict:
+    return {
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "tokens_seen": result.tokens_seen,
+        "elapsed": round(result.elapsed, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "loss": result.final_loss,
+        "val_loss": result.last_eval.get("val_loss"),
+        "perplexity": result.last_eval.get("perplexity"),
+        "best_val_loss": result.best_val_loss,
+        "skipped_steps": result.skipped_steps,
+        "interrupted": result.interrupted,
+    }
+
+
+def print_summary(result, out: str) -> None:
+    s = summary(result, out)
+    line = f"step {s['step']}: {s['tokens_seen']:,} tokens in {s['elapsed']:.1f} s ({s['tokens_per_s']:,.0f} tokens/s)"
+    if s["loss"] is not None:
+        line += f", train loss {s['loss']:.4f}"
+    if s["val_loss"] is not None:
+        line += f", val loss {s['val_loss']:.4f} (perplexity {s['perplexity']:.2f})"
+    print(line)
+    if s["skipped_steps"]:
+        print(f"skipped {s['skipped_steps']} step(s) with non-finite or spiking loss (see metrics.jsonl)")
+    print(f"saved run to {out}")
+
+
+def exit_code(result) -> int:
+    """0 when done or stopped by SIGTERM (after saving), 130 for Ctrl-C, as shells expect."""
+    return 130 if result.interrupted == "SIGINT" else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.errors import ScratchLLMError
+
+    if args.force and args.resume:
+        raise ScratchLLMError("--force and --resume contradict each other: choose one")
+    from scratchllm.train.distributed import shutdown_distributed
+    from scratchllm.train.pretrain import pretrain, setup_pretraining
+
+    setup = setup_pretraining(
+        args.data,
+        args.out,
+        arch=args.arch,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=args.overrides,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+    )
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = pretrain(
+            setup,
+            args.out,
+            force=args.force,
+            progress=not (args.quiet or args.json),
+            allow_world_size_change=args.allow_world_size_change,
+            echo=make_echo(args.quiet or args.json),
+        )
+    finally:
+        from scratchllm.train.distributed import DistEnv
+
+        shutdown_distributed(DistEnv(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    if main_rank:
+        if args.json:
+            print_json(summary(result, args.out))
+        else:
+            if result.interrupted in ("SIGINT", "SIGTERM"):
+                print(f"{result.interrupted} received: saved a checkpoint at step {result.step}; "
+                      "continue with the same command plus --resume", file=sys.stderr)
+            print_summary(result, args.out)
+            if setup.arch == "gpt":
+                print(f"try it: scratchllm generate --model {args.out} --prompt \"...\"")
+    return exit_code(result)

@@ -1,0 +1,223 @@
+"""Labelled text for classification fine-tuning: read, check, balance, split, encode, batch.
+
+A classification file is a table with a text column and a label column, as CSV, TSV or JSON
+Lines (one object per line; a ``.json`` file holding a list of objects works too)::
+
+    label,text
+    ham,"Are we still on for lunch?"
+    spam,"WINNER!! Claim your prize now"
+
+Column names are configurable (``--text-column`` / ``--label-column``). Labels are strings; the
+class ids are the training labels in sorted order (``ham`` = 0, ``spam`` = 1, as in the book's
+spam example), and a val/test row with a label the training data never had is an error.
+
+Batches are right-padded with ``<|endoftext|>`` and carry each row's real length, because the
+classifier reads the model's output at the **last real token** — with causal attention that is
+the only position that has seen the whole text, and padding after it cannot change it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+JSON_FORMATS = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass
+class Example:
+    text: str
+    label: str
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows as dicts plus the column names seen, for any supported format."""
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet exports
+    except FileNotFoundError:
+        raise ScratchLLMError(f"data file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ScratchLLMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if suffix in TABLE_FORMATS:
+        reader = csv.DictReader(raw.splitlines(), delimiter=TABLE_FORMATS[suffix])
+        try:
+            rows = list(reader)
+        except csv.Error as err:
+            raise ScratchLLMError(f"{path} is not valid {suffix[1:].upper()}: {err}") from None
+        return rows, list(reader.fieldnames or [])
+    if suffix in JSON_FORMATS:
+        rows = []
+        stripped = raw.lstrip()
+        if suffix == ".json" and stripped.startswith("["):
+            try:
+                rows = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ScratchLLMError(f"{path} is not valid JSON ({err})") from None
+        else:
+            for n, line in enumerate(raw.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ScratchLLMError(f"{path} line {n} is not valid JSON ({err.msg})") from None
+        for n, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise ScratchLLMError(f"{path} record {n} is not a JSON object")
+        columns: list[str] = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+        return rows, columns
+    raise ScratchLLMError(
+        f"cannot tell the format of {path}: use a .csv, .tsv, .jsonl or .json file "
+        "(CSV with a header row; JSON Lines with one object per line)"
+    )
+
+
+def read_labelled_file(
+    path: str | Path, *, text_column: str = "text", label_column: str = "label"
+) -> list[Example]:
+    """Read a labelled file, checking that both columns exist and no text or label is empty."""
+    path = Path(path)
+    rows, columns = _read_rows(path)
+    for col, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if col not in columns:
+            raise ScratchLLMError(
+                f"{path} has no column {col!r}; its columns are: {', '.join(columns) or '(none)'} "
+                f"(choose with {flag})"
+            )
+    if not rows:
+        raise ScratchLLMError(f"{path} has no rows")
+    examples = []
+    for n, row in enumerate(rows, start=1):
+        text, label = row.get(text_column), row.get(label_column)
+        if text is None or not str(text).strip():
+            raise ScratchLLMError(f"{path} row {n}: empty text in column {text_column!r}")
+        if label is None or not str(label).strip():
+            raise ScratchLLMError(f"{path} row {n}: empty label in column {label_column!r}")
+        examples.append(Example(str(text), str(label).strip()))
+    return examples
+
+
+def label_names(examples: Sequence[Example]) -> list[str]:
+    """The classes, in sorted order: class id i is ``label_names(...)[i]``."""
+    names = sorted({e.label for e in examples})
+    if len(names) < 2:
+        raise ScratchLLMError(f"classification needs at least 2 labels; the training data has only {names}")
+    return names
+
+
+def check_labels(examples: Sequence[Example], labels: Sequence[str], *, where: str) -> None:
+    """Refuse val/test rows whose label the classifier cannot output."""
+    known = set(labels)
+    for n, e in enumerate(examples, start=1):
+        if e.label not in known:
+            raise ScratchLLMError(
+                f"{where} row {n} has label {e.label!r}, which the training data does not have "
+                f"(labels: {', '.join(labels)})"
+            )
+
+
+# ----------------------------------------------------------------------------- balancing, splitting
+
+
+def balance_undersample(examples: Sequence[Example], *, seed: int = 0) -> list[Example]:
+    """Keep an equal number of rows per class (the smallest class's count), chosen at random.
+
+    The book does this to the SMS spam data (747 spam vs 4,825 ham): a classifier trained on the
+    raw imbalance can score 87% accuracy by always answering "ham".
+    """
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    n = min(len(v) for v in by_label.values())
+    rng = random.Random(seed)
+    kept = [e for label in sorted(by_label) for e in rng.sample(by_label[label], n)]
+    rng.shuffle(kept)
+    return kept
+
+
+def parse_split(spec: str | Sequence[float]) -> tuple[float, float, float]:
+    """``"0.7,0.1,0.2"`` → (train, val, test) fractions; they must be >= 0 and sum to 1."""
+    try:
+        parts = [float(x) for x in (spec.split(",") if isinstance(spec, str) else spec)]
+    except ValueError:
+        raise ScratchLLMError(f"--split expects three fractions like 0.7,0.1,0.2; got {spec!r}") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] == 0:
+        raise ScratchLLMError(
+            f"--split expects train,val,test fractions >= 0 summing to 1 (train > 0); got {spec!r}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def split_list(
+    items: Sequence[Any], fractions: tuple[float, float, float], *, seed: int = 0
+) -> tuple[list, list, list]:
+    """Shuffle (with ``seed``) and cut into train/val/test by ``fractions``."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_train = int(len(items) * fractions[0])
+    n_val = int(len(items) * fractions[1])
+    if fractions[2] == 0:  # no test split requested: give the rounding remainder to val
+        n_val = len(items) - n_train
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
+
+
+def label_counts(examples: Sequence[Example]) -> dict[str, int]:
+    return dict(sorted(Counter(e.label for e in examples).items()))
+
+
+# ----------------------------------------------------------------------------- encoding, batching
+
+
+@dataclass
+class EncodedExample:
+    ids: list[int]
+    label: int
+
+
+def encode_examples(
+    examples: Sequence[Example], tokenizer: Any, labels: Sequence[str], *, max_length: int
+) -> tuple[list[EncodedExample], int]:
+    """Token ids and class ids; texts longer than ``max_length`` tokens keep their first part.
+
+    Returns the encoded examples and how many were truncated (so the caller can warn).
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    out, truncated = [], 0
+    for e in examples:
+        ids = tokenizer.encode(e.text)
+        if not ids:
+            raise ScratchLLMError(f"text {e.text!r} encodes to no tokens")
+        if len(ids) > max_length:
+            ids, truncated = ids[:max_length], truncated + 1
+        out.append(EncodedExample(ids, index[e.label]))
+    return out, truncated
+
+
+def collate_classification(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch to its longest row: ``input_ids [B, T]``, ``lengths [B]``, ``labels [B]``."""
+    import torch
+
+    T = max(len(e.ids) for e in batch)
+    input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    for i, e in enumerate(batch):
+        input_ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "lengths": torch.tensor([len(e.ids) for e in batch], dtype=torch.long),
+        "labels": torch.tensor([e.label for e in batch], dtype=torch.long),
+    }

@@ -1,0 +1,89 @@
+"""Measuring a model: loss and perplexity, speed, memory (and, for classifiers, accuracy & co.).
+
+**Loss and perplexity.** The validation loss is the mean cross-entropy of next-token predictions
+on text the model never trained on. Perplexity is ``exp(loss)``: the number of tokens the model
+is, on average, "as unsure as a uniform choice among". A model that knows nothing about a
+65-character vocabulary scores ``exp(ln 65) = 65``; tinyshakespeare char models reach about 4-5.
+Losses are only comparable between models that share a tokenizer (a BPE token carries more text
+than a character, so its loss is naturally higher).
+
+The windows are fixed (:class:`~scratchllm.data.shards.SequentialWindowSampler`), so two
+checkpoints evaluated with the same settings are measured on exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def memory_stats(device: Any = "cpu") -> dict[str, float]:
+    """Peak memory so far: resident set size of the process, and CUDA allocations when on a GPU."""
+    from scratchllm.train.metrics import peak_rss_mb
+
+    out = {"peak_rss_mb": peak_rss_mb()}
+    if str(device).startswith("cuda"):
+        import torch
+
+        out["cuda_max_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def evaluate_lm(
+    model: torch.nn.Module,
+    tokens: Any,
+    *,
+    context_length: int,
+    batch_size: int,
+    max_batches: int | None = None,
+    device: Any = "cpu",
+    name: str = "the validation tokens",
+) -> dict[str, float]:
+    """Mean next-token loss of ``model`` over fixed windows of ``tokens`` (a 1-D id array).
+
+    Returns ``val_loss``, ``perplexity``, ``tokens_per_s`` (forward-pass throughput), ``tokens``
+    (how many predictions were scored), ``batches`` and peak memory (``peak_rss_mb``, plus
+    ``cuda_max_memory_mb`` on a GPU). ``max_batches`` caps the work (None: the whole array). The
+    model is put in eval mode for the measurement and restored to its previous mode afterwards.
+    A split shorter than one batch is evaluated as one smaller batch.
+    """
+    import torch
+
+    from scratchllm.data.shards import SequentialWindowSampler
+    from scratchllm.model.gpt import lm_loss
+
+    n_windows = max(0, (len(tokens) - 1) // context_length)
+    batch_size = max(1, min(batch_size, n_windows))
+    sampler = SequentialWindowSampler(
+        tokens, batch_size, context_length, device=device, drop_last=n_windows >= batch_size, name=name
+    )
+    was_training = model.training
+    model.eval()
+    total, count, batches = 0.0, 0, 0
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            # Sum on the device; one sync at the end instead of one per batch.
+            acc = torch.zeros((), dtype=torch.float64, device=device)
+            for x, y in sampler.batches(max_batches):
+                logits = model(x)
+                acc += lm_loss(logits.float(), y).double() * y.numel()
+                count += y.numel()
+                batches += 1
+            total = float(acc.item())
+    finally:
+        model.train(was_training)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    loss = total / max(count, 1)
+    return {
+        "val_loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "tokens_per_s": count / seconds,
+        "tokens": count,
+        "batches": batches,
+        **memory_stats(device),
+    }

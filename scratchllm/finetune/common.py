@@ -1,0 +1,192 @@
+"""What classification and instruction fine-tuning share: the base model, the config, which
+parameters train, and the LoRA adapter written at the end of a LoRA run.
+
+Fine-tuning is not a second training loop. It is three decisions handed to the one loop
+(:func:`scratchllm.train.loop.train`): a *task* (data + loss + evaluation), a *model* (the
+pretrained base, possibly with a new head or LoRA adapters) and *which parameters train*
+(``requires_grad``; the optimizer only sees those).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.model.lora import AdapterInfo, LoRAConfig, count_parameters, merge_lora, save_adapter
+
+#: The training defaults of the book's fine-tuning chapters (AdamW, lr 5e-5, weight decay 0.1,
+#: batch 8), replacing the pretraining ones; presets, --config and --set still override them.
+FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 5e-5,
+    "weight_decay": 0.1,
+    "batch_size": 8,
+    "warmup_steps": 0,
+    "eval_interval": 50,
+    "eval_steps": 10,
+    "save_interval": 100,
+    "log_interval": 5,
+    "sample_interval": 0,
+}
+#: LoRA trains far fewer numbers from a zero start and wants a bigger step.
+LORA_LR = 5e-4
+
+TRAINABLE_MODES = ("head", "last", "all", "lora")
+
+
+@dataclasses.dataclass
+class ResolvedConfig:
+    train: Any  # TrainConfig
+    dropout: float | None  # a new model dropout, when the user changed it
+    explicit: set[str]  # train keys the user set (so e.g. --epochs does not override max_steps)
+
+
+def resolve_train_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base_dropout: float = 0.0,
+    lora: bool = False,
+) -> ResolvedConfig:
+    """Fine-tuning defaults → preset → TOML → ``--set``, for the train keys plus model ``dropout``.
+
+    The model's shape comes from the base checkpoint, so of the model keys only ``dropout`` may
+    change; anything else is an error that says so.
+    """
+    from scratchllm.config import load_toml, parse_set_args, resolve_configs, split_sections
+    from scratchllm.model.config import GPTConfig, get_preset
+    from scratchllm.train.config import TrainConfig
+
+    defaults = dict(FINETUNE_TRAIN_DEFAULTS)
+    if lora:
+        defaults["lr"] = LORA_LR
+    base = {"train": TrainConfig(**defaults), "model": GPTConfig(dropout=base_dropout)}
+    layers: list[dict[str, Any]] = []
+    preset_layer = None
+    if preset:
+        p = get_preset(preset)
+        preset_layer = {"train": dict(p.get("train", {}))}  # a preset's model shape does not apply
+        layers.append(preset_layer)
+    if config_file:
+        layers.append(load_toml(config_file))
+    set_args = parse_set_args(list(overrides))
+    layers.append(set_args)
+    explicit: set[str] = set()
+    for layer in layers:
+        routed = split_sections(layer, base)
+        explicit |= set(routed["train"])
+        changed_model = set(routed["model"]) - {"dropout"}
+        if changed_model:
+            raise ScratchLLMError(
+                f"model key {sorted(changed_model)[0]!r} cannot change when fine-tuning (the shape comes "
+                "from the base model); only dropout can"
+            )
+    resolved = resolve_configs(base, preset=preset_layer, config_file=config_file, overrides=set_args)
+    dropout = resolved["model"].dropout
+    return ResolvedConfig(resolved["train"], dropout if dropout != base_dropout else None, explicit)
+
+
+def load_base(path: str | Path, device: str = "cpu") -> Any:
+    """Load the pretrained model to fine-tune: a GPT run, checkpoint or Hugging Face GPT-2 dir.
+
+    A ``gpt-lora`` run is merged first (so one can LoRA-tune a LoRA-tuned model). Returns
+    :class:`scratchllm.train.checkpoint.LoadedModel`.
+    """
+    from scratchllm.train.checkpoint import load_model
+
+    loaded = load_model(path, device=device)
+    if loaded.arch == "gpt-lora":
+        merge_lora(loaded.model, untie=True)
+    elif loaded.arch != "gpt":
+        raise ScratchLLMError(
+            f"{path} is a {loaded.arch!r} model; fine-tuning starts from a GPT language model "
+            "(a pretraining run, a checkpoint or a Hugging Face GPT-2 directory)"
+        )
+    if loaded.tokenizer is None:
+        raise ScratchLLMError(f"{path} has no tokenizer.json; fine-tuning needs the base model's tokenizer")
+    return loaded
+
+
+def select_trainable(model: nn.Module, mode: str, *, last_blocks: int = 1) -> tuple[int, int]:
+    """Set ``requires_grad`` for a fine-tuning mode; return (trainable, total) parameter counts.
+
+    * ``head``: only the output head (a linear probe on frozen features);
+    * ``last``: the last ``last_blocks`` transformer blocks, the final norm and the head — the
+      book's choice for classification: the top layers are the most task-specific;
+    * ``all``: everything (the book's choice for instruction tuning);
+    * ``lora``: only the LoRA matrices (plus a classifier's new head, which starts random).
+    """
+    if mode not in TRAINABLE_MODES:
+        raise ScratchLLMError(f"unknown trainable mode {mode!r}; choose from {', '.join(TRAINABLE_MODES)}")
+    from scratchllm.finetune.models import GPTClassifier
+
+    for p in model.parameters():
+        p.requires_grad_(mode == "all")
+    if mode in ("head", "last") or (mode == "lora" and isinstance(model, GPTClassifier)):
+        for p in model.out_head.parameters():
+            p.requires_grad_(True)
+    if mode == "last":
+        n = len(model.blocks)
+        if not 1 <= last_blocks <= n:
+            raise ScratchLLMError(f"--trainable-blocks must be between 1 and {n} (got {last_blocks})")
+        for block in model.blocks[n - last_blocks :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for p in model.final_norm.parameters():
+            p.requires_grad_(True)
+    if mode == "lora":
+        found = False
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                p.requires_grad_(True)
+                found = True
+        if not found:
+            raise ScratchLLMError("trainable mode 'lora' needs LoRA layers (pass --lora-r R)")
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise ScratchLLMError(f"trainable mode {mode!r} leaves nothing to train")
+    return trainable, total
+
+
+def lora_from_args(
+    r: int | None, alpha: float | None, dropout: float, targets: str | None
+) -> LoRAConfig | None:
+    """A :class:`LoRAConfig` from CLI-style values, or None when ``r`` is not given."""
+    if not r:
+        if alpha is not None or targets is not None:
+            raise ScratchLLMError("--lora-alpha/--lora-targets need --lora-r")
+        return None
+    from scratchllm.model.lora import DEFAULT_TARGETS
+
+    return LoRAConfig(
+        r=r,
+        alpha=float(alpha) if alpha is not None else 2.0 * r,
+        dropout=dropout,
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else DEFAULT_TARGETS,
+    )
+
+
+def write_adapter(model: nn.Module, run_dir: str | Path, *, arch: str, info: dict[str, Any]) -> Path:
+    """Save ``RUN/adapter/`` (LoRA weights + a classifier's head) for ``scratchllm lora merge``."""
+    from scratchllm.config import to_dict
+
+    cfg = model.config
+    extra = ("out_head",) if arch == "gpt-classifier" else ()
+    adapter = AdapterInfo(
+        lora=cfg.lora_config(),
+        base_fingerprint=info["base_fingerprint"],
+        base_model=info.get("base_model"),
+        architecture=arch,
+        model=to_dict(cfg),
+        extra_params=extra,
+    )
+    return save_adapter(model, Path(run_dir) / "adapter", adapter)
+
+
+def describe_params(trainable: int, total: int) -> str:
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"

@@ -1,0 +1,110 @@
+"""TrainConfig: every knob of the one training loop, in one dataclass.
+
+The values resolve in the project's usual order — these defaults, then a named preset's
+``"train"`` section (:data:`scratchllm.model.config.PRESETS`), then ``--config file.toml``, then
+``--set key=value`` — through :func:`scratchllm.config.resolve_configs`. The resolved config is
+saved in the run directory's ``config.json`` so a run can always be repeated.
+
+The defaults are sensible for a small GPT on a CPU; the GPT-2-sized recipes (lr 6e-4, betas
+(0.9, 0.95), weight decay 0.1, grad clip 1.0) come from the GPT-2/GPT-3 papers via nanoGPT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from scratchllm.errors import ScratchLLMError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16"]
+
+
+@dataclass
+class TrainConfig:
+    # --- how long and how big ---
+    #: optimizer steps to run (one step = grad_accum_steps micro-batches on every rank).
+    max_steps: int = 1000
+    #: sequences per micro-batch, per process.
+    batch_size: int = 16
+    #: tokens per training window; None means the model's context_length.
+    context_length: int | None = None
+    #: micro-batches whose gradients are summed before one optimizer step (a bigger batch for free).
+    grad_accum_steps: int = 1
+
+    # --- optimizer (AdamW) and learning-rate schedule ---
+    lr: float = 1e-3
+    #: floor of the cosine decay; None means lr / 10 (the Chinchilla recipe).
+    min_lr: float | None = None
+    #: steps of linear warm-up from 0 to lr before the cosine decay starts.
+    warmup_steps: int = 100
+    #: decoupled weight decay, applied only to matrices and embeddings (never to biases or norms).
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    #: clip the global gradient norm to this value; 0 disables clipping (the norm is still measured).
+    grad_clip: float = 1.0
+    #: use the fused AdamW kernel; None means "when this torch build and device offer it".
+    fused_adamw: bool | None = None
+
+    # --- evaluation, samples, logging, checkpoints (intervals are in optimizer steps) ---
+    #: evaluate on the val split every this many steps; 0 means only at the end of training.
+    eval_interval: int = 250
+    #: val batches per evaluation; 0 disables evaluation entirely.
+    eval_steps: int = 20
+    #: print a sample every this many steps; None means "at every evaluation", 0 means never.
+    sample_interval: int | None = None
+    #: new tokens in each sample.
+    sample_tokens: int = 200
+    #: write a checkpoint every this many steps; 0 means only at the end (and on SIGINT/SIGTERM).
+    save_interval: int = 500
+    #: write a metrics.jsonl line (and refresh the progress bar) every this many steps.
+    log_interval: int = 10
+
+    # --- reproducibility and hardware ---
+    seed: int = 1337
+    device: Device = "auto"
+    #: "auto" = bfloat16 autocast on CUDA, float32 elsewhere.
+    dtype: DType = "auto"
+    #: wrap the model in torch.compile (slow to start; pays off on long GPU runs).
+    compile: bool = False
+
+    # --- protection against bad steps ---
+    #: abort (exit code 3) after this many consecutive steps with a non-finite loss or gradient.
+    max_bad_steps: int = 5
+    #: skip a step whose loss is this many standard deviations above the recent mean; 0 = off.
+    spike_zscore: float = 0.0
+    #: how many recent losses the spike detector remembers.
+    spike_window: int = 100
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def effective_min_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise ScratchLLMError(f"invalid train config: {msg}")
+
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "sample_tokens", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "eval_interval", "eval_steps", "save_interval"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.context_length is not None and self.context_length < 1:
+            bad(f"context_length must be >= 1 (got {self.context_length})")
+        if self.sample_interval is not None and self.sample_interval < 0:
+            bad(f"sample_interval must be >= 0 (got {self.sample_interval})")
+        if not self.lr > 0:
+            bad(f"lr must be > 0 (got {self.lr})")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            bad(f"min_lr must be between 0 and lr (got {self.min_lr}, lr {self.lr})")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.spike_zscore < 0:
+            bad("weight_decay, grad_clip and spike_zscore must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            bad(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if self.spike_window < 2:
+            bad(f"spike_window must be >= 2 (got {self.spike_window})")

@@ -1,0 +1,127 @@
+"""What a run remembers about itself: ``metrics.jsonl`` and the ``loss.png`` plot.
+
+``metrics.jsonl`` holds one JSON object per line, one line per event: ``"train"`` (every
+``log_interval`` steps: loss, lr, tokens/s ...), ``"eval"`` (val_loss, perplexity, a sample),
+``"skip"`` (a step thrown away because its loss or gradient was not finite, or spiked) and
+``"stop"``. JSON Lines is append-only by design: each event is one ``write`` + ``flush``, so a
+crash can at worst leave a torn *last* line, which :func:`read_metrics` ignores. On ``--resume``
+the file is rewritten atomically without the events after the resumed step (they belonged to
+the lost future), so the curves stay continuous.
+
+``loss.png`` is re-drawn from that file with matplotlib's Agg backend (no display needed) and
+written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from scratchllm.io import atomic_write_bytes, atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024, 1)
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the file stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogger:
+    """Append events to ``run_dir/metrics.jsonl``. Does nothing when ``enabled`` is False (ranks > 0)."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self._file = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop events after ``step`` (and any torn line): used when resuming from that step."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [json.dumps(e) for e in read_metrics(self.path) if e.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def log(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        record = {"event": event, **{k: _clean(v) for k, v in fields.items()}}
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All complete events of a metrics.jsonl file (a torn or malformed line is skipped)."""
+    events = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str | None = None) -> bool:
+    """Draw train and val loss against the step into ``out_path`` (PNG). False if nothing to plot."""
+    events = read_metrics(metrics_path)
+    train = [(e["step"], _number(e.get("loss"))) for e in events if e.get("event") == "train"]
+    val = [(e["step"], _number(e.get("val_loss"))) for e in events if e.get("event") == "eval"]
+    train = [(s, v) for s, v in train if v is not None]
+    val = [(s, v) for s, v in val if v is not None]
+    if not train and not val:
+        return False
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # render to a file; no window, no display server
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title or "training curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out_path, buf.getvalue())
+    return True

@@ -1,0 +1,490 @@
+"""Tasks for the rest of the transformer family: BERT pretraining and seq2seq translation.
+
+Both implement the :class:`~scratchllm.train.task.Task` protocol, so they train through the one
+loop (:func:`scratchllm.train.loop.train`) with the same checkpoints, resume, metrics and plots as
+the GPT. :func:`build_family_run` turns the ``scratchllm train --arch bert|seq2seq`` arguments into
+``(model, task, configs, tokenizer)`` for that loop.
+
+Batches are drawn from a generator seeded by ``(seed, rank, batch number)``: the batch number is the
+whole state of a :class:`BatchSource`, so ``--resume`` continues with exactly the batches an
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchllm.data import mlm as mlm_data
+from scratchllm.data import seq2seq as s2s_data
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer.base import Tokenizer
+from scratchllm.train.task import model_device, unwrap
+
+
+class SeededBatches:
+    """A resumable ``BatchSource``: batch ``n`` is ``make(random.Random(f(seed, rank, n)))``."""
+
+    def __init__(self, make: Callable[[random.Random], dict], *, seed: int, rank: int = 0) -> None:
+        self.make, self.seed, self.rank, self.n = make, seed, rank, 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"{self.seed}/{self.rank}/{self.n}")
+        self.n += 1
+        return self.make(rng)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_drawn": self.n}
+
+    def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
+        self.n = int(state["batches_drawn"])
+
+
+# =========================================================================== BERT
+
+
+class BertPretrainingTask:
+    """MLM and/or NSP pretraining (see :mod:`scratchllm.data.mlm`).
+
+    ``evaluate`` reports ``val_loss`` (MLM + NSP), ``perplexity`` (of the MLM loss),
+    ``masked_token_accuracy`` and ``nsp_accuracy`` on fixed held-out batches.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train_docs: list[list[str]],
+        val_docs: list[list[str]],
+        *,
+        context_length: int,
+        batch_size: int,
+        mlm: bool = True,
+        nsp: bool = True,
+        mask_prob: float = 0.15,
+    ) -> None:
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.special = mlm_data.BertSpecialIds.of(tokenizer)
+        self.mlm, self.nsp = mlm, nsp
+
+        def examples(docs: list[list[str]]) -> mlm_data.PretrainingExamples:
+            ids = [[tokenizer.encode(s) for s in doc] for doc in docs]
+            return mlm_data.PretrainingExamples(
+                ids,
+                special=self.special,
+                vocab_size=tokenizer.vocab_size,
+                context_length=context_length,
+                mlm=mlm,
+                nsp=nsp,
+                mask_prob=mask_prob,
+            )
+
+        self.train_examples, self.val_examples = examples(train_docs), examples(val_docs)
+
+    def _batch(self, source: mlm_data.PretrainingExamples, rng: random.Random) -> dict:
+        return mlm_data.collate([source.example(rng) for _ in range(self.batch_size)], self.special.pad)
+
+    def train_batches(self, *, seed: int, rank: int = 0, world_size: int = 1) -> SeededBatches:
+        return SeededBatches(lambda rng: self._batch(self.train_examples, rng), seed=seed, rank=rank)
+
+    def _forward(
+        self, model: Any, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        from scratchllm.model.bert import bert_losses
+
+        out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+        return bert_losses(
+            out, batch["mlm_labels"] if self.mlm else None, batch["nsp_labels"] if self.nsp else None
+        )
+
+    def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, metrics = self._forward(model, batch)
+        keep = ("masked_token_accuracy", "nsp_accuracy")
+        return loss, {k: v for k, v in metrics.items() if k in keep}
+
+    def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        device = model_device(model)
+        sums = {"loss": 0.0, "mlm_nll": 0.0, "masked": 0.0, "mlm_correct": 0.0, "nsp_correct": 0.0, "n": 0}
+        for i in range(max_batches):
+            batch = self._batch(self.val_examples, random.Random(f"val/{i}"))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, m = self._forward(model, batch)
+            n_masked = m.get("n_masked", 0.0)
+            sums["loss"] += loss.item()
+            sums["mlm_nll"] += m.get("mlm_loss", 0.0) * n_masked
+            sums["masked"] += n_masked
+            sums["mlm_correct"] += m.get("masked_token_accuracy", 0.0) * n_masked
+            sums["nsp_correct"] += m.get("nsp_accuracy", 0.0)
+            sums["n"] += 1
+        n = max(sums["n"], 1)
+        out = {"val_loss": sums["loss"] / n}
+        if self.mlm and sums["masked"]:
+            out["perplexity"] = math.exp(min(sums["mlm_nll"] / sums["masked"], 50.0))
+            out["masked_token_accuracy"] = sums["mlm_correct"] / sums["masked"]
+        if self.nsp:
+            out["nsp_accuracy"] = sums["nsp_correct"] / n
+        return out
+
+    def sample(self, model: Any) -> str | None:
+        """Mask every 6th character/token of a held-out sentence and show what the model fills in."""
+        if not self.mlm:
+            return None
+        from scratchllm.model.bert import fill_mask_ids
+
+        sentence = self.val_examples.docs[0][0][: self.val_examples.context_length - 2]
+        masked = [self.special.mask if k % 6 == 3 else t for k, t in enumerate(sentence)]
+        filled = fill_mask_ids(
+            unwrap(model), [self.special.cls, *masked, self.special.sep], self.special.mask
+        )
+        ids = [self.special.cls, *masked, self.special.sep]
+        for pos, cands in filled:
+            ids[pos] = cands[0][0]
+        dec = self.tokenizer.decode
+        return f"masked: {dec(masked)}\nfilled: {dec(ids[1:-1])}\nreal:   {dec(sentence)}"
+
+
+# =========================================================================== seq2seq
+
+
+class Seq2SeqTask:
+    """Teacher-forced training on ``(source, target)`` pairs; greedy decoding for evaluation.
+
+    ``evaluate`` reports ``val_loss`` and ``perplexity`` (plain cross-entropy, no label smoothing),
+    ``exact_match`` (fraction of outputs equal to the reference) and ``bleu`` (sacrebleu corpus BLEU;
+    character-level for a char tokenizer) on the held-out pairs.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train_pairs: Sequence[tuple[str, str]],
+        val_pairs: Sequence[tuple[str, str]],
+        *,
+        context_length: int,
+        batch_size: int,
+        eval_examples: int = 200,
+    ) -> None:
+        self.tokenizer, self.batch_size, self.context_length = tokenizer, batch_size, context_length
+        self.special = s2s_data.Seq2SeqSpecialIds(tokenizer)
+        self.train = s2s_data.encode_pairs(train_pairs, tokenizer, max_len=context_length)
+        self.val_pairs = list(val_pairs)
+        self.val = s2s_data.encode_pairs(val_pairs, tokenizer, max_len=context_length)
+        self.eval_examples = eval_examples
+
+    def _collate(self, examples: Sequence[tuple[list[int], list[int]]]) -> dict:
+        return s2s_data.collate_pairs(examples, src_pad=self.special.pad, tgt=self.special)
+
+    def train_batches(self, *, seed: int, rank: int = 0, world_size: int = 1) -> SeededBatches:
+        def make(rng: random.Random) -> dict:
+            return self._collate([self.train[rng.randrange(len(self.train))] for _ in range(self.batch_size)])
+
+        return SeededBatches(make, seed=seed, rank=rank)
+
+    def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logits = model(batch["src_ids"], batch["tgt_in"], batch["src_mask"])
+        return unwrap(model).loss(logits, batch["labels"]) + unwrap(model).aux_loss(), {}
+
+    def translate(self, model: Any, sources: Sequence[str], *, beam: int = 1) -> list[str]:
+        """Decode source strings (greedy in batches for ``beam=1``, else beam search one by one)."""
+        from scratchllm.model.seq2seq import translate
+
+        return translate(
+            unwrap(model), self.tokenizer, sources, beam=beam, batch_size=max(self.batch_size, 32)
+        )
+
+    def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        import torch.nn.functional as F
+
+        device = model_device(model)
+        nll, count = 0.0, 0
+        for i in range(0, min(len(self.val), max_batches * self.batch_size), self.batch_size):
+            batch = {k: v.to(device) for k, v in self._collate(self.val[i : i + self.batch_size]).items()}
+            logits = model(batch["src_ids"], batch["tgt_in"], batch["src_mask"])
+            labels = batch["labels"]
+            nll += F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+            ).item()
+            count += int((labels != -100).sum())
+        pairs = self.val_pairs[: self.eval_examples]
+        hyps = self.translate(model, [s for s, _ in pairs])
+        refs = [t for _, t in pairs]
+        val_loss = nll / max(count, 1)
+        return {
+            "val_loss": val_loss,
+            "perplexity": math.exp(min(val_loss, 50.0)),
+            "exact_match": sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(len(refs), 1),
+            "bleu": corpus_bleu(hyps, refs, char_level=self.tokenizer.kind == "char"),
+        }
+
+    def sample(self, model: Any) -> str | None:
+        pairs = self.val_pairs[:4]
+        hyps = self.translate(model, [s for s, _ in pairs])
+        return "\n".join(f"{s!r} -> {h!r} (reference {t!r})" for (s, t), h in zip(pairs, hyps, strict=True))
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], *, char_level: bool = False) -> float:
+    """sacrebleu's corpus BLEU (0-100); character n-grams when ``char_level`` (short outputs like dates
+    have too few words for word BLEU to say anything)."""
+    import sacrebleu
+
+    if not hyps:
+        return 0.0
+    return float(
+        sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="char" if char_level else "13a").score
+    )
+
+
+# =========================================================================== building a run
+
+
+#: Defaults for a first run on a CPU (before --preset/--config/--set), per architecture.
+FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "bert": {
+        "model": dict(context_length=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, norm_position="pre"),
+        "train": dict(
+            max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=100, eval_interval=200, eval_steps=10
+        ),
+    },
+    "seq2seq": {
+        "model": dict(context_length=48, n_layer=2, n_head=4, n_embd=128, dropout=0.1, label_smoothing=0.1),
+        "train": dict(
+            max_steps=1500,
+            batch_size=64,
+            lr=2e-3,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_steps=4,
+            weight_decay=0.01,
+        ),
+    },
+}
+
+
+@dataclass
+class FamilyRun:
+    """Everything the one loop needs for a BERT or seq2seq run."""
+
+    model: torch.nn.Module
+    task: Any
+    model_config: Any
+    train_config: Any
+    tokenizer: Tokenizer
+    extra_config: dict[str, Any]
+
+
+def _read_text_data(data: str) -> tuple[str, str]:
+    """``--data`` for BERT: ``default`` (embedded corpus), a text file, or a directory of ``*.txt``."""
+    from scratchllm.data.corpus import default_corpus
+
+    if data == "default":
+        return default_corpus(), "default corpus"
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            if (path / "train.bin").is_file():
+                raise ScratchLLMError(
+                    f"{path} holds prepared token shards; BERT needs sentences, so give the text file "
+                    "itself (or --data default)"
+                )
+            raise ScratchLLMError(f"no .txt files in {path}; give a text file or --data default")
+        return "\n\n".join(f.read_text(encoding="utf-8") for f in files), str(path)
+    if not path.is_file():
+        raise ScratchLLMError(f"training text not found: {path} (give a .txt file, a directory or 'default')")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except UnicodeDecodeError as err:
+        raise ScratchLLMError(f"{path} is not UTF-8 text ({err})") from None
+
+
+def _split_docs(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Hold out ~10 % of the documents (at least one) for evaluation; split sentences if only one."""
+    if len(docs) == 1:
+        sents = docs[0]
+        cut = max(2, len(sents) // 10)
+        return [sents[:-cut]], [sents[-cut:]]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, len(docs) // 10)
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
+
+
+def build_family_run(
+    arch: str,
+    *,
+    data: str,
+    run_dir: str | Path,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    tokenizer_path: str | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+) -> FamilyRun:
+    """Resolve configs and build model + task for ``scratchllm train --arch bert|seq2seq``.
+
+    ``data``: BERT — ``default``, a text file or a directory of ``.txt`` files (documents are
+    separated by blank lines); seq2seq — ``dates`` (the built-in task) or a ``source<TAB>target``
+    file. ``tokenizer_path``: an existing tokenizer to extend with the task's special tokens;
+    default a char tokenizer built from the training text. With ``resume`` the model config and
+    tokenizer come from ``run_dir`` so the checkpoint fits.
+    """
+    from scratchllm.config import from_dict, resolve_configs
+    from scratchllm.model import architecture, build_model
+    from scratchllm.model.config import get_preset
+    from scratchllm.tokenizer import CharTokenizer, load_tokenizer
+    from scratchllm.train.config import TrainConfig
+
+    if arch not in FAMILY_DEFAULTS:
+        raise ScratchLLMError(f"build_family_run handles bert and seq2seq, not {arch!r}")
+    run_dir = Path(run_dir)
+    cfg_cls, _ = architecture(arch)
+    base = {
+        "model": from_dict(cfg_cls, FAMILY_DEFAULTS[arch]["model"], what=f"{arch} model config"),
+        "train": from_dict(TrainConfig, FAMILY_DEFAULTS[arch]["train"], what="train config"),
+    }
+    preset_layer = None
+    if preset:
+        p = get_preset(preset)
+        preset_layer = {k: v for k, v in p.items() if k in ("model", "train")}
+        preset_layer["model"] = {k: v for k, v in preset_layer.get("model", {}).items() if k != "vocab_size"}
+    resolved = resolve_configs(base, preset=preset_layer, config_file=config_file, overrides=overrides)
+    model_cfg, train_cfg = resolved["model"], resolved["train"]
+    if seed is not None:
+        from dataclasses import replace
+
+        train_cfg = replace(train_cfg, seed=seed)
+
+    saved = None
+    if resume and (run_dir / "config.json").is_file():
+        from scratchllm.io import read_json
+
+        saved = read_json(run_dir / "config.json", "run config")
+        if saved.get("architecture") != arch:
+            raise ScratchLLMError(f"{run_dir} holds a {saved.get('architecture')!r} run, not {arch!r}")
+
+    if arch == "bert":
+        text, source = _read_text_data(data)
+        docs = mlm_data.split_documents(text)
+        if saved is not None:
+            tok = load_tokenizer(run_dir / "tokenizer.json")
+        elif tokenizer_path:
+            tok = load_tokenizer(tokenizer_path)
+        else:
+            tok = CharTokenizer.train(text)
+        tok = mlm_data.with_special_tokens(tok, mlm_data.BERT_SPECIAL_TOKENS)
+        updates: dict[str, Any] = {"vocab_size": tok.vocab_size}
+    else:
+        if data == "dates":
+            train_pairs, val_pairs = s2s_data.date_task_splits(seed=0)
+            source, alphabet = "built-in date task", s2s_data.date_task_alphabet()
+        else:
+            pairs = s2s_data.read_parallel_tsv(data)
+            if len(pairs) < 2:
+                raise ScratchLLMError(f"{data} needs at least 2 pairs (one is held out for evaluation)")
+            random.Random(0).shuffle(pairs)
+            n_val = max(1, min(500, len(pairs) // 10))
+            train_pairs, val_pairs = pairs[n_val:], pairs[:n_val]
+            source, alphabet = data, "".join(s + t for s, t in pairs)
+        if saved is not None:
+            tok = load_tokenizer(run_dir / "tokenizer.json")
+        elif tokenizer_path:
+            tok = load_tokenizer(tokenizer_path)
+        else:
+            tok = CharTokenizer.train(alphabet, special_tokens=())
+        tok = mlm_data.with_special_tokens(tok, s2s_data.SEQ2SEQ_SPECIAL_TOKENS)
+        sp = s2s_data.Seq2SeqSpecialIds(tok)
+        updates = {
+            "src_vocab_size": tok.vocab_size,
+            "tgt_vocab_size": tok.vocab_size,
+            "pad_id": sp.pad,
+            "bos_id": sp.bos,
+            "eos_id": sp.eos,
+            "src_pad_id": sp.pad,
+        }
+
+    if saved is not None:
+        model_cfg = from_dict(cfg_cls, saved["model"], what=f"{arch} model config")
+    else:
+        from dataclasses import replace
+
+        model_cfg = replace(model_cfg, **updates)
+        model_cfg.validate()
+    ctx = model_cfg.context_length
+    if train_cfg.context_length is not None:
+        ctx = min(ctx, train_cfg.context_length)
+
+    if arch == "bert":
+        train_docs, val_docs = _split_docs(docs, train_cfg.seed)
+        task: Any = BertPretrainingTask(
+            tok,
+            train_docs,
+            val_docs,
+            context_length=ctx,
+            batch_size=train_cfg.batch_size,
+            mlm=model_cfg.mlm,
+            nsp=model_cfg.nsp,
+            mask_prob=model_cfg.mask_prob,
+        )
+    else:
+        task = Seq2SeqTask(tok, train_pairs, val_pairs, context_length=ctx, batch_size=train_cfg.batch_size)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(arch, model_cfg)
+    return FamilyRun(model, task, model_cfg, train_cfg, tok, {"data": {"source": source, "task": arch}})
+
+
+# =========================================================================== the train CLI's hook
+
+FAMILY_ARCHS = ("bert", "seq2seq")
+
+
+def family_arch(arch: str | None, out: str | Path, resume: bool) -> str | None:
+    """The architecture when it is one of ours (given, or read from the run being resumed), else None."""
+    if arch is None and resume:
+        cfg = Path(out) / "config.json"
+        if cfg.is_file():
+            from scratchllm.io import read_json
+
+            saved = read_json(cfg, "run config")
+            arch = saved.get("architecture") if isinstance(saved, dict) else None
+    return arch if arch in FAMILY_ARCHS else None
+
+
+def setup_family_pretraining(
+    arch: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+) -> Any:
+    """:func:`build_family_run` packaged as the train CLI's :class:`~.pretrain.PretrainSetup`."""
+    from dataclasses import replace
+
+    from scratchllm.train.pretrain import PretrainSetup
+
+    if resume and not (Path(out) / "config.json").is_file():
+        raise ScratchLLMError(f"cannot resume: {Path(out) / 'config.json'} not found; start without --resume")
+    run = build_family_run(
+        arch,
+        data=str(data),
+        run_dir=out,
+        preset=preset,
+        config_file=str(config_file) if config_file else None,
+        overrides=overrides or (),
+        resume=resume,
+        seed=seed,
+    )
+    train_cfg = replace(run.train_config, device=device) if device is not None else run.train_config
+    return PretrainSetup(
+        arch, run.model_config, train_cfg, run.model, run.task, run.tokenizer, None, resume, run.extra_config
+    )
