@@ -43,7 +43,9 @@ PROMPTS = ("The ", "A function ", "If the ")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--force", action="store_true", help="retrain even if --out already holds a run")
-    p.add_argument("--max-steps", type=int, default=None, help=f"training steps (default {DEMO_TRAIN['max_steps']})")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help=f"training steps (default {DEMO_TRAIN['max_steps']})"
+    )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_seed_arg(p)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ScratchLLMError(
             f"{out} already holds files (a previous demo?); try 'scratchllm generate --model {out} "
-            f"--prompt \"The \"', or pass --force to train again"
+            f'--prompt "The "\', or pass --force to train again'
         )
 
     from scratchllm.data.corpus import default_corpus
@@ -74,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     say("2/4 tokenizing into train/val shards")
     data_dir = out / "data"
     meta = prepare(tokenizer, None, data_dir, force=True, progress=False)
-    say(f"    {meta['train_tokens']:,} training tokens, {meta['val_tokens']:,} validation tokens in {data_dir}")
+    say(
+        f"    {meta['train_tokens']:,} training tokens, {meta['val_tokens']:,} validation tokens "
+        f"in {data_dir}"
+    )
 
     from scratchllm.cli.train import make_echo, print_summary
     from scratchllm.train.pretrain import pretrain, setup_pretraining
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         ids = generate(model, tokenizer.encode(prompt), 160, temperature=0.8, top_k=40, generator=g)
         text = tokenizer.decode(ids.tolist())
         print(f"\n--- {prompt!r} ---\n{text}")
-    print(f"\nnext: scratchllm generate --model {out} --prompt \"The \" --max-new-tokens 300")
+    print(f'\nnext: scratchllm generate --model {out} --prompt "The " --max-new-tokens 300')
     print(f"      scratchllm eval --model {out} --data {data_dir}")
     print(f"      (curves in {out / 'loss.png'}, metrics in {out / 'metrics.jsonl'})")
     return 0

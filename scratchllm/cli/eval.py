@@ -19,11 +19,20 @@ from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arg(p)
     p.add_argument("--data", required=True, help="prepared data directory (from 'scratchllm prepare')")
-    p.add_argument("--split", choices=("val", "train"), default="val", help="which split to score (default val)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: the run's, or 8)")
     p.add_argument(
-        "--context-length", type=int, default=None, help="tokens per window (default: the model's context length)"
+        "--split", choices=("val", "train"), default="val", help="which split to score (default val)"
+    )
+    p.add_argument(
+        "--max-batches", type=int, default=None, help="stop after this many batches (default: all)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="windows per batch (default: the run's, or 8)"
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="tokens per window (default: the model's context length)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     add_json_arg(p)
@@ -47,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=device)
     if loaded.arch != "gpt":
         raise ScratchLLMError(
-            f"{args.model} is a {loaded.arch} model; 'scratchllm eval' scores next-token language models (gpt)"
+            f"{args.model} is a {loaded.arch} model; "
+            "'scratchllm eval' scores next-token language models (gpt)"
         )
     if loaded.tokenizer is not None:
         shards.check_tokenizer(loaded.tokenizer)
@@ -59,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         )
     ctx = args.context_length or model_cfg.context_length
     if ctx > model_cfg.context_length:
-        raise ScratchLLMError(f"--context-length {ctx} exceeds the model's context_length {model_cfg.context_length}")
+        raise ScratchLLMError(
+            f"--context-length {ctx} exceeds the model's context_length {model_cfg.context_length}"
+        )
     batch_size = args.batch_size or int((loaded.config.get("train") or {}).get("batch_size") or 8)
     tokens = shards.val if args.split == "val" else shards.train
 
@@ -72,13 +84,26 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         name=f"{shards.path}/{args.split}.bin",
     )
-    result = {"model": str(args.model), "source": loaded.source, "split": args.split, "device": device, **result}
+    result = {
+        "model": str(args.model),
+        "source": loaded.source,
+        "split": args.split,
+        "device": device,
+        **result,
+    }
     if args.json:
         print_json(result)
         return 0
     print(f"model      {loaded.source}")
-    print(f"data       {shards.path} ({args.split}: {result['tokens']:,} tokens scored in {result['batches']} batches)")
-    print(f"val_loss   {result['val_loss']:.4f}" if args.split == "val" else f"loss       {result['val_loss']:.4f}")
+    print(
+        f"data       {shards.path} ({args.split}: {result['tokens']:,} tokens scored "
+        f"in {result['batches']} batches)"
+    )
+    print(
+        f"val_loss   {result['val_loss']:.4f}"
+        if args.split == "val"
+        else f"loss       {result['val_loss']:.4f}"
+    )
     print(f"perplexity {result['perplexity']:.2f}")
     print(f"speed      {result['tokens_per_s']:,.0f} tokens/s (forward only, {device})")
     mem = f"memory     peak RSS {result['peak_rss_mb']:,.0f} MiB"

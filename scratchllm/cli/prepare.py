@@ -18,6 +18,7 @@ from scratchllm.cli.common import add_json_arg, add_out_arg, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the details and examples below the one-line summary
     p.add_argument(
         "--tokenizer",
         required=True,

@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer on text files (or the embedded default corpus)")
-    t.add_argument("--kind", choices=["bpe", "char", "word"], default="bpe", help="tokenizer kind (default bpe)")
+    t.add_argument(
+        "--kind", choices=["bpe", "char", "word"], default="bpe", help="tokenizer kind (default bpe)"
+    )
     t.add_argument(
         "--vocab-size",
         type=int,
@@ -55,8 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="gpt2",
         help="bpe pre-tokenisation regex: gpt2 (default), gpt4, or a custom regex",
     )
-    t.add_argument("--workers", type=int, default=None, help="bpe word-counting processes (default: automatic)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--workers", type=int, default=None, help="bpe word-counting processes (default: automatic)"
+    )
+    t.add_argument(
+        "--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
+    )
     add_json_arg(t)
 
     e = sub.add_parser("encode", help="print the token ids of a text")
@@ -66,7 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = sub.add_parser("decode", help="print the text of token ids")
     _add_tokenizer_arg(d)
-    d.add_argument("--ids", nargs="+", required=True, help="token ids (space or comma separated, or a JSON list)")
+    d.add_argument(
+        "--ids", nargs="+", required=True, help="token ids (space or comma separated, or a JSON list)"
+    )
     add_json_arg(d)
 
     s = sub.add_parser("show", help="print a text split into coloured tokens with their ids")
@@ -97,12 +105,15 @@ def read_text_file(path: Path) -> str:
         raise ScratchLLMError(f"input file {path} is empty")
     nul = data.find(b"\0")
     if nul >= 0:
-        raise ScratchLLMError(f"input file {path} looks binary (NUL byte at offset {nul}); expected UTF-8 text")
+        raise ScratchLLMError(
+            f"input file {path} looks binary (NUL byte at offset {nul}); expected UTF-8 text"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ScratchLLMError(
-            f"input file {path} is not valid UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 first"
+            f"input file {path} is not valid UTF-8 text (bad byte at offset {err.start}); "
+            "convert it to UTF-8 first"
         ) from None
 
 
@@ -138,7 +149,9 @@ def _train(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise ScratchLLMError(f"{out} already exists; choose another --out or pass --force to overwrite")
     if out.is_dir():
-        raise ScratchLLMError(f"--out {out} is a directory; give a file name such as {out / 'tokenizer.json'}")
+        raise ScratchLLMError(
+            f"--out {out} is a directory; give a file name such as {out / 'tokenizer.json'}"
+        )
     specials = list(dict.fromkeys(args.special_tokens))
     if args.kind == "bpe":  # check before reading a large corpus
         from scratchllm.tokenizer.bpe import _check_vocab_size, resolve_pattern
@@ -159,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
             pattern=args.pattern,
             special_tokens=specials,
             workers=args.workers,
-            progress=not args.quiet,
+            progress=not args.quiet and sys.stderr.isatty(),
         )
     elif args.kind == "word":
         from scratchllm.tokenizer.word import WordTokenizer
@@ -171,7 +184,8 @@ def _train(args: argparse.Namespace) -> int:
         tok = CharTokenizer.train("\n".join(texts), specials)
         if args.vocab_size and args.vocab_size < tok.vocab_size:
             raise ScratchLLMError(
-                f"the text has {tok.vocab_size - len(specials)} distinct characters (+{len(specials)} special), "
+                f"the text has {tok.vocab_size - len(specials)} distinct characters "
+                f"(+{len(specials)} special), "
                 f"more than --vocab-size {args.vocab_size}; a char tokenizer cannot drop characters"
             )
     seconds = time.perf_counter() - t0
@@ -281,9 +295,10 @@ def _show(args: argparse.Namespace) -> int:
             f"\x1b[48;5;{_COLOURS[k % len(_COLOURS)]}m\x1b[30m{p}\x1b[0m" for k, p in enumerate(pieces)
         ]
         print("".join(coloured))
-        print(" ".join(f"\x1b[48;5;{_COLOURS[k % len(_COLOURS)]}m\x1b[30m{i}\x1b[0m" for k, i in enumerate(ids)))
+        print(
+            " ".join(f"\x1b[48;5;{_COLOURS[k % len(_COLOURS)]}m\x1b[30m{i}\x1b[0m" for k, i in enumerate(ids))
+        )
     else:
         print("".join(f"[{p}|{i}]" for p, i in zip(pieces, ids)))
     print(f"{len(ids)} tokens, {len(text)} characters, {len(text.encode('utf-8', 'replace'))} bytes")
     return 0
-

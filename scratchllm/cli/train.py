@@ -33,9 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_arg(p, help="run directory to create (or continue with --resume)")
     p.add_argument("--arch", default=None, help="architecture: gpt (default), bert, seq2seq")
     add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint"
+    )
     add_seed_arg(p)
-    p.add_argument("--device", default=None, help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument(
+        "--device", default=None, help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps"
+    )
     p.add_argument(
         "--allow-world-size-change",
         action="store_true",
@@ -76,7 +80,10 @@ def summary(result, out: str) -> dict:
 
 def print_summary(result, out: str) -> None:
     s = summary(result, out)
-    line = f"step {s['step']}: {s['tokens_seen']:,} tokens in {s['elapsed']:.1f} s ({s['tokens_per_s']:,.0f} tokens/s)"
+    line = (
+        f"step {s['step']}: {s['tokens_seen']:,} tokens in {s['elapsed']:.1f} s "
+        f"({s['tokens_per_s']:,.0f} tokens/s)"
+    )
     if s["loss"] is not None:
         line += f", train loss {s['loss']:.4f}"
     if s["val_loss"] is not None:
@@ -130,9 +137,12 @@ def run(args: argparse.Namespace) -> int:
             print_json(summary(result, args.out))
         else:
             if result.interrupted in ("SIGINT", "SIGTERM"):
-                print(f"{result.interrupted} received: saved a checkpoint at step {result.step}; "
-                      "continue with the same command plus --resume", file=sys.stderr)
+                print(
+                    f"{result.interrupted} received: saved a checkpoint at step {result.step}; "
+                    "continue with the same command plus --resume",
+                    file=sys.stderr,
+                )
             print_summary(result, args.out)
             if setup.arch == "gpt":
-                print(f"try it: scratchllm generate --model {args.out} --prompt \"...\"")
+                print(f'try it: scratchllm generate --model {args.out} --prompt "..."')
     return exit_code(result)

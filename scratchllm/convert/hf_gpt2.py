@@ -404,13 +404,10 @@ WEIGHT_FILES = (
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from scratchllm.train.checkpoint import read_safetensors
 
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ScratchLLMError(f"could not read {path}: {err} (is the file complete?)") from None
+    tensors, _ = read_safetensors(path)  # validates the header first: clear errors for bad files
+    return tensors
 
 
 def _read_torch_bin(path: Path) -> dict[str, Tensor]:
@@ -473,7 +470,7 @@ def load_hf_gpt2(path: str | Path, device: str | torch.device = "cpu", *, keep_d
     """
     from scratchllm.model.gpt import GPTModel
     from scratchllm.tokenizer.gpt2 import load_gpt2_dir
-    from scratchllm.train.checkpoint import LoadedModel, check_vocab, run_config
+    from scratchllm.train.checkpoint import LoadedModel, check_vocab, load_weights_into, run_config
 
     d = Path(path)
     if not d.is_dir():
@@ -486,7 +483,7 @@ def load_hf_gpt2(path: str | Path, device: str | torch.device = "cpu", *, keep_d
     check_vocab(tokenizer, cfg, f"Hugging Face model in {d}")
     state = hf_state_dict_to_ours(read_hf_weights(d), cfg)
     model = GPTModel(cfg)
-    _load_params(model, state)
+    load_weights_into(model, state, {}, f"converted weights of {d}")
     model.to(device).eval()
     doc = run_config(arch="gpt", model_config=cfg, extra={"converted_from": converted_from(d)})
     return LoadedModel(model=model, tokenizer=tokenizer, arch="gpt", config=doc, source=f"{SOURCE} {d}")
@@ -495,22 +492,6 @@ def load_hf_gpt2(path: str | Path, device: str | torch.device = "cpu", *, keep_d
 def converted_from(hf_dir: str | Path) -> dict[str, str]:
     """The provenance note stored in a converted run's ``config.json``."""
     return {"format": "huggingface-gpt2", "path": str(Path(hf_dir).resolve())}
-
-
-def _load_params(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Copy ``state`` into ``model``'s parameters, requiring every parameter to be covered.
-
-    Buffers (causal masks, position tables) are rebuilt by the model's constructor, so they may be
-    absent from ``state`` even if the model registers them as persistent.
-    """
-    buffers = {name for name, _ in model.named_buffers()}
-    result = model.load_state_dict(dict(state), strict=False)
-    missing = [k for k in result.missing_keys if k not in buffers]
-    if missing or result.unexpected_keys:
-        raise ScratchLLMError(  # only reachable if the parameter-name contract drifts
-            f"converted weights do not fit GPTModel: missing {_listing(missing)}; "
-            f"unexpected {_listing(list(result.unexpected_keys))}"
-        )
 
 
 # --------------------------------------------------------------------------------------------

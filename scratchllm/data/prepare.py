@@ -32,8 +32,9 @@ How it works, and why:
   boundary; that can change a token or two at the cut, and ``meta.json`` counts such cuts
   (``unsafe_cuts``, normally 0).
 * **Workers.** Large inputs are encoded by a ``multiprocessing`` pool. Results are consumed in
-  order with a bounded number of chunks in flight (``Pool.imap`` would read the whole corpus ahead
-  into its task queue, which defeats streaming).
+  order, with at most two chunks per worker in flight: ``Pool.imap`` has no such back-pressure (its
+  feeder thread keeps the workers busy and finished results queue up in memory whenever writing
+  falls behind), so memory would no longer be bounded by the chunk size.
 * **Validation split.** Like nanoGPT, the last ``val_fraction`` of the text goes to ``val.bin``:
   the cut is the first safe place at or after ``(1 - val_fraction)`` of all input bytes (documents
   in order). So ``train.bin + val.bin`` is precisely the tokenised corpus, a single file such as
@@ -110,6 +111,15 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+def _walk_sorted(root: Path) -> list[Path]:
+    """Regular files under ``root``, sorted by their path below it; hidden files and dirs skipped."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted((f for f in files if f.is_file()), key=lambda f: f.relative_to(root).parts)
+
+
 def _collect_sources(
     inputs: Sequence[str | os.PathLike] | None, out_dir: Path
 ) -> tuple[list[_Source], list[dict[str, Any]], list[dict[str, str]]]:
@@ -137,24 +147,19 @@ def _collect_sources(
 
     for raw in inputs:
         path = Path(raw)
-        if path.is_file():
-            size = path.stat().st_size
-            if size == 0:
-                raise ScratchLLMError(f"input file {path} is empty; give a file with text in it")
-            why = _sniff(path)
-            if why:
-                raise ScratchLLMError(f"input {path} is not UTF-8 text ({why}); give text files only")
-            add(path, size)
-        elif path.is_dir():
-            found = 0
-            for root, dirs, files in os.walk(path):
-                # Sorted walk for a deterministic document order; hidden entries (.git, ...) skipped.
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    file = Path(root) / name
-                    if name.startswith(".") or not file.is_file():
-                        continue
-                    if out_resolved == file.resolve().parent:
+        try:
+            if path.is_file():
+                size = path.stat().st_size
+                if size == 0:
+                    raise ScratchLLMError(f"input file {path} is empty; give a file with text in it")
+                why = _sniff(path)
+                if why:
+                    raise ScratchLLMError(f"input {path} is not UTF-8 text ({why}); give text files only")
+                add(path, size)
+            elif path.is_dir():
+                found = 0
+                for file in _walk_sorted(path):
+                    if file.resolve().parent == out_resolved:
                         continue  # never read our own output back in
                     size = file.stat().st_size
                     why = "empty" if size == 0 else _sniff(file)
@@ -163,12 +168,16 @@ def _collect_sources(
                         continue
                     add(file, size)
                     found += 1
-            if not found:
-                raise ScratchLLMError(f"input directory {path} contains no non-empty UTF-8 text files")
-        elif path.exists():
-            raise ScratchLLMError(f"input {path} is neither a file nor a directory")
-        else:
-            raise ScratchLLMError(f"input not found: {path}")
+                if not found:
+                    raise ScratchLLMError(f"input directory {path} contains no non-empty UTF-8 text files")
+            elif path.exists():
+                raise ScratchLLMError(f"input {path} is neither a file nor a directory")
+            else:
+                raise ScratchLLMError(f"input not found: {path}")
+        except OSError as err:  # permission denied, a file vanishing mid-walk, ...
+            raise ScratchLLMError(
+                f"cannot read input {err.filename or path}: {err.strerror or err}"
+            ) from None
     return sources, entries, skipped
 
 
@@ -230,14 +239,15 @@ def _document_pieces(
     """Yield ``(byte offset, bytes, after_split)`` pieces of one document, cut at safe places.
 
     ``split_at`` is the byte offset inside this document where the validation part should start
-    (the cut lands on the first safe place at or after it), or None.
+    (the cut lands on the first safe place at or after it), or None; ``after_split`` tells on
+    which side of that cut a piece lies. Pieces are about ``chunk_bytes`` long (at most about 5x that).
     """
     window = 4 * chunk_bytes
     buf = bytearray()
     start = 0  # file offset of buf[0]
     eof = False
     first_read = True
-    after_split = split_at is None or split_at <= 0
+    after_split = False
     while True:
         while not eof and len(buf) <= window:
             block = f.read(chunk_bytes)
@@ -249,33 +259,40 @@ def _document_pieces(
             buf += block
         if not buf:
             return
-        p = None if after_split else split_at - start  # type: ignore[operator]
+        p = None if split_at is None or after_split else split_at - start  # split position in buf
         if p is not None and p <= 0:
             after_split, p = True, None
 
-        if p is not None and p < len(buf) and (p <= chunk_bytes or eof):
-            # The validation split falls in this buffer: cut at the first safe place after it.
-            cut = _first_cut(buf, max(p, 1), len(buf) - 1)
-            if not cut and eof:
-                cut = len(buf)  # the rest of the document stays in train; val starts with the next one
-            elif not cut:
-                cuts.unsafe += 1
-                cut = _any_cut(buf, p, forward=True)
-            yield start, bytes(buf[:cut]), after_split
-            after_split = cut < len(buf) or not eof
+        if p is not None and p < len(buf):
+            # The validation split lies in this buffer. First ordinary train pieces that end
+            # before it, then a cut at the first safe place at or after it.
+            cut = (
+                (_last_cut(buf, chunk_bytes) or _first_cut(buf, chunk_bytes + 1, p)) if p > chunk_bytes else 0
+            )
+            if cut:
+                yield start, bytes(buf[:cut]), False
+            else:
+                cut = _first_cut(buf, max(p, 1), len(buf) - 1)
+                if not cut and eof:
+                    cut = len(buf)  # the rest of the document stays in train; val starts with the next one
+                elif not cut:
+                    cuts.unsafe += 1
+                    cut = _any_cut(buf, p, forward=True)
+                yield start, bytes(buf[:cut]), False
+                after_split = cut < len(buf) or not eof
             del buf[:cut]
             start += cut
             continue
 
-        if eof and len(buf) <= window:
+        if eof and len(buf) <= chunk_bytes:
             yield start, bytes(buf), after_split
             return
-
-        limit = chunk_bytes if p is None else min(chunk_bytes, p)
-        cut = _last_cut(buf, limit) or _first_cut(buf, limit + 1, window if p is None else p)
-        if not cut:
+        cut = _last_cut(buf, chunk_bytes) or _first_cut(buf, chunk_bytes + 1, window)
+        if not cut and eof and len(buf) <= window:
+            cut = len(buf)  # the end of the document is always a safe place
+        elif not cut:
             cuts.unsafe += 1
-            cut = _any_cut(buf, limit, forward=False)
+            cut = _any_cut(buf, chunk_bytes, forward=False)
         yield start, bytes(buf[:cut]), after_split
         del buf[:cut]
         start += cut
@@ -289,24 +306,25 @@ class _Piece(NamedTuple):
 
 
 def _pieces(sources: list[_Source], split_byte: int, chunk_bytes: int, cuts: _Cuts) -> Iterator[_Piece]:
-    """All documents as one ordered stream of pieces, each marked train or val."""
+    """All documents as one ordered stream of pieces, each marked train or val.
+
+    The ``<|endoftext|>`` between two documents goes with what precedes it; when the split point
+    falls in a document that has no safe cut after it, that document stays in train and
+    validation starts with the next one.
+    """
     doc_start = 0
     in_val = False
     for k, src in enumerate(sources):
         if k:
-            yield _Piece(src.name, 0, None, in_val)  # the separator goes with what precedes it
+            yield _Piece(src.name, 0, None, in_val)
             in_val = in_val or doc_start >= split_byte
-        split_at = None if in_val else split_byte - doc_start
-        if split_at is not None and split_at >= src.size:
-            split_at = None
+        split_at = None if in_val or split_byte - doc_start >= src.size else split_byte - doc_start
         with src.open() as f:
             for offset, data, after in _document_pieces(
                 f, chunk_bytes=chunk_bytes, split_at=split_at, cuts=cuts
             ):
-                is_val = in_val or (split_at is not None and after)
-                yield _Piece(src.name, offset, data, is_val)
-        if split_at is not None:
-            in_val = True  # the split fell inside this document (or at its very end)
+                in_val = in_val or after
+                yield _Piece(src.name, offset, data, in_val)
         doc_start += src.size
 
 
@@ -323,7 +341,12 @@ def _set_tokenizer(tokenizer: Tokenizer | None, dtype: str) -> None:
 
 def _init_worker(tokenizer_dict: dict[str, Any], dtype: str) -> None:
     """Pool initializer: rebuild the tokenizer from its JSON dict (no pickling of live objects)."""
+    import signal
+
     from scratchllm.tokenizer import tokenizer_classes
+
+    # Ctrl-C is the parent's to handle (it stops the pool); workers would only print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     _set_tokenizer(tokenizer_classes()[tokenizer_dict["kind"]].from_dict(tokenizer_dict), dtype)
 
@@ -452,6 +475,16 @@ def _write_shards(
     return counts, cuts.unsafe
 
 
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete temp files that a killed earlier run (SIGKILL, power loss) left behind in ``out``."""
+    from scratchllm.io import TMP_PREFIX
+
+    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+        for stale in out.glob(f"{TMP_PREFIX}{name}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 # ----------------------------------------------------------------------------- 5. prepare()
 
 
@@ -545,4 +578,5 @@ def prepare(
         "created_by": f"scratchllm {__version__}",
     }
     atomic_write_json(out / "meta.json", meta)
+    _remove_stale_temp_files(out)
     return {**meta, "out_dir": str(out), "seconds": round(time.perf_counter() - t0, 3)}

@@ -275,7 +275,10 @@ def finetune_classify(
         if dropout is not None:
             loaded.model.config.dropout = dropout
         fp = base_fingerprint(loaded.model, exclude=("out_head",))
-        model = classifier_from_base(loaded.model, data.labels, lora)
+        # The new head (and LoRA's A matrices) start random: seed them so a run is repeatable.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train_cfg.seed)
+            model = classifier_from_base(loaded.model, data.labels, lora)
         del loaded
         info = {
             "task": "classify",

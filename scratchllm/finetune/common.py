@@ -30,7 +30,6 @@ FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_steps": 10,
     "save_interval": 100,
     "log_interval": 5,
-    "sample_interval": 0,
 }
 #: LoRA trains far fewer numbers from a zero start and wants a bigger step.
 LORA_LR = 5e-4
@@ -184,9 +183,82 @@ def write_adapter(model: nn.Module, run_dir: str | Path, *, arch: str, info: dic
         architecture=arch,
         model=to_dict(cfg),
         extra_params=extra,
+        notes={"finetune": info},
     )
     return save_adapter(model, Path(run_dir) / "adapter", adapter)
 
 
 def describe_params(trainable: int, total: int) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+@dataclasses.dataclass
+class MergedModel:
+    model: nn.Module  # a plain gpt or a gpt-classifier without adapters
+    arch: str
+    tokenizer: Any
+    extra: dict[str, Any]  # config.json extras for the merged run
+    untied: list[str]
+
+
+def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> MergedModel:
+    """Fold a LoRA run's adapters into its weights: the result is an ordinary model.
+
+    * ``model_path`` a LoRA run directory and no ``base``: the run already holds the base weights
+      next to the adapters, so it is loaded and merged directly;
+    * ``base`` given, or ``model_path`` an adapter directory (``adapter_config.json`` +
+      ``adapter.safetensors``, e.g. ``RUN/adapter``): the base is loaded (from ``base`` or the path
+      recorded in the adapter), checked against the adapter's fingerprint, and the adapter
+      attached and merged.
+    """
+    from scratchllm.finetune.models import GPTClassifierConfig, classifier_from_base, plain_config
+    from scratchllm.model import build_model
+    from scratchllm.model.lora import is_adapter_dir, load_adapter, read_adapter
+    from scratchllm.train.checkpoint import load_model
+
+    path = Path(model_path)
+    adapter_dir = (
+        path if is_adapter_dir(path) else (path / "adapter" if is_adapter_dir(path / "adapter") else None)
+    )
+    if base is None and adapter_dir is not path:
+        loaded = load_model(path)
+        if loaded.arch not in ("gpt-lora", "gpt-classifier") or not getattr(loaded.model.config, "lora_r", 0):
+            raise ScratchLLMError(
+                f"{path} is a {loaded.arch!r} model without LoRA adapters; nothing to merge"
+            )
+        model, tokenizer = loaded.model, loaded.tokenizer
+        extra = {k: v for k, v in loaded.config.items() if k == "finetune"}
+    else:
+        if adapter_dir is None:
+            raise ScratchLLMError(
+                f"no LoRA adapter in {path} (expected adapter_config.json or a run with adapter/)"
+            )
+        info, _ = read_adapter(adapter_dir)
+        base = base if base is not None else info.base_model
+        if not base:
+            raise ScratchLLMError(f"the adapter in {adapter_dir} does not record its base model; pass --base")
+        loaded = load_base(base)
+        tokenizer = loaded.tokenizer
+        if info.architecture == "gpt-classifier":
+            labels = list(info.model.get("labels") or [])
+            if not labels:
+                raise ScratchLLMError(f"the adapter in {adapter_dir} has no class labels; it is incomplete")
+            model = classifier_from_base(loaded.model, labels)
+            load_adapter(model, adapter_dir, exclude=("out_head",))
+        else:
+            model = loaded.model
+            load_adapter(model, adapter_dir)
+        extra = dict(info.notes)
+    untied = merge_lora(model, untie=True)
+    cfg = plain_config(model)
+    if untied:
+        cfg = dataclasses.replace(cfg, tie_weights=False)
+    arch = "gpt-classifier" if isinstance(cfg, GPTClassifierConfig) else "gpt"
+    plain = build_model(arch, cfg)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    extra["merged_from"] = str(path)
+    return MergedModel(plain, arch, tokenizer, extra, untied)

@@ -298,7 +298,10 @@ def finetune_instruct(
             base_model.config.dropout = dropout
         fp = base_fingerprint(base_model)
         if lora is not None:
-            model, arch = lora_model_from_base(base_model, lora), "gpt-lora"
+            # LoRA's A matrices start random: seed them so a run is repeatable.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(train_cfg.seed)
+                model, arch = lora_model_from_base(base_model, lora), "gpt-lora"
         elif type(base_model) is GPTModel and dropout is None:
             model, arch = base_model, "gpt"
         else:

@@ -284,6 +284,8 @@ class AdapterInfo:
     model: dict[str, Any] = field(default_factory=dict)
     extra_params: tuple[str, ...] = ()
     layers: tuple[str, ...] = ()
+    #: anything else the training run wants to travel with the adapter (e.g. its prompt template)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -299,6 +301,7 @@ class AdapterInfo:
             "architecture": self.architecture,
             "model": self.model,
             "extra_params": list(self.extra_params),
+            "notes": self.notes,
         }
 
     @classmethod
@@ -322,6 +325,7 @@ class AdapterInfo:
             model=dict(d.get("model") or {}),
             extra_params=tuple(d.get("extra_params") or ()),
             layers=tuple(d.get("layers") or ()),
+            notes=dict(d.get("notes") or {}),
         )
 
 

@@ -208,10 +208,13 @@ def count_words(
             totals.update(_count_job(job))
     else:
         import multiprocessing
+        import sys
         from concurrent.futures import ProcessPoolExecutor
 
-        # "spawn" is safe whatever threads the parent has and behaves the same on every OS.
-        ctx = multiprocessing.get_context("spawn")
+        # "fork" on Linux: workers start instantly and a user's script needs no
+        # `if __name__ == "__main__":` guard (with "spawn" each worker re-imports __main__).
+        # Elsewhere fork is unsafe (macOS system libraries) and "spawn" is the default.
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             for counts in pool.map(_count_job, jobs):
                 totals.update(counts)
@@ -235,6 +238,62 @@ def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
         else:
             out.append(word[i])
             i += 1
+    return out
+
+
+def _merge_and_update(
+    word: list[int],
+    a: int,
+    b: int,
+    new_id: int,
+    n: int,
+    pair_counts: dict[tuple[int, int], int],
+    touched: set[tuple[int, int]],
+) -> list[int] | None:
+    """Merge ``a, b`` in one word (of count ``n``) and fix ``pair_counts`` around each merge site.
+
+    The incremental trainer's hot loop. It does what "subtract all the word's old pairs, add all
+    its new pairs" would do, but touches only the pairs next to a merge: at a site ``x a b y``
+    the pairs ``(x, a)`` and ``(b, y)`` disappear and ``(x', new)`` / ``(new, y)`` appear (``x'`` is
+    ``new`` itself when the previous site ends right there, as in ``a b a b``). The count of
+    ``(a, b)`` itself is dropped by the caller. ``list.index`` jumps between candidate sites at C
+    speed. Returns the merged word, or ``None`` if the word does not contain the pair.
+    """
+    out: list[int] | None = None
+    i, last = 0, len(word) - 1
+    prev_end = -1  # index just past the previous merge site
+    while True:
+        try:
+            j = word.index(a, i, last)  # a left token needs a right neighbour
+        except ValueError:
+            break
+        if word[j + 1] != b:
+            if out is not None:
+                out.extend(word[i : j + 1])
+            i = j + 1
+            continue
+        if out is None:
+            out = word[:j]
+        else:
+            out.extend(word[i:j])
+        if j > 0:
+            if j != prev_end:  # (else the previous site already removed the pair (b, a))
+                pair_counts[(word[j - 1], a)] -= n
+            left = (out[-1], new_id)
+            pair_counts[left] += n
+            touched.add(left)
+        if j + 2 <= last:
+            pair_counts[(b, word[j + 2])] -= n
+            # the new right pair, unless the next two tokens are another site (added there)
+            if not (word[j + 2] == a and j + 3 <= last and word[j + 3] == b):
+                right = (new_id, word[j + 2])
+                pair_counts[right] += n
+                touched.add(right)
+        out.append(new_id)
+        i = prev_end = j + 2
+    if out is None:
+        return None
+    out.extend(word[i:])
     return out
 
 
@@ -312,19 +371,13 @@ def learn_merges(word_counts: dict[bytes, int], n_tokens: int, *, progress: bool
             bar.update(1)
         touched: set[tuple[int, int]] = set()
         for wi in where.pop((a, b)):
-            word = words[wi]
-            merged = _merge_word(word, a, b, new_id)
-            if len(merged) == len(word):
-                continue  # stale index entry: the pair left this word in an earlier merge
-            n = freqs[wi]
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] -= n
-            for pair in zip(merged, merged[1:]):
-                pair_counts[pair] += n
-                where[pair].add(wi)
-                if new_id in pair:
-                    touched.add(pair)
-            words[wi] = merged
+            merged = _merge_and_update(words[wi], a, b, new_id, freqs[wi], pair_counts, touched)
+            if merged is not None:  # (None: a stale index entry, the pair left this word earlier)
+                words[wi] = merged
+                # Pairs without the new token were already in this word, hence already indexed.
+                for pair in zip(merged, merged[1:]):
+                    if new_id in pair:
+                        where[pair].add(wi)
         del pair_counts[(a, b)]
         # Only pairs containing the new token can have grown; everything else only shrank
         # and is fixed up lazily when popped. Sorted: push order must not depend on set order.
@@ -424,7 +477,9 @@ class BPETokenizer(Tokenizer):
             raise ScratchLLMError("BPE ranks and special tokens must have distinct ids")
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
-            raise ScratchLLMError(f"byte-level BPE needs all 256 single bytes as tokens; missing {missing[:5]}")
+            raise ScratchLLMError(
+                f"byte-level BPE needs all 256 single bytes as tokens; missing {missing[:5]}"
+            )
         self._vocab_size = max(self._decoder) + 1
         self._regex = regex.compile(self.pattern)
         self._special_re = _special_splitter(self.special_tokens)
@@ -488,8 +543,15 @@ class BPETokenizer(Tokenizer):
         return self.tiktoken_encoding.encode(text, allowed_special="all")
 
     def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
-        """Encode many texts at once on tiktoken's thread pool."""
-        return self.tiktoken_encoding.encode_batch(texts, num_threads=num_threads, allowed_special="all")
+        """Encode many texts; long ones in parallel on tiktoken's thread pool.
+
+        Short texts are encoded in a plain loop: a thread-pool task costs more than encoding a
+        sentence.
+        """
+        enc = self.tiktoken_encoding
+        if num_threads <= 1 or sum(map(len, texts)) < 4096 * len(texts):
+            return [enc.encode(t, allowed_special="all") for t in texts]
+        return enc.encode_batch(texts, num_threads=num_threads, allowed_special="all")
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """Token ids → the raw bytes (which may end in the middle of a UTF-8 character)."""

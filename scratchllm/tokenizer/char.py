@@ -69,4 +69,3 @@ class CharTokenizer(Tokenizer):
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         specials = sorted(data.get("special_tokens", {}).items(), key=lambda kv: kv[1])
         return cls(data["chars"], [s for s, _ in specials])
-

@@ -73,7 +73,9 @@ def tokenizer_from_vocab_merges(
     for k, (a, b) in enumerate(merges):
         ia, ib, iab = vocab.get(a), vocab.get(b), vocab.get(a + b)
         if ia is None or ib is None or iab is None:
-            raise ScratchLLMError(f"{source}: merge {k + 1} ({a!r} {b!r}) uses a token missing from the vocab")
+            raise ScratchLLMError(
+                f"{source}: merge {k + 1} ({a!r} {b!r}) uses a token missing from the vocab"
+            )
         if not (ia < iab and ib < iab):
             raise ScratchLLMError(
                 f"{source}: token ids do not follow the merge order (merge {k + 1}: {a!r} {b!r}); "
@@ -120,7 +122,9 @@ def load_hf_tokenizer_json(path: str | Path) -> BPETokenizer:
     data = _read_vocab(path)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise ScratchLLMError(f"{path} does not hold a BPE model; only byte-level BPE tokenizers are supported")
+        raise ScratchLLMError(
+            f"{path} does not hold a BPE model; only byte-level BPE tokenizers are supported"
+        )
     vocab = dict(model["vocab"])
     merges: list[tuple[str, str]] = []
     for m in model.get("merges", []):

@@ -582,8 +582,7 @@ def save_checkpoint(
         if final.exists():
             # Only reachable after resuming from an older checkpoint (the newer one failed
             # validation or the user chose an older one): move the stale one aside first.
-            stale = root / f"{TMP_PREFIX}stale-{final.name}-{os.getpid()}"
-            os.rename(final, stale)
+            stale = _retire(final)
             os.rename(tmp, final)
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -603,6 +602,17 @@ def save_checkpoint(
     return final
 
 
+def _retire(path: Path) -> Path:
+    """Rename a checkpoint to a temp name before deleting it.
+
+    The rename is atomic, so a kill during the (slow, file-by-file) deletion leaves a temp
+    leftover that is ignored and cleaned later, never a half-deleted ``step-*`` directory.
+    """
+    retired = path.parent / f"{TMP_PREFIX}old-{path.name}-{os.getpid()}"
+    os.rename(path, retired)
+    return retired
+
+
 def _prune(run_dir: Path, step: int, keep: int) -> None:
     """Remove old checkpoints beyond ``keep``, and newer ones from an abandoned timeline.
 
@@ -612,13 +622,16 @@ def _prune(run_dir: Path, step: int, keep: int) -> None:
     timeline.
     """
     ckpts = list_checkpoints(run_dir)
-    for s, p in ckpts:
-        if s > step:
-            shutil.rmtree(p, ignore_errors=True)
+    doomed = [p for s, p in ckpts if s > step]
     older = [p for s, p in ckpts if s <= step]
-    for p in older[: max(0, len(older) - keep)]:
-        shutil.rmtree(p, ignore_errors=True)
+    doomed += older[: max(0, len(older) - keep)]
+    retired = []
+    for p in doomed:
+        with contextlib.suppress(OSError):
+            retired.append(_retire(p))
     fsync_dir(run_dir / CHECKPOINTS_DIR)
+    for p in retired:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 # =========================================================================== checkpoints: find + load

@@ -88,7 +88,14 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise ScratchLLMError(f"invalid train config: {msg}")
 
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "sample_tokens", "max_bad_steps"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "log_interval",
+            "sample_tokens",
+            "max_bad_steps",
+        ):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("warmup_steps", "eval_interval", "eval_steps", "save_interval"):

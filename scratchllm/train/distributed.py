@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
-    """"auto" picks cuda, then mps, then cpu; under DDP each rank gets its own GPU."""
+    """ "auto" picks cuda, then mps, then cpu; under DDP each rank gets its own GPU."""
     import torch
 
     if name == "auto":
@@ -38,7 +38,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ScratchLLMError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+            raise ScratchLLMError(
+                "device 'cuda' was requested but no CUDA GPU is available; use --device cpu"
+            )
         return f"cuda:{local_rank}"
     if name == "mps" and not torch.backends.mps.is_available():
         raise ScratchLLMError("device 'mps' was requested but MPS is not available; use --device cpu")

@@ -53,10 +53,15 @@ from scratchllm.config import to_dict
 from scratchllm.errors import ScratchLLMError
 from scratchllm.train import checkpoint
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.distributed import DistEnv, init_distributed
+from scratchllm.train.distributed import init_distributed
 from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, peak_rss_mb, plot_losses
 from scratchllm.train.optim import build_optimizer, lr_at, set_lr
-from scratchllm.train.state import capture_rng_state, env_fingerprint, fingerprint_differences, restore_rng_state
+from scratchllm.train.state import (
+    capture_rng_state,
+    env_fingerprint,
+    fingerprint_differences,
+    restore_rng_state,
+)
 from scratchllm.train.task import Task
 
 #: Exit code of a run stopped because the loss/gradients stayed non-finite (documented in the README).
@@ -129,7 +134,10 @@ def _batch_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def _as_float(v: Any) -> Any:
@@ -298,7 +306,10 @@ def train(
         metrics.truncate_after(step)
         say(f"resumed from {ckpt_path} (step {step})")
         if step >= cfg.max_steps:
-            say(f"the run already reached max_steps={cfg.max_steps}; raise it (--set max_steps=N) to train more")
+            say(
+                f"the run already reached max_steps={cfg.max_steps}; "
+                "raise it (--set max_steps=N) to train more"
+            )
 
     if env.is_main:
         checkpoint.save_run_files(
@@ -349,7 +360,11 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=cfg.max_steps, initial=min(step, cfg.max_steps), desc="train", unit="step", dynamic_ncols=True
+            total=cfg.max_steps,
+            initial=min(step, cfg.max_steps),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
         )
 
     def elapsed() -> float:
@@ -423,7 +438,9 @@ def train(
                 batch = _to_device(source.next_batch(), device)
                 step_tokens += _batch_tokens(batch)
                 last_micro = micro == cfg.grad_accum_steps - 1
-                sync_ctx = train_model.no_sync() if env.enabled and not last_micro else contextlib.nullcontext()
+                sync_ctx = (
+                    train_model.no_sync() if env.enabled and not last_micro else contextlib.nullcontext()
+                )
                 with sync_ctx:
                     with autocast:
                         loss, extra = task.loss(train_model, batch)
@@ -470,7 +487,13 @@ def train(
                 else:
                     consecutive_spikes += 1
                 metrics.log(
-                    "skip", step=step + 1, reason=reason, loss=step_loss, grad_norm=gnorm, lr=lr, elapsed=elapsed()
+                    "skip",
+                    step=step + 1,
+                    reason=reason,
+                    loss=step_loss,
+                    grad_norm=gnorm,
+                    lr=lr,
+                    elapsed=elapsed(),
                 )
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -520,13 +543,17 @@ def train(
                 }
                 metrics.log("train", **fields)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False
+                    )
                 window_losses, window_skipped, window_tokens, excluded = [], 0, 0, 0.0
                 last_log_t = now
 
             # ---- evaluate (+ sample, best weights) ----
             t_extra = time.perf_counter()
-            due_eval = cfg.eval_steps > 0 and (final or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0))
+            due_eval = cfg.eval_steps > 0 and (
+                final or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)
+            )
             if cfg.sample_interval is None:  # with every evaluation
                 due_sample = due_eval
             else:
@@ -548,11 +575,19 @@ def train(
                         if bar is not None:
                             bar.write(
                                 f"step {step}: val_loss {scores.get('val_loss', float('nan')):.4f}"
-                                + (f", perplexity {scores['perplexity']:.2f}" if "perplexity" in scores else "")
+                                + (
+                                    f", perplexity {scores['perplexity']:.2f}"
+                                    if "perplexity" in scores
+                                    else ""
+                                )
                             )
                     if scores or text is not None:
                         metrics.log(
-                            "eval", step=step, **{k: v for k, v in scores.items()}, sample=text, elapsed=elapsed()
+                            "eval",
+                            step=step,
+                            **{k: v for k, v in scores.items()},
+                            sample=text,
+                            elapsed=elapsed(),
                         )
                     if scores and time.perf_counter() - last_plot_t > PLOT_EVERY_S and not final:
                         plot_losses(metrics.path, run_dir / PLOT_FILE)

@@ -119,6 +119,20 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str | 
     ax.set_title(title or "training curves")
     ax.grid(alpha=0.3)
     ax.legend()
+    # Classification runs also log accuracy (train batches and val): a second y axis on the right.
+    acc = {
+        name: [(e["step"], _number(e.get("accuracy"))) for e in events if e.get("event") == event]
+        for name, event in (("train accuracy", "train"), ("val accuracy", "eval"))
+    }
+    acc = {name: [(s, v) for s, v in pts if v is not None] for name, pts in acc.items()}
+    if any(acc.values()):
+        ax2 = ax.twinx()
+        for (name, pts), style in zip(acc.items(), (":", "s--")):
+            if pts:
+                ax2.plot(*zip(*pts), style, label=name, color="tab:green" if "val" in name else "tab:olive")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1.02)
+        ax2.legend(loc="center right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -6,13 +6,13 @@ Kept apart from the CLI so that scripts and notebooks can do the same in two cal
 
 Configuration, in order: the architecture's config dataclass and :class:`TrainConfig` defaults →
 a named preset (``PRESETS[name]["model"]`` / ``["train"]``) → ``--config file.toml`` → ``--set
-key=value``. The model's ``vocab_size`` always comes from the data (``meta.json``), so the model
-and the tokenizer that made the shards can never disagree. On ``--resume`` the run's saved
+key=value``. The model's ``vocab_size`` always comes from the data (for GPT: the shards' ``meta.json``), so
+the model and the tokenizer that made the data can never disagree. On ``--resume`` the run's saved
 ``config.json`` is the base instead: the model config is fixed (changing it would not fit the
 saved weights), train keys such as ``max_steps`` may still be overridden.
 
-Architectures other than GPT plug in through :data:`TASK_FACTORIES`: a factory builds the
-:class:`~.task.Task` for an architecture from the shards and the resolved configs.
+Architectures other than GPT plug in through :data:`TASK_FACTORIES`: a factory turns ``--data``
+and the resolved configs into a :class:`TaskSpec` (task, tokenizer, completed model config).
 """
 
 from __future__ import annotations
@@ -20,42 +20,92 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.train.config import TrainConfig
 
-#: arch -> "module:function" building its training task:
-#: ``factory(shards, model_config, train_config, tokenizer) -> Task``.
+
+@dataclass
+class TaskSpec:
+    """What an architecture's task factory returns (see :data:`TASK_FACTORIES`)."""
+
+    task: Any
+    #: the tokenizer to save in the run directory (its vocabulary must fit the model).
+    tokenizer: Any
+    #: the model config, completed from the data (e.g. ``vocab_size``).
+    model_config: Any
+    #: extra top-level entries for the run's config.json (e.g. ``{"data": {...}}``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: arch -> "module:function" of its task factory::
+#:
+#:     factory(data: Path, model_config, train_config: TrainConfig, *, tokenizer=None) -> TaskSpec
+#:
+#: ``data`` is whatever ``--data`` names (shards dir, TSV file...). ``tokenizer`` is the run's own
+#: tokenizer on ``--resume`` (use it, so ids keep their meaning) and None for a new run. The factory
+#: returns the task, the tokenizer and the model config completed from the data; on resume the
+#: completed config must equal the saved one. Raise ScratchLLMError for bad data.
 TASK_FACTORIES: dict[str, str] = {
     "gpt": "scratchllm.train.pretrain:language_modeling_task",
 }
 
 
-def language_modeling_task(shards: Any, model_config: Any, cfg: TrainConfig, tokenizer: Any) -> Any:
-    """The GPT pretraining task: random windows for training, fixed windows for validation."""
+def language_modeling_task(
+    data: str | Path, model_config: Any, cfg: TrainConfig, *, tokenizer: Any = None
+) -> TaskSpec:
+    """GPT pretraining on ``scratchllm prepare`` shards: random windows to train, fixed ones to validate.
+
+    The model's ``vocab_size`` comes from the shards' ``meta.json``; on resume the shards must have
+    been made with the run's tokenizer.
+    """
+    from scratchllm.data.shards import load_shards
     from scratchllm.train.task import LanguageModelingTask
 
-    return LanguageModelingTask(
+    shards = load_shards(data)
+    if tokenizer is not None:
+        shards.check_tokenizer(tokenizer)
+    else:
+        tokenizer = shards.load_tokenizer()
+    model_config = dataclasses.replace(model_config, vocab_size=shards.vocab_size)
+    ctx = cfg.context_length or model_config.context_length
+    if ctx > model_config.context_length:
+        raise ScratchLLMError(
+            f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
+        )
+    task = LanguageModelingTask(
         shards,
-        context_length=cfg.context_length or model_config.context_length,
+        context_length=ctx,
         batch_size=cfg.batch_size,
         tokenizer=tokenizer,
         sample_tokens=cfg.sample_tokens,
     )
+    meta = shards.meta
+    extra = {
+        "data": {
+            "path": str(shards.path),
+            "tokenizer_sha256": meta.get("tokenizer_sha256"),
+            "train_tokens": meta.get("train_tokens"),
+            "val_tokens": meta.get("val_tokens"),
+        }
+    }
+    return TaskSpec(task=task, tokenizer=tokenizer, model_config=model_config, extra=extra)
 
 
-def make_task(arch: str, shards: Any, model_config: Any, cfg: TrainConfig, tokenizer: Any) -> Any:
+def make_task(
+    arch: str, data: str | Path, model_config: Any, cfg: TrainConfig, *, tokenizer: Any = None
+) -> TaskSpec:
     spec = TASK_FACTORIES.get(arch)
     if spec is None:
         raise ScratchLLMError(
-            f"'scratchllm train' cannot pretrain architecture {arch!r} from token shards yet; "
+            f"'scratchllm train' cannot train architecture {arch!r} yet; "
             f"available: {', '.join(TASK_FACTORIES)}"
         )
     module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)(shards, model_config, cfg, tokenizer)
+    return getattr(importlib.import_module(module), name)(data, model_config, cfg, tokenizer=tokenizer)
 
 
 @dataclass
@@ -68,10 +118,8 @@ class PretrainSetup:
     model: Any
     task: Any
     tokenizer: Any
-    shards: Any
     resume: bool
-    #: extra config.json entries (used instead of the shards' description when ``shards`` is None).
-    extra_config: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _preset_sections(name: str | None) -> dict[str, dict[str, Any]] | None:
@@ -81,6 +129,10 @@ def _preset_sections(name: str | None) -> dict[str, dict[str, Any]] | None:
 
     preset = get_preset(name)
     return {k: dict(preset[k]) for k in ("model", "train") if k in preset}
+
+
+def _changed_fields(a: Any, b: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
 
 
 def setup_pretraining(
@@ -99,28 +151,15 @@ def setup_pretraining(
     import torch
 
     from scratchllm.config import from_dict, parse_set_args, resolve_configs
-    from scratchllm.data.shards import load_shards
     from scratchllm.io import read_json
     from scratchllm.model import architecture, build_model, config_from_dict
 
     out = Path(out)
-    from scratchllm.train.tasks_family import family_arch, setup_family_pretraining
-
-    family = family_arch(arch, out, resume)
-    if family is not None:  # BERT and seq2seq read text / pairs, not token shards
-        return setup_family_pretraining(
-            family, data, out, preset=preset, config_file=config_file, overrides=overrides,
-            seed=seed, device=device, resume=resume,
-        )  # fmt: skip
-    shards = load_shards(data)
-    tokenizer = shards.load_tokenizer()
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_set_args(overrides)
     if "vocab_size" in overrides or "model.vocab_size" in overrides:
-        raise ScratchLLMError(
-            f"vocab_size comes from the data ({shards.vocab_size} tokens in {shards.path}/meta.json); "
-            "remove --set vocab_size"
-        )
+        raise ScratchLLMError("vocab_size comes from the data (its tokenizer); remove --set vocab_size")
 
+    run_tokenizer = None
     if resume:
         if preset:
             raise ScratchLLMError("--preset cannot be combined with --resume: the run's saved config is used")
@@ -128,39 +167,27 @@ def setup_pretraining(
         if not cfg_path.is_file():
             raise ScratchLLMError(f"cannot resume: {cfg_path} not found; start a run without --resume")
         saved = read_json(cfg_path, "run config")
-        saved_arch = saved.get("architecture", "gpt") if isinstance(saved, dict) else None
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
             raise ScratchLLMError(f"{cfg_path} is not a scratchllm run config")
+        saved_arch = saved.get("architecture", "gpt")
         if arch is not None and arch != saved_arch:
             raise ScratchLLMError(f"--arch {arch} does not match the run being resumed ({saved_arch})")
         arch = saved_arch
-        model_config = config_from_dict(arch, saved["model"])
+        base_model = config_from_dict(arch, saved["model"])
         base_train = from_dict(TrainConfig, saved.get("train") or {}, what="train config")
         resolved = resolve_configs(
-            {"model": model_config, "train": base_train}, config_file=config_file, overrides=overrides
+            {"model": base_model, "train": base_train}, config_file=config_file, overrides=overrides
         )
-        if resolved["model"] != model_config:
-            changed = [
-                f.name
-                for f in dataclasses.fields(model_config)
-                if getattr(resolved["model"], f.name) != getattr(model_config, f.name)
-            ]
+        if resolved["model"] != base_model:
             raise ScratchLLMError(
-                f"the model config cannot change on --resume ({', '.join(changed)}); "
+                "the model config cannot change on --resume "
+                f"({', '.join(_changed_fields(resolved['model'], base_model))}); "
                 "only train keys such as max_steps may be overridden"
             )
-        train_config = resolved["train"]
-        # The data must be tokenized exactly like the run's tokenizer, or every id means something else.
-        run_tok_path = out / "tokenizer.json"
-        if run_tok_path.is_file():
+        if (out / "tokenizer.json").is_file():
             from scratchllm.tokenizer import load_tokenizer
 
-            shards.check_tokenizer(load_tokenizer(run_tok_path))
-        if model_config.vocab_size != shards.vocab_size:
-            raise ScratchLLMError(
-                f"the run's model has vocab_size {model_config.vocab_size} but the data in {shards.path} "
-                f"has {shards.vocab_size}; resume with the data the run was trained on"
-            )
+            run_tokenizer = load_tokenizer(out / "tokenizer.json")
     else:
         arch = arch or "gpt"
         cfg_cls, _ = architecture(arch)
@@ -170,9 +197,8 @@ def setup_pretraining(
             config_file=config_file,
             overrides=overrides,
         )
-        model_config = dataclasses.replace(resolved["model"], vocab_size=shards.vocab_size)
-        train_config = resolved["train"]
 
+    train_config = resolved["train"]
     changes: dict[str, Any] = {}
     if seed is not None:
         changes["seed"] = seed
@@ -180,16 +206,26 @@ def setup_pretraining(
         changes["device"] = device
     if changes:
         train_config = dataclasses.replace(train_config, **changes)
-    model_ctx = getattr(model_config, "context_length", None)
-    if train_config.context_length is not None and model_ctx is not None and train_config.context_length > model_ctx:
+
+    spec = make_task(arch, data, resolved["model"], train_config, tokenizer=run_tokenizer)
+    if resume and spec.model_config != resolved["model"]:
         raise ScratchLLMError(
-            f"train context_length {train_config.context_length} exceeds the model's context_length {model_ctx}"
+            f"the data in {data} does not fit the run being resumed (it changes "
+            f"{', '.join(_changed_fields(spec.model_config, resolved['model']))}); resume with the run's data"
         )
 
     torch.manual_seed(train_config.seed)  # the initial weights follow from the seed
-    model = build_model(arch, model_config)
-    task = make_task(arch, shards, model_config, train_config, tokenizer)
-    return PretrainSetup(arch, model_config, train_config, model, task, tokenizer, shards, resume)
+    model = build_model(arch, spec.model_config)
+    return PretrainSetup(
+        arch=arch,
+        model_config=spec.model_config,
+        train_config=train_config,
+        model=model,
+        task=spec.task,
+        tokenizer=spec.tokenizer,
+        resume=resume,
+        extra=spec.extra,
+    )
 
 
 def pretrain(
@@ -204,18 +240,6 @@ def pretrain(
     """Run the loop for a :class:`PretrainSetup`; returns the :class:`~.loop.TrainResult`."""
     from scratchllm.train.loop import train
 
-    if setup.shards is None:
-        extra = setup.extra_config
-    else:
-        meta = setup.shards.meta
-        extra = {
-            "data": {
-                "path": str(setup.shards.path),
-                "tokenizer_sha256": meta.get("tokenizer_sha256"),
-                "train_tokens": meta.get("train_tokens"),
-                "val_tokens": meta.get("val_tokens"),
-            }
-        }
     return train(
         setup.model,
         setup.task,
@@ -226,7 +250,7 @@ def pretrain(
         resume=setup.resume,
         force=force,
         model_config=setup.model_config,
-        extra_config=extra,
+        extra_config=setup.extra or None,
         progress=progress,
         allow_world_size_change=allow_world_size_change,
         echo=echo,

@@ -87,6 +87,17 @@ def test_pickled_code_in_pytorch_model_bin_is_refused(tiny_hf, tmp_path, hf_tok_
         load_hf_gpt2(tmp_path)
 
 
+def test_truncated_safetensors_is_a_clear_error(tiny_hf, tmp_path):
+    import shutil
+
+    hf_dir, _ = tiny_hf
+    shutil.copytree(hf_dir, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ScratchLLMError, match="model.safetensors is not a valid safetensors file"):
+        load_hf_gpt2(tmp_path / "hf")
+
+
 def test_import_sharded_safetensors(tiny_hf, tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -196,4 +207,6 @@ def test_export_gpt2_124m_preset_loads_in_transformers(tmp_path, hf_tok_dir):
     hf_model = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert sum(p.numel() for p in hf_model.parameters()) == 124_439_808
     assert max_logit_diff(ours, hf_model, random_ids(50257, shape=(1, 32))) < TOL
-    assert_same_greedy_generation(ours, hf_model)
+    # 16 tokens, not 50: each 124M step costs a full forward of both models on a shared CPU; the
+    # tiny tests above compare the full 50.
+    assert_same_greedy_generation(ours, hf_model, n=16)

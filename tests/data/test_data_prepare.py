@@ -78,13 +78,14 @@ def test_directory_input_sorted_recursive_text_only(char_tok, tmp_path):
     (d / "b.txt").write_text("second doc\n")
     (d / "a.txt").write_text("first doc\n")
     (d / "sub" / "c.md").write_text("third doc\nwith two lines\n")
+    (d / "z.txt").write_text("last doc\n")  # sorted by path: sub/c.md comes before z.txt
     (d / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     (d / "empty.txt").write_text("")
     (d / ".hidden").write_text("not read")
     meta = prepare(char_tok, [d], tmp_path / "out", progress=False, val_fraction=0.3)
-    expected = EOT.join(["first doc\n", "second doc\n", "third doc\nwith two lines\n"])
+    expected = EOT.join(["first doc\n", "second doc\n", "third doc\nwith two lines\n", "last doc\n"])
     assert all_tokens(tmp_path / "out").tolist() == char_tok.encode(expected)
-    assert [Path(s["path"]).name for s in meta["sources"]] == ["a.txt", "b.txt", "c.md"]
+    assert [Path(s["path"]).name for s in meta["sources"]] == ["a.txt", "b.txt", "c.md", "z.txt"]
     assert sorted(Path(s["path"]).name for s in meta["skipped"]) == ["empty.txt", "image.bin"]
 
 
@@ -270,3 +271,61 @@ def test_meta_json_describes_shards(char_tok, tmp_path):
     ):
         assert key in meta
     assert meta["sources"] == [{"path": str(src), "bytes": os.path.getsize(src)}]
+
+
+def test_split_inside_an_unsplittable_document_moves_to_the_next(char_tok, tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.txt").write_text("x" * 50 + "\n")  # no safe cut inside
+    (d / "b.txt").write_text("Hello.\nWorld.\n")
+    prepare(char_tok, [d], tmp_path / "out", progress=False, val_fraction=0.5)  # split byte 32: inside a.txt
+    shards = load_shards(tmp_path / "out")
+    assert shards.train.tolist() == char_tok.encode("x" * 50 + "\n") + [char_tok.eot_id]
+    assert shards.val.tolist() == char_tok.encode("Hello.\nWorld.\n")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from(ALPHABET[:12] + ["Word.\n", "word "]), min_size=1, max_size=30),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.05, 0.95),
+    st.integers(16, 48),
+)
+def test_any_corpus_any_split_reassembles(char_tok, docs, val_fraction, chunk):
+    """train ++ val == encode(doc1 <eot> doc2 ...), whatever the documents, split and chunk size."""
+    import tempfile
+
+    texts = ["".join(parts) for parts in docs]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, text in enumerate(texts):
+            files.append(Path(tmp) / f"doc{i}.txt")
+            files[-1].write_bytes(text.encode("utf-8"))
+        try:
+            meta = prepare(
+                char_tok,
+                files,
+                Path(tmp) / "out",
+                val_fraction=val_fraction,
+                chunk_bytes=chunk,
+                progress=False,
+            )
+        except ScratchLLMError as err:
+            assert "split got only" in str(err)
+            return
+        expected = char_tok.encode(EOT.join(_newlines(t) for t in texts))
+        assert all_tokens(Path(tmp) / "out").tolist() == expected
+        assert meta["train_tokens"] + meta["val_tokens"] == len(expected)
+
+
+def test_force_rerun_cleans_temp_files_of_a_killed_run(char_tok, tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("one line\ntwo line\nred line\nblue line\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp-train.bin.x1y2z3").write_bytes(b"half a file")  # what SIGKILL mid-write leaves
+    prepare(char_tok, [src], out, progress=False, val_fraction=0.25, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]

@@ -88,10 +88,12 @@ def test_random_windows_reach_the_last_token():
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
-    a = [RandomWindowSampler(TOKENS, 4, 8, seed=7).next_batch()[0] for _ in range(1)]
-    b = [RandomWindowSampler(TOKENS, 4, 8, seed=7).next_batch()[0] for _ in range(1)]
-    c = [RandomWindowSampler(TOKENS, 4, 8, seed=8).next_batch()[0] for _ in range(1)]
-    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    a = RandomWindowSampler(TOKENS, 4, 8, seed=7)
+    b = RandomWindowSampler(TOKENS, 4, 8, seed=7)
+    c = RandomWindowSampler(TOKENS, 4, 8, seed=8)
+    for _ in range(3):
+        xa, xb, xc = a.next_batch()[0], b.next_batch()[0], c.next_batch()[0]
+        assert torch.equal(xa, xb) and not torch.equal(xa, xc)
 
 
 @pytest.mark.parametrize("k", [0, 1, 5])

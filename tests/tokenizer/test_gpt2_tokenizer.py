@@ -58,7 +58,10 @@ def test_recovered_merges_are_gpt2s_published_merges(gpt2_tok, gpt2_files):
     table = bytes_to_unicode()
     lines = (gpt2_files / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]
     published = [tuple(line.split(" ")) for line in lines if line]
-    recovered = [("".join(table[b] for b in a), "".join(table[b] for b in b_)) for a, b_ in recover_merges(gpt2_tok.ranks)]
+    recovered = [
+        ("".join(table[b] for b in a), "".join(table[b] for b in b_))
+        for a, b_ in recover_merges(gpt2_tok.ranks)
+    ]
     assert recovered == published
 
 

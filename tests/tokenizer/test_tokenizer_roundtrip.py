@@ -63,7 +63,11 @@ def test_bpe_round_trip_and_encoder_parity_on_arbitrary_text(small_bpe, gpt2_tok
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(alphabet=st.characters(codec="utf-8", categories=["So", "Mn", "Zs", "Cc", "Lo"]), max_size=40))
+@given(
+    text=st.text(
+        alphabet=st.characters(codec="utf-8", categories=["So", "Mn", "Zs", "Cc", "Lo"]), max_size=40
+    )
+)
 def test_bpe_round_trip_on_emoji_marks_and_controls(small_bpe_gpt4, gpt2_tok, text):
     for tok in (small_bpe_gpt4, gpt2_tok):
         ids = tok.encode(text)

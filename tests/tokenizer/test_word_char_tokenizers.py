@@ -15,7 +15,10 @@ def test_word_tokenizer_reproduces_the_books_vocabulary(verdict):
     assert tok.vocab_size == 1132  # 1,130 distinct words + <|endoftext|> + <|unk|>, as in chapter 2
     assert tok.special_tokens == {"<|endoftext|>": 1130, UNK: 1131}
     text = '"It\'s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
-    assert tok.decode(tok.encode(text)) == '" It\' s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
+    assert (
+        tok.decode(tok.encode(text))
+        == '" It\' s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
+    )
 
 
 def test_word_tokenizer_unknown_words_and_specials(verdict):
@@ -42,7 +45,16 @@ def test_word_vocab_size_keeps_the_most_frequent_words():
 
 def test_split_words_matches_the_books_regex():
     assert split_words("Hello, world. Is this-- a test?") == [
-        "Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"
+        "Hello",
+        ",",
+        "world",
+        ".",
+        "Is",
+        "this",
+        "--",
+        "a",
+        "test",
+        "?",
     ]
 
 

@@ -1,0 +1,104 @@
+"""Convert GPT-2 models between scratchllm and the Hugging Face ``transformers`` format.
+
+  scratchllm convert --from-hf gpt2 --out runs/gpt2      # HF directory -> scratchllm run directory
+  scratchllm convert --to-hf runs/demo --out hf/demo     # run directory or checkpoint -> HF directory
+
+A Hugging Face GPT-2 directory (``config.json``, ``model.safetensors`` or ``pytorch_model.bin``,
+``vocab.json`` + ``merges.txt``) can also be used directly wherever a model is expected, e.g.
+``scratchllm generate --model gpt2``. The exported directory loads with
+``GPT2LMHeadModel.from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scratchllm.cli.common import add_json_arg, add_out_arg, print_json
+from scratchllm.errors import ScratchLLMError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
+        "--from-hf",
+        metavar="HF_DIR",
+        help="import: a Hugging Face GPT-2 directory (config.json + weights + vocab.json/merges.txt)",
+    )
+    direction.add_argument(
+        "--to-hf",
+        metavar="MODEL",
+        help="export: a scratchllm run directory, checkpoint or .safetensors file of a GPT-2-compatible GPT",
+    )
+    add_out_arg(p, help="output directory: a run directory (--from-hf) or a Hugging Face directory (--to-hf)")
+    add_json_arg(p)
+
+
+def _import(args: argparse.Namespace) -> dict:
+    from scratchllm.convert.hf_gpt2 import converted_from, load_hf_gpt2
+    from scratchllm.io import ensure_empty_dir
+    from scratchllm.train.checkpoint import save_run_files
+
+    # Refuse a populated --out before spending time on loading.
+    out = ensure_empty_dir(args.out, force=args.force, what="run directory")
+    loaded = load_hf_gpt2(args.from_hf)
+    cfg = loaded.model.config
+    save_run_files(
+        out,
+        loaded.model,
+        arch="gpt",
+        model_config=cfg,
+        tokenizer=loaded.tokenizer,
+        extra={"converted_from": converted_from(args.from_hf)},
+    )
+    return {
+        "direction": "from-hf",
+        "input": str(args.from_hf),
+        "out": str(out),
+        "params": loaded.model.num_params(),
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "context_length": cfg.context_length,
+        "files": sorted(p.name for p in out.iterdir() if p.is_file()),
+    }
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from scratchllm.convert.hf_gpt2 import export_hf_gpt2
+    from scratchllm.train.checkpoint import load_model
+
+    loaded = load_model(args.to_hf)
+    if loaded.arch != "gpt":
+        raise ScratchLLMError(
+            f"{args.to_hf} holds a {loaded.arch} model; only GPT models can be exported as Hugging Face GPT-2"
+        )
+    files = export_hf_gpt2(loaded.model, loaded.tokenizer, args.out, force=args.force)
+    cfg = loaded.model.config
+    return {
+        "direction": "to-hf",
+        "input": str(args.to_hf),
+        "source": loaded.source,
+        "out": str(args.out),
+        "params": loaded.model.num_params(),
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "context_length": cfg.context_length,
+        "files": [Path(f).name for f in files],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = _import(args) if args.from_hf else _export(args)
+    if args.json:
+        print_json(result)
+        return 0
+    shape = f"{result['params']:,} parameters, {result['n_layer']} layers, context {result['context_length']}"
+    if result["direction"] == "from-hf":
+        print(f"imported Hugging Face GPT-2 {result['input']} -> run directory {result['out']} ({shape})")
+        print(f"files: {', '.join(result['files'])}")
+        print(f"try:   scratchllm generate --model {result['out']} --prompt 'Hello, I am'")
+    else:
+        print(f"exported {result['source']} -> Hugging Face directory {result['out']} ({shape})")
+        print(f"files: {', '.join(result['files'])}")
+        print(f"load:  transformers.GPT2LMHeadModel.from_pretrained({result['out']!r})")
+    return 0
