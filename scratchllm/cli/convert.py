@@ -1,12 +1,13 @@
-"""Convert GPT-2 models between scratchllm and the Hugging Face ``transformers`` format.
+"""Convert GPT-2 models between scratchllm and the Hugging Face transformers format.
 
+examples:
   scratchllm convert --from-hf gpt2 --out runs/gpt2      # HF directory -> scratchllm run directory
   scratchllm convert --to-hf runs/demo --out hf/demo     # run directory or checkpoint -> HF directory
 
-A Hugging Face GPT-2 directory (``config.json``, ``model.safetensors`` or ``pytorch_model.bin``,
-``vocab.json`` + ``merges.txt``) can also be used directly wherever a model is expected, e.g.
-``scratchllm generate --model gpt2``. The exported directory loads with
-``GPT2LMHeadModel.from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+A Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, vocab.json +
+merges.txt) can also be used directly wherever a model is expected, e.g.
+'scratchllm generate --model gpt2'. The exported directory loads with
+GPT2LMHeadModel.from_pretrained(dir) and AutoTokenizer.from_pretrained(dir).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scratchllm.errors import ScratchLLMError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the examples and details below the one-line summary
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument(
         "--from-hf",

@@ -67,7 +67,14 @@ def _common(p: argparse.ArgumentParser, *, trainable_default: str) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="task", required=True, metavar="{classify,instruct}")
-    c = sub.add_parser("classify", help="text classification with a new output head")
+    raw = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser(
+        "classify",
+        help="text classification with a new output head",
+        description="Fine-tune a GPT as a text classifier (labelled CSV/TSV/JSONL data).",
+        epilog="examples:" + __doc__.split("examples:", 1)[1],
+        formatter_class=raw,
+    )
     _common(c, trainable_default="last")
     c.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions of a single file")
     c.add_argument("--text-column", default="text", help="column holding the text (default: text)")
@@ -75,7 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--balance", action="store_true", help="undersample the training classes to equal counts")
     c.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
 
-    i = sub.add_parser("instruct", help="instruction following (Alpaca-style records)")
+    i = sub.add_parser(
+        "instruct",
+        help="instruction following (Alpaca-style records)",
+        description="Fine-tune a GPT to follow instructions (Alpaca-style JSON/JSONL records).",
+        epilog=c.epilog,
+        formatter_class=raw,
+    )
     _common(i, trainable_default="all")
     i.add_argument("--split", default="0.85,0.05,0.1", help="train,val,test fractions of a single file")
     i.add_argument("--template", default=None, help="prompt template: alpaca (default), phi3, or a JSON file")

@@ -543,7 +543,9 @@ def export_hf_gpt2(
     from scratchllm.tokenizer.gpt2 import save_hf_vocab_merges
     from scratchllm.train.checkpoint import check_vocab
 
-    cfg = model.config
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, GPTConfig):
+        raise ScratchLLMError(f"only GPT models can be exported to GPT-2, not {type(model).__name__}")
     # Every check before the output directory is touched.
     check_exportable(cfg)
     check_gpt2_tokenizer(tokenizer)
@@ -551,7 +553,7 @@ def export_hf_gpt2(
     hf_state = ours_to_hf_state_dict(_model_params(model), cfg)
     out = ensure_empty_dir(out_dir, force=force, what="Hugging Face output directory")
 
-    # The tokenizer first: if it cannot be written as GPT-2 files we stop before the big write.
+    # Small files first, the big weights file last: a directory with model.safetensors is complete.
     written = [Path(p) for p in save_hf_vocab_merges(tokenizer, out) or []]
     eot = tokenizer.special_tokens.get("<|endoftext|>")
     tok_config: dict[str, Any] = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": cfg.context_length}

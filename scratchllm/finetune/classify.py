@@ -143,7 +143,8 @@ class ClassificationTask:
 
     def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = model(batch["input_ids"], lengths=batch["lengths"])
-        loss = F.cross_entropy(logits, batch["labels"])
+        # aux_loss: zero for dense models, the load-balancing loss for a Mixture-of-Experts base.
+        loss = F.cross_entropy(logits, batch["labels"]) + unwrap(model).aux_loss()
         accuracy = (logits.detach().argmax(-1) == batch["labels"]).float().mean()
         return loss, {"accuracy": accuracy}
 
@@ -256,7 +257,7 @@ def finetune_classify(
     import dataclasses
 
     from scratchllm.finetune.batches import steps_for_epochs
-    from scratchllm.finetune.common import load_base, select_trainable, write_adapter
+    from scratchllm.finetune.common import is_main_process, load_base, select_trainable, write_adapter
     from scratchllm.finetune.models import classifier_from_base
     from scratchllm.io import atomic_write_json
     from scratchllm.model.lora import base_fingerprint
@@ -321,13 +322,14 @@ def finetune_classify(
 
     bar = _progress_factory(progress)
     metrics: dict[str, Any] = {}
+    finished = result.interrupted is None and is_main_process()
     for name, enc in (("val", val_enc), ("test", test_enc)):
-        if enc:
+        if enc and finished:
             metrics[name] = evaluate_classifier(
                 model, enc, data.labels, pad_id=pad, batch_size=task.eval_batch_size, progress=bar(name)
             )
     adapter = None
-    if result.interrupted is None:
+    if finished:
         atomic_write_json(run_dir / METRICS_FILE, {"step": result.step, **metrics})
         if model.config.lora_r:
             adapter = write_adapter(model, run_dir, arch="gpt-classifier", info=info)

@@ -188,6 +188,13 @@ def write_adapter(model: nn.Module, run_dir: str | Path, *, arch: str, info: dic
     return save_adapter(model, Path(run_dir) / "adapter", adapter)
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that scores the test set and writes result files."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def describe_params(trainable: int, total: int) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 

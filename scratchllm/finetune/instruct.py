@@ -273,7 +273,7 @@ def finetune_instruct(
     plus ``RUN/adapter/`` (LoRA). ``epochs`` sets ``max_steps`` (None keeps ``train_cfg``'s).
     """
     from scratchllm.finetune.batches import steps_for_epochs
-    from scratchllm.finetune.common import load_base, select_trainable, write_adapter
+    from scratchllm.finetune.common import is_main_process, load_base, select_trainable, write_adapter
     from scratchllm.finetune.models import base_config_dict, lora_model_from_base
     from scratchllm.io import atomic_write_json
     from scratchllm.model.config import GPTConfig
@@ -365,7 +365,7 @@ def finetune_instruct(
     )
     metrics: dict[str, Any] = {"step": result.step}
     responses_path = adapter = None
-    if result.interrupted is None:
+    if result.interrupted is None and is_main_process():
         bar = _progress(progress)
         if val_enc:
             loss = response_loss(

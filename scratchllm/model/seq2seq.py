@@ -355,3 +355,51 @@ def translate(
             outs.append(beam_search(model, torch.tensor([c], device=device), beam=beam, max_len=max_len))
     specials = set(tokenizer.special_tokens.values())
     return [tokenizer.decode([t for t in o if t not in specials]) for o in outs]
+
+
+def cross_attention_map(
+    model: Seq2SeqTransformer, tokenizer: object, source: str, output: str
+) -> tuple[Tensor, list[str], list[str]]:
+    """Cross-attention of the last decoder layer, averaged over heads, for one (source, output) pair.
+
+    Returns ``(weights [T, S], source tokens, output tokens)``: row t says where the decoder looked
+    while writing output token t (the last row is the ``<eos>`` it wrote at the end).
+    """
+    from scratchllm.data.seq2seq import EOS, Seq2SeqSpecialIds
+
+    sp = Seq2SeqSpecialIds(tokenizer)
+    device = model.tgt_emb.weight.device
+    src = tokenizer.encode(source) + [sp.eos]
+    out = tokenizer.encode(output)
+    tgt_in = torch.tensor([[sp.bos, *out]], device=device)
+    weights = model.cross_attention(torch.tensor([src], device=device), tgt_in)[-1][0].mean(0)  # [T, S]
+    names = [tokenizer.decode([t]) for t in src[:-1]] + [EOS]
+    return weights.cpu(), names, [tokenizer.decode([t]) for t in out] + [EOS]
+
+
+def plot_cross_attention(weights: Tensor, src_tokens: list[str], tgt_tokens: list[str], path: str) -> None:
+    """Save the classic alignment heatmap: source tokens across, output tokens down."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scratchllm.io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(0.35 * len(src_tokens) + 2, 0.35 * len(tgt_tokens) + 1.5))
+    ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+    def label(t: str) -> str:  # make spaces and control characters visible
+        return "␣" if t == " " else repr(t)[1:-1]
+
+    ax.set_xticks(range(len(src_tokens)), [label(t) for t in src_tokens], rotation=90)
+    ax.set_yticks(range(len(tgt_tokens)), [label(t) for t in tgt_tokens])
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title("cross-attention (last decoder layer, mean over heads)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -481,6 +481,8 @@ class BPETokenizer(Tokenizer):
                 f"byte-level BPE needs all 256 single bytes as tokens; missing {missing[:5]}"
             )
         self._vocab_size = max(self._decoder) + 1
+        if len(self._decoder) != self._vocab_size or min(self._decoder) != 0:
+            raise ScratchLLMError("BPE token ids must run from 0 to vocab_size - 1 without gaps")
         self._regex = regex.compile(self.pattern)
         self._special_re = _special_splitter(self.special_tokens)
         self._cache: dict[bytes, list[int]] = {}

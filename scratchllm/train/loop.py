@@ -144,6 +144,12 @@ def _as_float(v: Any) -> Any:
     return float(v.detach().float().mean().item()) if isinstance(v, torch.Tensor) else v
 
 
+def _all_finite(tensors: Any) -> bool:
+    """True when no element of any tensor is NaN or infinite (one device sync)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
     """Global L2 norm of all gradients (before clipping); clips in place when ``clip > 0``."""
     if clip > 0:
@@ -392,6 +398,18 @@ def train(
 
     def save() -> Path | None:
         """Commit a checkpoint on rank 0; every rank learns whether it worked."""
+        # A finite loss can still produce an update that overflows the weights; never let such
+        # weights replace the last good checkpoint. (All ranks hold the same weights.)
+        if not _all_finite(model.parameters()):
+            kept = checkpoint.find_resumable_checkpoint(run_dir)[0] if env.is_main else None
+            metrics.log("stop", step=step, reason="non-finite weights", elapsed=elapsed())
+            raise ScratchLLMError(
+                f"training stopped at step {step}: the weights are no longer finite (an update "
+                "overflowed); "
+                + (f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved yet")
+                + " — try a lower lr, more warmup_steps or grad_clip",
+                exit_code=EXIT_NON_FINITE,
+            )
         state = trainer_state()  # collective: every rank takes part
         path, error = None, None
         if env.is_main:
@@ -558,6 +576,8 @@ def train(
                 due_sample = due_eval
             else:
                 due_sample = cfg.sample_interval > 0 and (final or step % cfg.sample_interval == 0)
+            if reason == "non-finite":
+                due_eval = due_sample = False  # the model is unchanged; evaluate after a good step
             if due_eval or due_sample:
                 scores = evaluate() if due_eval else {}
                 text = sample() if due_sample else None

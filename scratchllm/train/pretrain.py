@@ -51,6 +51,8 @@ class TaskSpec:
 #: completed config must equal the saved one. Raise ScratchLLMError for bad data.
 TASK_FACTORIES: dict[str, str] = {
     "gpt": "scratchllm.train.pretrain:language_modeling_task",
+    "bert": "scratchllm.train.tasks_family:bert_task",
+    "seq2seq": "scratchllm.train.tasks_family:seq2seq_task",
 }
 
 

@@ -2,8 +2,9 @@
 
 Both implement the :class:`~scratchllm.train.task.Task` protocol, so they train through the one
 loop (:func:`scratchllm.train.loop.train`) with the same checkpoints, resume, metrics and plots as
-the GPT. :func:`build_family_run` turns the ``scratchllm train --arch bert|seq2seq`` arguments into
-``(model, task, configs, tokenizer)`` for that loop.
+the GPT. :func:`bert_task` and :func:`seq2seq_task` are the task factories that
+``scratchllm train --arch bert|seq2seq`` reaches through
+:data:`scratchllm.train.pretrain.TASK_FACTORIES`.
 
 Batches are drawn from a generator seeded by ``(seed, rank, batch number)``: the batch number is the
 whole state of a :class:`BatchSource`, so ``--resume`` continues with exactly the batches an
@@ -15,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,9 @@ class Seq2SeqTask:
         self.val_pairs = list(val_pairs)
         self.val = s2s_data.encode_pairs(val_pairs, tokenizer, max_len=context_length)
         self.eval_examples = eval_examples
+        # Decoding stops at <eos>, but an untrained model never says it: cap outputs a little above
+        # the longest training target so early evaluations stay cheap.
+        self.max_decode_len = min(context_length, max(len(t) for _, t in self.train) + 8)
 
     def _collate(self, examples: Sequence[tuple[list[int], list[int]]]) -> dict:
         return s2s_data.collate_pairs(examples, src_pad=self.special.pad, tgt=self.special)
@@ -193,9 +196,8 @@ class Seq2SeqTask:
         """Decode source strings (greedy in batches for ``beam=1``, else beam search one by one)."""
         from scratchllm.model.seq2seq import translate
 
-        return translate(
-            unwrap(model), self.tokenizer, sources, beam=beam, batch_size=max(self.batch_size, 32)
-        )
+        m = unwrap(model)
+        return translate(m, self.tokenizer, sources, beam=beam, batch_size=256, max_len=self.max_decode_len)
 
     def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
         import torch.nn.functional as F
@@ -239,42 +241,10 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], *, char_level: bool = 
     )
 
 
-# =========================================================================== building a run
-
-
-#: Defaults for a first run on a CPU (before --preset/--config/--set), per architecture.
-FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "bert": {
-        "model": dict(context_length=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, norm_position="pre"),
-        "train": dict(
-            max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=100, eval_interval=200, eval_steps=10
-        ),
-    },
-    "seq2seq": {
-        "model": dict(context_length=48, n_layer=2, n_head=4, n_embd=128, dropout=0.1, label_smoothing=0.1),
-        "train": dict(
-            max_steps=1500,
-            batch_size=64,
-            lr=2e-3,
-            warmup_steps=100,
-            eval_interval=250,
-            eval_steps=4,
-            weight_decay=0.01,
-        ),
-    },
-}
-
-
-@dataclass
-class FamilyRun:
-    """Everything the one loop needs for a BERT or seq2seq run."""
-
-    model: torch.nn.Module
-    task: Any
-    model_config: Any
-    train_config: Any
-    tokenizer: Tokenizer
-    extra_config: dict[str, Any]
+# =========================================================================== task factories
+# ``scratchllm train --arch bert|seq2seq`` finds these through
+# :data:`scratchllm.train.pretrain.TASK_FACTORIES`: ``--data`` and the resolved configs in, a
+# :class:`~scratchllm.train.pretrain.TaskSpec` (task, tokenizer, completed model config) out.
 
 
 def _read_text_data(data: str) -> tuple[str, str]:
@@ -314,177 +284,79 @@ def _split_docs(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list
     return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
 
 
-def build_family_run(
-    arch: str,
-    *,
-    data: str,
-    run_dir: str | Path,
-    preset: str | None = None,
-    config_file: str | None = None,
-    overrides: Sequence[str] | Mapping[str, Any] = (),
-    tokenizer_path: str | None = None,
-    resume: bool = False,
-    seed: int | None = None,
-) -> FamilyRun:
-    """Resolve configs and build model + task for ``scratchllm train --arch bert|seq2seq``.
-
-    ``data``: BERT — ``default``, a text file or a directory of ``.txt`` files (documents are
-    separated by blank lines); seq2seq — ``dates`` (the built-in task) or a ``source<TAB>target``
-    file. ``tokenizer_path``: an existing tokenizer to extend with the task's special tokens;
-    default a char tokenizer built from the training text. With ``resume`` the model config and
-    tokenizer come from ``run_dir`` so the checkpoint fits.
-    """
-    from scratchllm.config import from_dict, resolve_configs
-    from scratchllm.model import architecture, build_model
-    from scratchllm.model.config import get_preset
-    from scratchllm.tokenizer import CharTokenizer, load_tokenizer
-    from scratchllm.train.config import TrainConfig
-
-    if arch not in FAMILY_DEFAULTS:
-        raise ScratchLLMError(f"build_family_run handles bert and seq2seq, not {arch!r}")
-    run_dir = Path(run_dir)
-    cfg_cls, _ = architecture(arch)
-    base = {
-        "model": from_dict(cfg_cls, FAMILY_DEFAULTS[arch]["model"], what=f"{arch} model config"),
-        "train": from_dict(TrainConfig, FAMILY_DEFAULTS[arch]["train"], what="train config"),
-    }
-    preset_layer = None
-    if preset:
-        p = get_preset(preset)
-        preset_layer = {k: v for k, v in p.items() if k in ("model", "train")}
-        preset_layer["model"] = {k: v for k, v in preset_layer.get("model", {}).items() if k != "vocab_size"}
-    resolved = resolve_configs(base, preset=preset_layer, config_file=config_file, overrides=overrides)
-    model_cfg, train_cfg = resolved["model"], resolved["train"]
-    if seed is not None:
-        from dataclasses import replace
-
-        train_cfg = replace(train_cfg, seed=seed)
-
-    saved = None
-    if resume and (run_dir / "config.json").is_file():
-        from scratchllm.io import read_json
-
-        saved = read_json(run_dir / "config.json", "run config")
-        if saved.get("architecture") != arch:
-            raise ScratchLLMError(f"{run_dir} holds a {saved.get('architecture')!r} run, not {arch!r}")
-
-    if arch == "bert":
-        text, source = _read_text_data(data)
-        docs = mlm_data.split_documents(text)
-        if saved is not None:
-            tok = load_tokenizer(run_dir / "tokenizer.json")
-        elif tokenizer_path:
-            tok = load_tokenizer(tokenizer_path)
-        else:
-            tok = CharTokenizer.train(text)
-        tok = mlm_data.with_special_tokens(tok, mlm_data.BERT_SPECIAL_TOKENS)
-        updates: dict[str, Any] = {"vocab_size": tok.vocab_size}
-    else:
-        if data == "dates":
-            train_pairs, val_pairs = s2s_data.date_task_splits(seed=0)
-            source, alphabet = "built-in date task", s2s_data.date_task_alphabet()
-        else:
-            pairs = s2s_data.read_parallel_tsv(data)
-            if len(pairs) < 2:
-                raise ScratchLLMError(f"{data} needs at least 2 pairs (one is held out for evaluation)")
-            random.Random(0).shuffle(pairs)
-            n_val = max(1, min(500, len(pairs) // 10))
-            train_pairs, val_pairs = pairs[n_val:], pairs[:n_val]
-            source, alphabet = data, "".join(s + t for s, t in pairs)
-        if saved is not None:
-            tok = load_tokenizer(run_dir / "tokenizer.json")
-        elif tokenizer_path:
-            tok = load_tokenizer(tokenizer_path)
-        else:
-            tok = CharTokenizer.train(alphabet, special_tokens=())
-        tok = mlm_data.with_special_tokens(tok, s2s_data.SEQ2SEQ_SPECIAL_TOKENS)
-        sp = s2s_data.Seq2SeqSpecialIds(tok)
-        updates = {
-            "src_vocab_size": tok.vocab_size,
-            "tgt_vocab_size": tok.vocab_size,
-            "pad_id": sp.pad,
-            "bos_id": sp.bos,
-            "eos_id": sp.eos,
-            "src_pad_id": sp.pad,
-        }
-
-    if saved is not None:
-        model_cfg = from_dict(cfg_cls, saved["model"], what=f"{arch} model config")
-    else:
-        from dataclasses import replace
-
-        model_cfg = replace(model_cfg, **updates)
-        model_cfg.validate()
-    ctx = model_cfg.context_length
-    if train_cfg.context_length is not None:
-        ctx = min(ctx, train_cfg.context_length)
-
-    if arch == "bert":
-        train_docs, val_docs = _split_docs(docs, train_cfg.seed)
-        task: Any = BertPretrainingTask(
-            tok,
-            train_docs,
-            val_docs,
-            context_length=ctx,
-            batch_size=train_cfg.batch_size,
-            mlm=model_cfg.mlm,
-            nsp=model_cfg.nsp,
-            mask_prob=model_cfg.mask_prob,
+def _context(model_config: Any, cfg: Any) -> int:
+    ctx = cfg.context_length or model_config.context_length
+    if ctx > model_config.context_length:
+        raise ScratchLLMError(
+            f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
         )
-    else:
-        task = Seq2SeqTask(tok, train_pairs, val_pairs, context_length=ctx, batch_size=train_cfg.batch_size)
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(arch, model_cfg)
-    return FamilyRun(model, task, model_cfg, train_cfg, tok, {"data": {"source": source, "task": arch}})
+    return ctx
 
 
-# =========================================================================== the train CLI's hook
+def bert_task(data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None) -> Any:
+    """BERT pretraining from text (``default``, a ``.txt`` file or a directory of them).
 
-FAMILY_ARCHS = ("bert", "seq2seq")
-
-
-def family_arch(arch: str | None, out: str | Path, resume: bool) -> str | None:
-    """The architecture when it is one of ours (given, or read from the run being resumed), else None."""
-    if arch is None and resume:
-        cfg = Path(out) / "config.json"
-        if cfg.is_file():
-            from scratchllm.io import read_json
-
-            saved = read_json(cfg, "run config")
-            arch = saved.get("architecture") if isinstance(saved, dict) else None
-    return arch if arch in FAMILY_ARCHS else None
-
-
-def setup_family_pretraining(
-    arch: str,
-    data: str | Path,
-    out: str | Path,
-    *,
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: Sequence[str] | Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    resume: bool = False,
-) -> Any:
-    """:func:`build_family_run` packaged as the train CLI's :class:`~.pretrain.PretrainSetup`."""
+    Documents are separated by blank lines; ~10 % of them are held out. Without a run tokenizer a
+    char tokenizer is built from the text; ``[PAD] [CLS] [SEP] [MASK]`` are appended to it.
+    """
     from dataclasses import replace
 
-    from scratchllm.train.pretrain import PretrainSetup
+    from scratchllm.tokenizer import CharTokenizer
+    from scratchllm.train.pretrain import TaskSpec
 
-    if resume and not (Path(out) / "config.json").is_file():
-        raise ScratchLLMError(f"cannot resume: {Path(out) / 'config.json'} not found; start without --resume")
-    run = build_family_run(
-        arch,
-        data=str(data),
-        run_dir=out,
-        preset=preset,
-        config_file=str(config_file) if config_file else None,
-        overrides=overrides or (),
-        resume=resume,
-        seed=seed,
+    text, source = _read_text_data(str(data))
+    docs = mlm_data.split_documents(text)
+    tok = mlm_data.with_special_tokens(tokenizer or CharTokenizer.train(text), mlm_data.BERT_SPECIAL_TOKENS)
+    model_config = replace(model_config, vocab_size=tok.vocab_size)
+    train_docs, val_docs = _split_docs(docs, seed=0)
+    task = BertPretrainingTask(
+        tok,
+        train_docs,
+        val_docs,
+        context_length=_context(model_config, cfg),
+        batch_size=cfg.batch_size,
+        mlm=model_config.mlm,
+        nsp=model_config.nsp,
+        mask_prob=model_config.mask_prob,
     )
-    train_cfg = replace(run.train_config, device=device) if device is not None else run.train_config
-    return PretrainSetup(
-        arch, run.model_config, train_cfg, run.model, run.task, run.tokenizer, None, resume, run.extra_config
+    extra = {"data": {"source": source, "train_documents": len(train_docs), "val_documents": len(val_docs)}}
+    return TaskSpec(task=task, tokenizer=tok, model_config=model_config, extra=extra)
+
+
+def seq2seq_task(data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None) -> Any:
+    """Seq2seq on ``dates`` (the built-in task: 20,000 train / 500 held-out pairs) or a TSV file
+    (10 % of the pairs, at most 500, held out). One shared char vocabulary by default."""
+    from dataclasses import replace
+
+    from scratchllm.tokenizer import CharTokenizer
+    from scratchllm.train.pretrain import TaskSpec
+
+    if str(data) == "dates":
+        train_pairs, val_pairs = s2s_data.date_task_splits(seed=0)
+        source, alphabet = "built-in date task", s2s_data.date_task_alphabet()
+    else:
+        pairs = s2s_data.read_parallel_tsv(data)
+        if len(pairs) < 2:
+            raise ScratchLLMError(f"{data} needs at least 2 pairs (one is held out for evaluation)")
+        random.Random(0).shuffle(pairs)
+        n_val = max(1, min(500, len(pairs) // 10))
+        train_pairs, val_pairs = pairs[n_val:], pairs[:n_val]
+        source, alphabet = str(data), "".join(s + t for s, t in pairs)
+    base = tokenizer or CharTokenizer.train(alphabet, special_tokens=())
+    tok = mlm_data.with_special_tokens(base, s2s_data.SEQ2SEQ_SPECIAL_TOKENS)
+    sp = s2s_data.Seq2SeqSpecialIds(tok)
+    model_config = replace(
+        model_config,
+        src_vocab_size=tok.vocab_size,
+        tgt_vocab_size=tok.vocab_size,
+        pad_id=sp.pad,
+        bos_id=sp.bos,
+        eos_id=sp.eos,
+        src_pad_id=sp.pad,
     )
+    model_config.validate()
+    task = Seq2SeqTask(
+        tok, train_pairs, val_pairs, context_length=_context(model_config, cfg), batch_size=cfg.batch_size
+    )
+    extra = {"data": {"source": source, "train_pairs": len(train_pairs), "val_pairs": len(val_pairs)}}
+    return TaskSpec(task=task, tokenizer=tok, model_config=model_config, extra=extra)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from scratchllm.errors import ScratchLLMError
 from scratchllm.finetune.common import select_trainable
 from scratchllm.finetune.models import classifier_from_base
 from scratchllm.model.config import GPTConfig
@@ -144,3 +145,22 @@ def test_bad_files_give_one_line_errors(tmp_path, cli, cls_files, files, extra, 
     )
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_classify_resume_continues_the_run(cls_files, tmp_path):
+    from scratchllm.finetune.classify import finetune_classify, load_classification_data
+    from scratchllm.finetune.common import resolve_train_config
+
+    data = load_classification_data(cls_files / "data.csv")
+    overrides = ["device=cpu", "batch_size=16", "max_steps=4", "save_interval=2"]
+    cfg = resolve_train_config(overrides=overrides).train
+    kw = dict(train_cfg=cfg, epochs=None, progress=False)
+    first = finetune_classify(cls_files / "base", data, tmp_path / "r", stop_at=2, **kw)
+    assert first.train_result.interrupted == "stop_at" and not (tmp_path / "r" / "test_metrics.json").exists()
+    done = finetune_classify(None, data, tmp_path / "r", resume=True, **kw)
+    assert done.train_result.resumed_from == 2 and done.steps == 4
+    assert json.loads((tmp_path / "r" / "test_metrics.json").read_text())["step"] == 4
+    other = load_classification_data(cls_files / "data.csv", balance=True, split="0.5,0.25,0.25")
+    other.labels = ["a", "b"]
+    with pytest.raises(ScratchLLMError, match="labels"):
+        finetune_classify(None, other, tmp_path / "r", resume=True, **kw)

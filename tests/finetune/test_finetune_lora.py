@@ -99,7 +99,8 @@ def test_lora_run_resume_adapter_and_merge(inst_files, tmp_path, cli):
 
     # Merge from the run (base weights inside) and from the bare adapter + --base: same model.
     rc, out, err = cli(["lora", "merge", "--model", tmp_path / "full", "--out", tmp_path / "m1"])
-    assert rc == 0, err and "untied" in out  # the head adapter sat on the tied embedding
+    assert rc == 0, err
+    assert "untied" in out  # the head adapter sat on the tied embedding
     rc, _, err = cli(
         [
             "lora",

@@ -145,3 +145,12 @@ def test_tokenizer_command_does_not_import_torch(tmp_path, corpus, gpt2_files):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_training_is_byte_identical_for_any_worker_count(tmp_path, corpus):
+    outs = []
+    for workers in ("1", "2"):
+        outs.append(tmp_path / f"tok-{workers}.json")
+        args = ["--input", str(corpus), str(corpus), "--out", str(outs[-1]), "--workers", workers, "--quiet"]
+        assert main(["tokenizer", "train", "--vocab-size", "700", "--pattern", "gpt4", *args]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()

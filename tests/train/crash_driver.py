@@ -20,10 +20,18 @@ import sys
 import time
 import traceback
 
-import torch  # noqa: F401  (imported once here, inherited by every child)
+import torch
 
 from scratchllm.cli.main import main
-from scratchllm.train import checkpoint, loop, pretrain  # noqa: F401
+from scratchllm.train import checkpoint, loop, metrics, pretrain  # noqa: F401
+
+# The slow imports of a training run, done once here and inherited by every child: building an
+# AdamW imports torch._dynamo (seconds), the loss plot imports matplotlib.
+torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402, F401
 
 
 def _slow_writes(delay: float) -> None:

@@ -174,9 +174,12 @@ def test_sigkill_at_random_instants_then_resume_is_bit_exact(zygote, data_dir, r
         kills += 1
         if any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir()):
             during_save += 1
-        # Every restart must find a loadable checkpoint: manifest valid, trainer state readable.
+        # Every restart must find a loadable checkpoint, and no committed checkpoint may be damaged
+        # (a kill leaves at most an ignored .tmp- directory behind).
         path, skipped = ckpt.find_resumable_checkpoint(run)
-        assert path is not None, f"kill #{kills} left no valid checkpoint: {skipped}"
+        assert path is not None and skipped == [], f"kill #{kills}: {skipped}"
+        assert ckpt.load_model(path).source.startswith("checkpoint step")
+        ckpt.read_safetensors(path / "optimizer.safetensors")
         state = ckpt.read_trainer_state(path)
         assert state["step"] >= last
         last = state["step"]

@@ -1,0 +1,50 @@
+"""Fill [MASK] tokens with a BERT model: the top-k candidates for every mask.
+
+examples:
+  scratchllm train --arch bert --data default --out runs/bert
+  scratchllm fill-mask --model runs/bert --text "The [MASK]ame of the function"
+  scratchllm fill-mask --model runs/bert --text "The cat sat on the [MASK]" --top-k 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p, help="a BERT run directory or checkpoint")
+    p.add_argument("--text", required=True, help="text with one or more [MASK] tokens")
+    p.add_argument("--top-k", type=int, default=5, help="candidates to show per mask (default 5)")
+    add_json_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.errors import ScratchLLMError
+
+    if args.top_k < 1:
+        raise ScratchLLMError(f"--top-k must be >= 1 (got {args.top_k})")
+    if "[MASK]" not in args.text:
+        raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
+    from scratchllm.model.bert import fill_mask
+    from scratchllm.train.checkpoint import load_model
+
+    loaded = load_model(args.model)
+    if loaded.arch != "bert":
+        raise ScratchLLMError(
+            f"{args.model} is a {loaded.arch} model; fill-mask needs a BERT model "
+            "(train one with 'scratchllm train --arch bert --data default')"
+        )
+    if loaded.tokenizer is None:
+        raise ScratchLLMError(f"{args.model} has no tokenizer.json beside the weights")
+    results = fill_mask(loaded.model, loaded.tokenizer, args.text, top_k=args.top_k)
+    if args.json:
+        print_json(results)
+        return 0
+    for k, mask in enumerate(results, start=1):
+        if len(results) > 1:
+            print(f"[MASK] #{k}:")
+        for c in mask["candidates"]:
+            print(f"  {c['probability']:6.3f}  {c['token']!r:>10}  {c['text']}")
+    return 0

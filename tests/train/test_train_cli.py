@@ -1,0 +1,213 @@
+"""`scratchllm train`, `eval` and `demo` end to end on a tiny prepared dataset, and their bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchllm.cli.main import main
+from scratchllm.data.prepare import prepare
+from scratchllm.tokenizer import CharTokenizer
+
+TINY = [
+    "--preset",
+    "tiny",
+    "--set",
+    "n_layer=1",
+    "--set",
+    "n_embd=16",
+    "--set",
+    "context_length=32",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "eval_interval=2",
+    "--set",
+    "eval_steps=2",
+    "--set",
+    "sample_tokens=20",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared_data) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    (root / "text.txt").write_text(text, encoding="utf-8")
+    prepare(CharTokenizer.train(text), [root / "text.txt"], root / "shards", progress=False)
+    # the same text, tokenized by a different tokenizer (one extra symbol shifts every id)
+    prepare(CharTokenizer.train(text + "§"), [root / "text.txt"], root / "other", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "run"
+    code = main(["train", "--data", str(data / "shards"), "--out", str(run), *TINY, "--set", "max_steps=4"])
+    assert code == 0
+    return run
+
+
+def one_line_error(capsys, code: int, *words: str, expected: int = 2) -> None:
+    err = capsys.readouterr().err
+    assert code == expected, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_train_writes_a_complete_run(trained, data, capsys):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+    ):
+        assert (trained / name).is_file(), name
+    cfg = json.loads((trained / "config.json").read_text())
+    meta = json.loads((data / "shards" / "meta.json").read_text())
+    assert cfg["model"]["vocab_size"] == meta["vocab_size"]  # from the data, not the preset
+    assert cfg["model"]["n_layer"] == 1 and cfg["train"]["max_steps"] == 4 and cfg["train"]["batch_size"] == 4
+    assert cfg["data"]["tokenizer_sha256"] == meta["tokenizer_sha256"]
+    assert (trained / "checkpoints" / "step-00000004" / "manifest.json").is_file()
+
+
+def test_eval_reports_loss_perplexity_speed_memory(trained, data, capsys):
+    capsys.readouterr()
+    assert (
+        main(
+            ["eval", "--model", str(trained), "--data", str(data / "shards"), "--json", "--max-batches", "2"]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    for key in ("val_loss", "perplexity", "tokens_per_s", "peak_rss_mb"):
+        assert key in out
+    assert out["perplexity"] == pytest.approx(2.718281828 ** out["val_loss"], rel=1e-6)
+    assert out["batches"] == 2 and out["tokens"] == 2 * 4 * 32
+    assert main(["eval", "--model", str(trained / "best.safetensors"), "--data", str(data / "shards")]) == 0
+    text = capsys.readouterr().out
+    assert "perplexity" in text and "tokens/s" in text
+
+
+def test_resume_extends_a_run(trained, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    args = [
+        "train",
+        "--data",
+        str(data / "shards"),
+        "--out",
+        str(run),
+        "--resume",
+        "--set",
+        "max_steps=6",
+        "--quiet",
+    ]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 6 and out["val_loss"] is not None
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_bad_input_is_one_line_and_changes_nothing(trained, data, tmp_path, capsys):
+    shards = str(data / "shards")
+    fresh = str(tmp_path / "fresh")
+    capsys.readouterr()
+    one_line_error(
+        capsys, main(["train", "--data", shards, "--out", fresh, "--preset", "nope"]), "unknown preset"
+    )
+    one_line_error(
+        capsys, main(["train", "--data", shards, "--out", fresh, "--set", "lr_max=1"]), "lr_max", "valid keys"
+    )
+    one_line_error(capsys, main(["train", "--data", str(tmp_path / "missing"), "--out", fresh]), "not found")
+    assert not Path(fresh).exists()
+
+    # truncated shards
+    broken = tmp_path / "broken"
+    shutil.copytree(data / "shards", broken)
+    with open(broken / "train.bin", "r+b") as f:
+        f.truncate(100)
+    one_line_error(capsys, main(["train", "--data", str(broken), "--out", fresh, *TINY]), "train.bin")
+
+    # an existing run is never overwritten without --resume/--force
+    before = (trained / "model.safetensors").read_bytes()
+    one_line_error(
+        capsys, main(["train", "--data", shards, "--out", str(trained), *TINY]), "--resume", "--force"
+    )
+    assert (trained / "model.safetensors").read_bytes() == before
+    one_line_error(
+        capsys, main(["train", "--data", shards, "--out", str(trained), "--resume", "--force"]), "contradict"
+    )
+    # data from another tokenizer cannot continue this run; eval refuses it too
+    one_line_error(
+        capsys,
+        main(["train", "--data", str(data / "other"), "--out", str(trained), "--resume", "--quiet"]),
+        "different tokenizer",
+    )
+    one_line_error(
+        capsys, main(["eval", "--model", str(trained), "--data", str(data / "other")]), "different tokenizer"
+    )
+    # a model key cannot change on resume; --resume with nothing to resume is an error
+    one_line_error(
+        capsys,
+        main(["train", "--data", shards, "--out", str(trained), "--resume", "--set", "n_layer=3"]),
+        "cannot change",
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(capsys, main(["train", "--data", shards, "--out", str(empty), "--resume"]), "resume")
+    one_line_error(
+        capsys, main(["eval", "--model", str(tmp_path / "nomodel"), "--data", shards]), "not found"
+    )
+    assert (trained / "model.safetensors").read_bytes() == before
+
+
+def test_diverging_loss_exits_3_and_keeps_the_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data / "shards"), "--out", str(run), *TINY]
+    # lr=1e30 makes the first AdamW step overflow the weights; every later loss is NaN/inf.
+    extra = [
+        "--set",
+        "max_steps=10",
+        "--set",
+        "save_interval=1",
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "max_bad_steps=2",
+    ]
+    code = main([*args, *extra, "--set", "lr=1e30", "--set", "min_lr=1e30", "--set", "grad_clip=0"])
+    one_line_error(capsys, code, "not finite", "step", expected=3)
+    assert any(p.name.startswith("step-") for p in (run / "checkpoints").iterdir())
+
+
+def test_demo_runs_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "2", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "scratchllm generate --model" in text and "--- 'The ' ---" in text
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss.png", "data/meta.json"):
+        assert (out / name).is_file(), name
+    before = (out / "model.safetensors").read_bytes()
+    one_line_error(capsys, main(["demo", "--out", str(out)]), "--force")
+    assert (out / "model.safetensors").read_bytes() == before
