@@ -45,6 +45,26 @@ def time_it(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1, min_time
     return Timing(statistics.median(runs), min(runs), runs)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], *, repeat: int = 5, warmup: int = 1
+) -> dict[str, Timing]:
+    """Time several functions taking turns (a, b, a, b, ...) so load spikes hit each side alike.
+
+    On a shared machine a burst of someone else's work can last seconds; timing all of ``a`` and
+    then all of ``b`` would charge that burst to one side only.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - t0)
+    return {name: Timing(statistics.median(r), min(r), r) for name, r in runs.items()}
+
+
 @dataclass
 class Row:
     """One comparison: ``ratio`` is how many times better ours is (>1 is better for us)."""
@@ -94,6 +114,11 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
     }
+    try:
+        # 1-minute load average at the time of the run: > cpus means the timings are inflated.
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        pass
     try:
         import torch
 

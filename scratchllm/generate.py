@@ -143,10 +143,67 @@ def truncate_at_stop(text: str, strings: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+class TextStreamer:
+    """Turn generated token ids into text pieces that are safe to print as they arrive.
+
+    * A character may span several tokens (byte-level BPE splits UTF-8 bytes): text is released
+      only once it decodes without a trailing replacement character.
+    * Tokenizers may join tokens in context-dependent ways (a word tokenizer glues punctuation), so
+      the whole generation is decoded together with the prompt each time and only the new suffix
+      is released.
+    * With stop strings, the last ``len(longest stop) - 1`` characters are held back until it is
+      certain they do not begin a stop string; once one appears, the text before it is released and
+      ``stopped`` becomes True.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (), stop: Sequence[str] = ()
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt = list(prompt_ids)
+        self.prefix = tokenizer.decode(self.prompt) if self.prompt else ""
+        self.stop = [s for s in stop if s]
+        self.holdback = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.text = ""  # everything generated so far (decoded), cut at a stop string
+        self.shown = 0  # characters of `text` already released
+        self.stopped = False
+
+    def _decode(self) -> str:
+        full = self.tokenizer.decode(self.prompt + self.ids)
+        return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tokenizer.decode(self.ids)
+
+    def push(self, token: int) -> str:
+        """Add one generated token; return the text that can be shown now (maybe empty)."""
+        if self.stopped:
+            return ""
+        self.ids.append(int(token))
+        text = self._decode()
+        if text.endswith("\ufffd"):
+            return ""  # the middle of a multi-byte character: wait for the rest
+        text, self.stopped = truncate_at_stop(text, self.stop)
+        self.text = text
+        safe = len(text) if self.stopped else max(self.shown, len(text) - self.holdback)
+        return self._release(safe)
+
+    def finish(self) -> str:
+        """The text still held back (call once generation has ended)."""
+        if not self.stopped and self.ids:
+            self.text, self.stopped = truncate_at_stop(self._decode(), self.stop)
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        piece = self.text[self.shown : upto]
+        self.shown = max(self.shown, upto)
+        return piece
+
+
 # ---------------------------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------------------------
-def _as_batch(idx: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, bool]:
+def _as_batch(
+    idx: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device
+) -> tuple[Tensor, bool]:
     """Accept a ``[B, T]`` tensor, a 1-D tensor or a list of ids; say whether it was a single row."""
     if not isinstance(idx, Tensor):
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -196,7 +253,9 @@ def stream(
     mask = None
     if attention_mask is not None:
         if attention_mask.shape != idx.shape:
-            raise ScratchLLMError(f"attention_mask shape {tuple(attention_mask.shape)} != prompt shape {tuple(idx.shape)}")
+            raise ScratchLLMError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != prompt shape {tuple(idx.shape)}"
+            )
         mask = torch.ones(B, T0 + max_new_tokens, dtype=torch.long, device=device)
         mask[:, :T0] = attention_mask.to(device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -210,10 +269,15 @@ def stream(
         # Prefill: the (cropped) prompt in one forward pass.
         start = max(0, n - ctx)
         logits = model(
-            seq[:, start:n], kv_cache=cache, attention_mask=None if mask is None else mask[:, start:n], only_last=True
+            seq[:, start:n],
+            kv_cache=cache,
+            attention_mask=None if mask is None else mask[:, start:n],
+            only_last=True,
         )
         for _ in range(max_new_tokens):
-            token = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            token = sample_next(
+                logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )
             if B > 1 or eos.numel():
                 token = torch.where(done, seq[:, n - 1], token)  # finished rows stand still
             seq[:, n] = token

@@ -115,7 +115,9 @@ def test_seed_reproducibility_and_streaming():
     b = generate(model, prompt, 12, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(7))
     c = generate(model, prompt, 12, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    streamed = list(stream(model, prompt, 12, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(7)))
+    streamed = list(
+        stream(model, prompt, 12, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(7))
+    )
     assert all(isinstance(t, int) for t in streamed)
     assert streamed == a[3:].tolist()
     assert model.training is False

@@ -81,8 +81,8 @@ def summary(result, out: str) -> dict:
 def print_summary(result, out: str) -> None:
     s = summary(result, out)
     line = (
-        f"step {s['step']}: {s['tokens_seen']:,} tokens in {s['elapsed']:.1f} s "
-        f"({s['tokens_per_s']:,.0f} tokens/s)"
+        f"step {s['step']}: {s['tokens_seen']:,} tokens, {s['elapsed']:.1f} s wall-clock, "
+        f"{s['tokens_per_s']:,.0f} tokens/s while training"
     )
     if s["loss"] is not None:
         line += f", train loss {s['loss']:.4f}"

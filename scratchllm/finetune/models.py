@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
-from scratchllm.model.lora import DEFAULT_TARGETS, LoRAConfig, _target_suffixes, apply_lora
+from scratchllm.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, target_suffixes
 
 
 @dataclass
@@ -79,7 +79,7 @@ class GPTClassifierConfig(GPTLoRAConfig):
             raise ScratchLLMError(
                 f"invalid model config: {len(self.labels)} labels for num_classes={self.num_classes}"
             )
-        if self.lora_r and "out_head" in _target_suffixes(self.lora_targets):
+        if self.lora_r and "out_head" in target_suffixes(self.lora_targets):
             raise ScratchLLMError(
                 "the classification head is new and trains in full; drop 'head' from --lora-targets"
             )

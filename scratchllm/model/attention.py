@@ -179,6 +179,7 @@ def build_attn_mask(
     alibi_slopes: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    self_visible: bool = True,
 ) -> Tensor | None:
     """Combine causality, padding and ALiBi into one mask for ``scaled_dot_product_attention``.
 
@@ -188,7 +189,8 @@ def build_attn_mask(
     ``[B or 1, H, T, S]`` (0 or a negative bias where allowed, -inf where not).
 
     A padding query would otherwise have *no* key to attend to (all -inf -> NaN after softmax), so
-    every query is always allowed to see itself; outputs at padding positions are never used.
+    in self-attention every query is always allowed to see itself; outputs at padding positions
+    are never used. (Cross-attention passes ``self_visible=False``: there, key s is not query s.)
     """
     if key_padding is None and alibi_slopes is None:
         if not causal or T == 1:
@@ -198,9 +200,9 @@ def build_attn_mask(
     allowed = allowed[None, None]  # [1, 1, T, S]
     if key_padding is not None:
         allowed = allowed & key_padding.to(device=device, dtype=torch.bool)[:, None, None, :]
-        self_pos = torch.arange(T, device=device)
-        allowed = allowed.clone()
-        allowed[:, :, self_pos, S - T + self_pos] = True
+        if self_visible:
+            self_pos = torch.arange(T, device=device)
+            allowed[:, :, self_pos, S - T + self_pos] = True
     if alibi_slopes is None:
         return allowed
     bias = alibi_bias(alibi_slopes.to(device), T, S).to(dtype)[None]  # [1, H, T, S]
@@ -259,7 +261,9 @@ class FastMultiHeadAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
 
     @classmethod
-    def from_config(cls, config: GPTConfig, *, causal: bool = True, layer_idx: int = 0) -> FastMultiHeadAttention:
+    def from_config(
+        cls, config: GPTConfig, *, causal: bool = True, layer_idx: int = 0
+    ) -> FastMultiHeadAttention:
         return cls(
             config.n_embd,
             config.n_head,
@@ -312,7 +316,14 @@ class FastMultiHeadAttention(nn.Module):
         is_causal = False
         if attn_mask is None:
             if attention_mask is not None:
-                attn_mask = build_attn_mask(T, S, causal=self.causal, key_padding=attention_mask, device=x.device)
+                attn_mask = build_attn_mask(
+                    T,
+                    S,
+                    causal=self.causal,
+                    key_padding=attention_mask,
+                    device=x.device,
+                    self_visible=context is None,
+                )
             elif self.causal and T == S:
                 is_causal = True  # the fast path: the kernel knows the mask is triangular
             elif self.causal and T > 1:

@@ -160,7 +160,9 @@ class GPTModel(nn.Module):
                 kv_cache.set_padding(attention_mask, T)
             key_padding = kv_cache.key_padding(T)
         elif attention_mask is not None and attention_mask.shape != idx.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != idx shape {tuple(idx.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != idx shape {tuple(idx.shape)}"
+            )
 
         # Positions: 0, 1, 2, ... — or, with padding, the number of real tokens before each one.
         if key_padding is None:

@@ -8,7 +8,7 @@ observed that for adapting to a task ``ΔW`` can be taken to be of *low rank*: w
     y = x W^T + b  +  (alpha / r) * x A^T B^T
 
 and only ``A`` and ``B`` train. For GPT-2 small with ``r = 8`` on every attention and FFN matrix
-that is about 1.3M trainable numbers instead of 124M — the optimizer state shrinks to match, and
+that is about 1.2M trainable numbers instead of 124M — the optimizer state shrinks to match, and
 the adapter saved to disk is a few megabytes.
 
 Two details make it behave:
@@ -138,7 +138,7 @@ class LoRALinear(nn.Module):
 # ----------------------------------------------------------------------------- attaching
 
 
-def _target_suffixes(targets: Iterable[str]) -> list[str]:
+def target_suffixes(targets: Iterable[str]) -> list[str]:
     suffixes: list[str] = []
     for t in targets:
         suffixes.extend(TARGET_ALIASES.get(t, (t,)))
@@ -158,7 +158,7 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen: set[str] = set()
     for t in targets:
-        hits = [n for n in linears if any(_matches(n, s) for s in _target_suffixes([t]))]
+        hits = [n for n in linears if any(_matches(n, s) for s in target_suffixes([t]))]
         if not hits:
             examples = sorted({n.split(".")[-1] if "blocks." in n else n for n in linears})
             raise ScratchLLMError(
@@ -352,10 +352,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def read_adapter(path: str | Path) -> tuple[AdapterInfo, dict[str, torch.Tensor]]:
     """Read an adapter directory (or a run directory holding one under ``adapter/``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from scratchllm.io import read_json
+    from scratchllm.train.checkpoint import read_safetensors  # validates the file before loading
 
     path = Path(path)
     if not is_adapter_dir(path) and is_adapter_dir(path / "adapter"):
@@ -363,10 +361,7 @@ def read_adapter(path: str | Path) -> tuple[AdapterInfo, dict[str, torch.Tensor]
     if not is_adapter_dir(path):
         raise ScratchLLMError(f"no LoRA adapter in {path} (expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     info = AdapterInfo.from_dict(read_json(path / ADAPTER_CONFIG, "adapter config"), where=str(path))
-    try:
-        tensors = load_file(str(path / ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError) as err:
-        raise ScratchLLMError(f"cannot read {path / ADAPTER_WEIGHTS}: {err}") from None
+    tensors, _ = read_safetensors(path / ADAPTER_WEIGHTS)
     return info, tensors
 
 

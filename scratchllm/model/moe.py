@@ -88,7 +88,8 @@ class MoEFeedForward(nn.Module):
             if token_idx.numel() == 0:
                 continue
             y = expert(x.index_select(0, token_idx))
-            out.index_add_(0, token_idx, y * weights[token_idx, slot_idx].unsqueeze(-1))
+            y = y * weights[token_idx, slot_idx].unsqueeze(-1)
+            out.index_add_(0, token_idx, y.to(out.dtype))  # under autocast y may be bf16, out fp32
 
         self._aux_loss, self._utilisation = self._losses(logits, experts)
         return out.reshape(shape)
@@ -96,14 +97,14 @@ class MoEFeedForward(nn.Module):
     def _losses(self, logits: torch.Tensor, experts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Load-balancing loss + router z-loss, and the per-expert assignment fractions ``f``."""
         n_tokens = experts.shape[0]
-        counts = torch.bincount(experts.reshape(-1), minlength=self.n_experts).to(logits.dtype)
+        counts = torch.bincount(experts.reshape(-1), minlength=self.n_experts).float()
         f = counts / (n_tokens * self.top_k)  # fraction of assignments per expert; sums to 1
         p = F.softmax(logits.float(), dim=-1).mean(dim=0)  # mean router probability per expert
-        aux = self.aux_loss_coef * self.n_experts * (f.float() * p).sum()
+        aux = self.aux_loss_coef * self.n_experts * (f * p).sum()
         if self.z_loss_coef > 0:
             z = torch.logsumexp(logits.float(), dim=-1)
             aux = aux + self.z_loss_coef * (z**2).mean()
-        return aux, f.detach().float()
+        return aux, f.detach()
 
     def aux_loss(self) -> torch.Tensor:
         """Auxiliary loss of the last forward pass (zero before the first one)."""

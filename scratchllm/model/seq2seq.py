@@ -390,6 +390,7 @@ def plot_cross_attention(weights: Tensor, src_tokens: list[str], tgt_tokens: lis
 
     fig, ax = plt.subplots(figsize=(0.35 * len(src_tokens) + 2, 0.35 * len(tgt_tokens) + 1.5))
     ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+
     def label(t: str) -> str:  # make spaces and control characters visible
         return "␣" if t == " " else repr(t)[1:-1]
 

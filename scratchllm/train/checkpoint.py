@@ -49,12 +49,11 @@ from typing import Any
 
 from scratchllm.config import to_dict
 from scratchllm.errors import ScratchLLMError
-from scratchllm.io import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from scratchllm.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
-TMP_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
@@ -234,11 +233,26 @@ def _dedup_state_dict(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return kept, aliases
 
 
+def unwrap(model: Any) -> Any:
+    """The plain model inside DistributedDataParallel (``.module``) / torch.compile (``._orig_mod``).
+
+    Their ``state_dict`` keys carry a ``module.`` / ``_orig_mod.`` prefix; files always hold the
+    plain names so that any model of the architecture can load them.
+    """
+    while True:
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None or inner is model:
+            return model
+        model = inner
+
+
 def weights_to_bytes(model: Any, metadata: dict[str, str] | None = None) -> bytes:
     """Serialise a model's ``state_dict`` to safetensors bytes, tied tensors stored once."""
     from safetensors.torch import save
 
-    tensors, aliases = _dedup_state_dict(model.state_dict())
+    tensors, aliases = _dedup_state_dict(unwrap(model).state_dict())
     meta = {"format": "pt", "scratchllm_format_version": str(FORMAT_VERSION), **(metadata or {})}
     if aliases:
         meta["scratchllm_aliases"] = json.dumps(aliases, sort_keys=True)
@@ -253,6 +267,7 @@ def load_weights_into(model: Any, tensors: dict[str, Any], metadata: dict[str, s
     """
     import torch
 
+    model = unwrap(model)
     expected = model.state_dict()
     aliases: dict[str, str] = {}
     if metadata.get("scratchllm_aliases"):
@@ -305,7 +320,7 @@ def load_weights(path: str | os.PathLike, model: Any) -> None:
 # =========================================================================== optimizer <-> bytes
 def _param_names(model: Any, optimizer: Any) -> list[str]:
     """The name of every optimizer parameter index (in ``state_dict`` order), for error messages."""
-    by_id = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    by_id = {id(p): n for n, p in unwrap(model).named_parameters()} if model is not None else {}
     names = []
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -326,7 +341,7 @@ def optimizer_to_bytes(optimizer: Any, model: Any = None) -> bytes:
     for idx, pstate in sd["state"].items():
         for key, value in pstate.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous().clone()
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     info = {
@@ -506,22 +521,27 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def clean_temp_leftovers(run_dir: str | os.PathLike) -> list[Path]:
-    """Remove ``.tmp-*`` entries of saves that were killed half-way. Returns what was removed.
+    """Remove temp entries of saves that were killed half-way. Returns what was removed.
 
-    Only one process trains into a run directory (rank 0 saves), so any temp entry present
-    before a save starts belongs to a save that died.
+    Only one process trains into a run directory (rank 0 saves), so any ``checkpoints/.tmp-*``
+    entry present before a save starts belongs to a save that died; so does a temp file of the
+    run files this module writes atomically (``RUN/.tmp-model.safetensors.*`` and the like).
     """
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS_DIR
+    candidates = list(root.iterdir()) if root.is_dir() else []
+    ours = tuple(f"{TMP_PREFIX}{name}." for name in (MODEL_FILE, BEST_FILE, CONFIG_FILE, TOKENIZER_FILE))
+    if run_dir.is_dir():
+        candidates += [p for p in run_dir.iterdir() if p.name.startswith(ours)]
     removed = []
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-                removed.append(p)
+    for p in candidates:
+        if p.name.startswith(TMP_PREFIX):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
     return removed
 
 
@@ -547,10 +567,13 @@ def save_checkpoint(
     A failed write (disk full, I/O error) removes the temporary files, leaves every committed
     checkpoint untouched and raises a :class:`ScratchLLMError` naming the path and the reason.
     """
+    from scratchllm import __version__ as version
     from scratchllm.train.state import to_jsonable
 
     if keep < 1:
         raise ScratchLLMError(f"keep must be >= 1 checkpoint (got {keep})")
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
     run_dir = Path(run_dir)
     root = run_dir / CHECKPOINTS_DIR
     final = root / step_dir_name(step)
@@ -572,11 +595,18 @@ def save_checkpoint(
     if (run_dir / CONFIG_FILE).is_file():  # makes the checkpoint loadable on its own
         files[CONFIG_FILE] = (run_dir / CONFIG_FILE).read_bytes()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            root.mkdir(parents=True)
+            fsync_dir(run_dir)
         clean_temp_leftovers(run_dir)
         tmp.mkdir()
         entries = {name: _write_durably(tmp / name, data) for name, data in files.items()}
-        manifest = {"format_version": FORMAT_VERSION, "step": step, "files": entries}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "scratchllm_version": version,
+            "files": entries,
+        }
         _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
         fsync_dir(tmp)
         if final.exists():
@@ -661,9 +691,16 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{name}: checkpoint format {manifest.get('format_version')} is newer than this scratchllm "
             f"understands ({FORMAT_VERSION}); upgrade scratchllm"
         )
+    m = _STEP_RE.match(name)
+    if m and int(m.group(1)) != manifest["step"]:
+        raise ScratchLLMError(f"{name}: {MANIFEST} is for step {manifest['step']} (copied from elsewhere?)")
     for required in (MODEL_FILE, TRAINER_STATE_FILE):
         if required not in files:
             raise ScratchLLMError(f"{name}: {MANIFEST} does not list {required}")
+    for known in (OPTIMIZER_FILE, CONFIG_FILE):
+        # A file the loaders read must be covered by the manifest, or it could be swapped unnoticed.
+        if known not in files and (path / known).exists():
+            raise ScratchLLMError(f"{name}: {known} is not listed in {MANIFEST}")
     for fname, entry in files.items():
         fpath = path / fname
         if "/" in fname or fname.startswith(".") or not isinstance(entry, dict):
@@ -849,6 +886,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
         raise ScratchLLMError(
             f"model not found: {path} (give a run directory, a checkpoint or a .safetensors file)"
         )
+    if path.is_file() and path.name == MODEL_FILE and _is_hf_dir(path.parent):
+        path = path.parent  # the weights file of a Hugging Face directory: load the directory
     if path.is_file():
         if path.suffix != ".safetensors":
             raise ScratchLLMError(f"{path} is not a .safetensors file; give a run directory or a checkpoint")
@@ -859,12 +898,16 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
         return _build_and_load(cfg, path, tok, device, f"weights file {path}", str(path))
     if (path / MANIFEST).is_file() or _STEP_RE.match(path.name):
         manifest = verify_checkpoint(path)
-        run_dir = path.parent.parent
-        cfg_path = path / CONFIG_FILE if (path / CONFIG_FILE).is_file() else run_dir / CONFIG_FILE
+        # The run directory is two levels up only when the checkpoint still lives in one.
+        in_run = path.parent.name == CHECKPOINTS_DIR
+        run_dir = path.parent.parent if in_run else path.parent
+        cfg_path = path / CONFIG_FILE
+        if not cfg_path.is_file() and in_run:
+            cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.is_file():
             raise ScratchLLMError(f"checkpoint {path} has no config.json (nor does its run directory)")
         cfg = _read_config(cfg_path)
-        tok = _load_tokenizer_near(path, run_dir)
+        tok = _load_tokenizer_near(path, run_dir) if in_run else _load_tokenizer_near(path)
         return _build_and_load(
             cfg,
             path / MODEL_FILE,
@@ -885,8 +928,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
             raise ScratchLLMError(
                 f"{path} is a Hugging Face directory but the converter is unavailable ({err})"
             ) from None
-        loaded = load_hf_gpt2(path, device)
-        return loaded
+        return load_hf_gpt2(path, device)
     cfg = _read_config(path / CONFIG_FILE)
     if not (path / MODEL_FILE).is_file():
         raise ScratchLLMError(f"{path} has config.json but no {MODEL_FILE}; has training saved anything yet?")
@@ -899,6 +941,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
 __all__ = [
     "LoadedModel",
     "check_safetensors_header",
+    "check_vocab",
+    "load_weights_into",
+    "run_config",
+    "unwrap",
     "find_resumable_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

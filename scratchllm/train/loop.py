@@ -72,6 +72,10 @@ RUN_FILES = ("checkpoints", "model.safetensors", "best.safetensors", "metrics.js
 PLOT_EVERY_S = 20.0
 
 
+#: Evaluation results not worth a line on the terminal (they still go to metrics.jsonl).
+_NOT_SHOWN = ("tokens_per_s", "peak_rss_mb", "cuda_max_memory_mb", "tokens", "batches")
+
+
 class ResumeWarning(UserWarning):
     """Resuming cannot be bit-exact (a different thread count, device, torch version...)."""
 
@@ -172,6 +176,18 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
+def _on_main(env: Any, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 only; if it raises there, every rank raises (nobody waits forever)."""
+    error = None
+    if env.is_main:
+        try:
+            fn()
+        except ScratchLLMError as err:
+            error = err
+    if not env.all_agree(error is None):
+        raise error or ScratchLLMError("rank 0 stopped with an error (see its message)")
+
+
 def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     """A new run needs an empty directory (or ``force``); ``resume`` needs an existing run."""
     if resume:
@@ -238,9 +254,7 @@ def train(
     if stop_at is not None and stop_at < 1:
         raise ScratchLLMError(f"stop_at must be >= 1 (got {stop_at})")
 
-    if env.is_main:
-        _prepare_run_dir(run_dir, resume=resume, force=force)
-    env.barrier()
+    _on_main(env, lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
 
     # --- seeds (a resumed run overwrites all of them with the saved states below) ---
     import random
@@ -317,8 +331,9 @@ def train(
                 "raise it (--set max_steps=N) to train more"
             )
 
-    if env.is_main:
-        checkpoint.save_run_files(
+    _on_main(
+        env,
+        lambda: checkpoint.save_run_files(
             run_dir,
             None,
             arch=arch,
@@ -326,7 +341,8 @@ def train(
             train_config=cfg,
             tokenizer=tokenizer,
             extra=extra_config,
-        )
+        ),
+    )
 
     # --- wrappers for speed and for several processes ---
     train_model: Any = model
@@ -371,6 +387,7 @@ def train(
             desc="train",
             unit="step",
             dynamic_ncols=True,
+            disable=None,  # off when stderr is not a terminal (logs, CI)
         )
 
     def elapsed() -> float:
@@ -411,22 +428,22 @@ def train(
                 exit_code=EXIT_NON_FINITE,
             )
         state = trainer_state()  # collective: every rank takes part
-        path, error = None, None
-        if env.is_main:
-            try:
-                path = checkpoint.save_checkpoint(
+        saved: list[Path] = []
+        _on_main(
+            env,
+            lambda: saved.append(
+                checkpoint.save_checkpoint(
                     run_dir, step=step, model=model, optimizer=optimizer, trainer_state=state
                 )
-            except ScratchLLMError as err:
-                error = err
-        if not env.all_agree(error is None):
-            raise error or ScratchLLMError("rank 0 failed to save a checkpoint; see its error message")
-        return path
+            ),
+        )
+        return saved[0] if saved else None
 
     def evaluate() -> dict[str, float]:
         out: dict[str, float] = {}
         if cfg.eval_steps > 0 and env.is_main:
-            with autocast:
+            model.eval()  # dropout off; the plain model (no DDP wrapper: no collectives on one rank)
+            with torch.no_grad(), autocast:
                 out = dict(task.evaluate(model, max_batches=cfg.eval_steps))
             model.train()
         return out
@@ -467,18 +484,20 @@ def train(
             grad_norm = _grad_norm(params, cfg.grad_clip)
 
             # ---- one sync per step: mean loss, "anything non-finite?", "stop requested?" ----
-            local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm.to(device)))
+            grad_norm = grad_norm.to(device=device, dtype=torch.float32)
+            local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
             stats = torch.stack(
                 [
                     loss_sum / cfg.grad_accum_steps,
                     local_bad.float(),
                     torch.tensor(float(stop.reason is not None), device=device),
+                    grad_norm,  # the same on every rank (DDP averaged the gradients)
                 ]
             )
             env.all_reduce_sum(stats)
-            step_loss, n_bad, n_stop = stats.tolist()
+            step_loss, n_bad, n_stop, gnorm = stats.tolist()
             step_loss /= env.world_size
-            gnorm = float(grad_norm)
+            gnorm /= env.world_size
 
             # ---- decide: step, or skip (bad numbers / loss spike) ----
             reason = None
@@ -592,15 +611,12 @@ def train(
                             best_val = val
                             checkpoint.save_best(run_dir, model)
                         result.best_val_loss = best_val
-                        if bar is not None:
-                            bar.write(
-                                f"step {step}: val_loss {scores.get('val_loss', float('nan')):.4f}"
-                                + (
-                                    f", perplexity {scores['perplexity']:.2f}"
-                                    if "perplexity" in scores
-                                    else ""
-                                )
-                            )
+                        shown = ", ".join(
+                            f"{k} {v:.4f}"
+                            for k, v in scores.items()
+                            if isinstance(v, float) and k not in _NOT_SHOWN
+                        )
+                        say(f"step {step}: {shown}")
                     if scores or text is not None:
                         metrics.log(
                             "eval",

@@ -107,7 +107,9 @@ class BertPretrainingTask:
         keep = ("masked_token_accuracy", "nsp_accuracy")
         return loss, {k: v for k, v in metrics.items() if k in keep}
 
+    @torch.no_grad()
     def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        model.eval()  # no dropout (the loop switches back to train mode afterwards)
         device = model_device(model)
         sums = {"loss": 0.0, "mlm_nll": 0.0, "masked": 0.0, "mlm_correct": 0.0, "nsp_correct": 0.0, "n": 0}
         for i in range(max_batches):
@@ -136,6 +138,7 @@ class BertPretrainingTask:
             return None
         from scratchllm.model.bert import fill_mask_ids
 
+        model.eval()
         sentence = self.val_examples.docs[0][0][: self.val_examples.context_length - 2]
         masked = [self.special.mask if k % 6 == 3 else t for k, t in enumerate(sentence)]
         filled = fill_mask_ids(
@@ -199,9 +202,11 @@ class Seq2SeqTask:
         m = unwrap(model)
         return translate(m, self.tokenizer, sources, beam=beam, batch_size=256, max_len=self.max_decode_len)
 
+    @torch.no_grad()
     def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
         import torch.nn.functional as F
 
+        model.eval()
         device = model_device(model)
         nll, count = 0.0, 0
         for i in range(0, min(len(self.val), max_batches * self.batch_size), self.batch_size):
@@ -223,7 +228,9 @@ class Seq2SeqTask:
             "bleu": corpus_bleu(hyps, refs, char_level=self.tokenizer.kind == "char"),
         }
 
+    @torch.no_grad()
     def sample(self, model: Any) -> str | None:
+        model.eval()
         pairs = self.val_pairs[:4]
         hyps = self.translate(model, [s for s, _ in pairs])
         return "\n".join(f"{s!r} -> {h!r} (reference {t!r})" for (s, t), h in zip(pairs, hyps, strict=True))

@@ -66,6 +66,22 @@ def test_hf_dir_works_directly_as_model(tiny_hf):
         assert (loaded.model(ids(2)) - hf_model(ids(2)).logits).abs().max() < 1e-4
 
 
+@torch.no_grad()
+def test_generate_cli_on_hf_dir_matches_transformers_greedy(tiny_hf, capsys):
+    hf_dir, hf_model = tiny_hf
+    tok = load_gpt2_dir(hf_dir)
+    prompt = "Every effort moves you"
+    ids_ = torch.tensor([tok.encode(prompt)])
+    expected = hf_model.generate(
+        ids_, attention_mask=torch.ones_like(ids_), do_sample=False, max_new_tokens=12, pad_token_id=50256
+    )[0, ids_.shape[1] :].tolist()
+    argv = ["generate", "--model", str(hf_dir), "--prompt", prompt, "--max-new-tokens", "12"]
+    assert main([*argv, "--temperature", "0", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"].startswith("Hugging Face GPT-2 directory")
+    assert result["text"] == tok.decode([t for t in expected if t != 50256])
+
+
 def test_to_hf_refuses_a_rope_model(tmp_path, hf_tok_dir, capsys):
     cfg = GPTConfig(vocab_size=50257, context_length=16, n_layer=1, n_head=2, n_embd=8, pos_emb="rope")
     save_run_files(

@@ -33,9 +33,25 @@ def test_compare_writes_table_and_plot(tmp_path, shared_data, capsys) -> None:
     src.write_text(text, encoding="utf-8")
     prepare(CharTokenizer.train(text), [src], tmp_path / "data", progress=False, workers=1)
     out = tmp_path / "cmp"
-    args = ["compare", "--data", str(tmp_path / "data"), "--out", str(out), "--max-steps", "4",
-            "--variants", "base:;llama:pos_emb=rope,norm=rmsnorm,activation=swiglu;moe:n_experts=2,moe_top_k=1",
-            "--set", "n_embd=32", "--set", "context_length=32", "--set", "eval_steps=1", "--set", "batch_size=4"]  # fmt: skip
+    args = [
+        "compare",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--variants",
+        "base:;llama:pos_emb=rope,norm=rmsnorm,activation=swiglu;moe:n_experts=2,moe_top_k=1",
+        "--set",
+        "n_embd=32",
+        "--set",
+        "context_length=32",
+        "--set",
+        "eval_steps=1",
+        "--set",
+        "batch_size=4",
+    ]
     assert main(args) == 0
     table = (out / "compare.md").read_text()
     assert table.count("\n") == 5 and "| llama |" in table and "n_experts=2" in table

@@ -8,9 +8,25 @@ import pytest
 
 from scratchllm.cli.main import main
 
-TINY_BERT = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "context_length=48",
-             "--set", "batch_size=16", "--set", "warmup_steps=5", "--set", "eval_steps=2", "--set", "lr=3e-3",
-             "--quiet"]  # fmt: skip
+TINY_BERT = [
+    "--set",
+    "n_layer=1",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "n_head=2",
+    "--set",
+    "context_length=48",
+    "--set",
+    "batch_size=16",
+    "--set",
+    "warmup_steps=5",
+    "--set",
+    "eval_steps=2",
+    "--set",
+    "lr=3e-3",
+    "--quiet",
+]
 
 
 def metrics(run) -> list[dict]:
@@ -57,16 +73,65 @@ def test_seq2seq_tsv_train_and_translate(tmp_path, capsys) -> None:
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("".join(f"{s}\t{t}\n" for s, t in date_pairs(300, seed=1)), encoding="utf-8")
     run = tmp_path / "s2s"
-    common = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "batch_size=16",
-              "--set", "eval_steps=1", "--set", "warmup_steps=2", "--quiet"]  # fmt: skip
-    assert main(["train", "--arch", "seq2seq", "--data", str(tsv), "--out", str(run), *common,
-                 "--set", "max_steps=12", "--set", "eval_interval=12"]) == 0  # fmt: skip
+    common = [
+        "--set",
+        "n_layer=1",
+        "--set",
+        "n_embd=32",
+        "--set",
+        "n_head=2",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "eval_steps=1",
+        "--set",
+        "warmup_steps=2",
+        "--quiet",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "seq2seq",
+                "--data",
+                str(tsv),
+                "--out",
+                str(run),
+                *common,
+                "--set",
+                "max_steps=12",
+                "--set",
+                "eval_interval=12",
+            ]
+        )
+        == 0
+    )
     last = [e for e in metrics(run) if e["event"] == "eval" and "val_loss" in e][-1]
     assert {"exact_match", "bleu", "perplexity"} <= set(last)
+    resume = ["train", "--arch", "seq2seq", "--data", str(tsv), "--out", str(run), "--quiet", "--resume"]
+    assert main([*resume, "--set", "max_steps=14"]) == 0
+    assert [e for e in metrics(run) if e["event"] == "train"][-1]["step"] == 14
     capsys.readouterr()
     png = tmp_path / "attn.png"
-    assert main(["translate", "--model", str(run), "--text", "Mar 3, 1998", "--beam", "2", "--max-len", "12",
-                 "--plot-attention", str(png)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "translate",
+                "--model",
+                str(run),
+                "--text",
+                "Mar 3, 1998",
+                "--beam",
+                "2",
+                "--max-len",
+                "12",
+                "--plot-attention",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert png.is_file()
     assert main(["translate", "--model", str(run), "--text", "x", "--plot-attention", str(png)]) == 2
     assert "--force" in capsys.readouterr().err
@@ -86,7 +151,9 @@ def test_family_runs_load_back(tmp_path, arch) -> None:
 
     data = "default" if arch == "bert" else "dates"
     setup = setup_pretraining(data, tmp_path, arch=arch, overrides=["n_layer=1", "n_embd=32", "n_head=2"])
-    save_run_files(tmp_path, setup.model, arch=arch, model_config=setup.model_config, tokenizer=setup.tokenizer)
+    save_run_files(
+        tmp_path, setup.model, arch=arch, model_config=setup.model_config, tokenizer=setup.tokenizer
+    )
     loaded = load_model(tmp_path)
     assert loaded.arch == arch and type(loaded.model) is type(setup.model)
     assert loaded.tokenizer.vocab_size == setup.tokenizer.vocab_size

@@ -109,3 +109,14 @@ def test_tiny_moe_gpt_trains_on_default_corpus() -> None:
     assert sum(util["layer_0"]) == pytest.approx(1.0, abs=1e-3)
     # The router got gradient from the balancing loss.
     assert model.blocks[0].moe.router.weight.grad is not None
+
+
+def test_moe_under_bf16_autocast() -> None:
+    """Experts may return bf16 under autocast while the residual stream stays fp32."""
+    torch.manual_seed(5)
+    model = GPTModel(tiny())
+    idx = torch.randint(0, 50, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = lm_loss(model(idx), idx) + model.aux_loss()
+    loss.backward()
+    assert torch.isfinite(loss) and model.blocks[0].moe.router.weight.grad is not None

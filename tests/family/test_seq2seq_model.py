@@ -26,9 +26,17 @@ def date_tokenizer() -> CharTokenizer:
 def tiny_model(tok, **kw) -> Seq2SeqTransformer:
     sp = s2s.Seq2SeqSpecialIds(tok)
     base = dict(
-        src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, context_length=40, n_layer=1,
-        n_head=2, n_embd=32, dropout=0.0, pad_id=sp.pad, bos_id=sp.bos, eos_id=sp.eos,
-    )  # fmt: skip
+        src_vocab_size=tok.vocab_size,
+        tgt_vocab_size=tok.vocab_size,
+        context_length=40,
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        dropout=0.0,
+        pad_id=sp.pad,
+        bos_id=sp.bos,
+        eos_id=sp.eos,
+    )
     base.update(kw)
     return Seq2SeqTransformer(Seq2SeqConfig(**base))
 

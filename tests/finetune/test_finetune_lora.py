@@ -187,11 +187,16 @@ def test_merge_classifier_adapter(cls_files, tmp_path, cli):
         ["lora", "merge", "--model", run / "adapter", "--base", cls_files / "base", "--out", tmp_path / "m"]
     )
     assert rc == 0, err
+    rc, _, err = cli(["lora", "merge", "--model", run, "--out", tmp_path / "m_run"])
+    assert rc == 0, err
     texts = ["Thou art a villain, my lord.", "It was a cheap genius after all."]
-    rc1, out1, _ = cli(["classify", "--model", run, "--json", *[a for t in texts for a in ("--text", t)]])
-    rc2, out2, _ = cli(
-        ["classify", "--model", tmp_path / "m", "--json", *[a for t in texts for a in ("--text", t)]]
-    )
-    p1, p2 = json.loads(out1), json.loads(out2)
-    assert [r["label"] for r in p1] == [r["label"] for r in p2]
-    assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(p1, p2))
+    text_args = [a for t in texts for a in ("--text", t)]
+    rc, out, _ = cli(["classify", "--model", run, "--json", *text_args])
+    want = json.loads(out)
+    for merged in ("m", "m_run"):
+        rc, out, err = cli(["classify", "--model", tmp_path / merged, "--json", *text_args])
+        assert rc == 0, err
+        got = json.loads(out)
+        assert [r["label"] for r in got] == [r["label"] for r in want]
+        assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(got, want))
+        assert load_model(tmp_path / merged).model.config.lora_r == 0

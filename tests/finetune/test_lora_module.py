@@ -145,3 +145,18 @@ def test_adapter_roundtrip_and_mismatched_base(tmp_path):
     other = TinyNet()  # same shapes, different weights
     with pytest.raises(ScratchLLMError, match="different base model"):
         load_adapter(other, tmp_path / "ad")
+
+
+def test_damaged_or_missing_adapter_is_a_clear_error(tmp_path):
+    net = TinyNet()
+    cfg = LoRAConfig(r=2, targets=("qkv",))
+    trained = TinyNet()
+    trained.load_state_dict(net.state_dict())
+    apply_lora(trained, cfg)
+    save_adapter(trained, tmp_path / "ad", AdapterInfo(lora=cfg, base_fingerprint=base_fingerprint(net)))
+    weights = tmp_path / "ad" / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ScratchLLMError, match="not a valid safetensors file"):
+        load_adapter(net, tmp_path / "ad")
+    with pytest.raises(ScratchLLMError, match="no LoRA adapter"):
+        load_adapter(net, tmp_path)

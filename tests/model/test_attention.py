@@ -103,7 +103,7 @@ def test_rope_rotation_preserves_norm_and_is_relative():
     rq = apply_rope(q.expand(1, 1, 16, 8), cos, sin)
     rk = apply_rope(k.expand(1, 1, 16, 8), cos, sin)
     assert torch.allclose(rq.norm(dim=-1), q.norm(dim=-1).expand(1, 1, 16), atol=1e-5)
-    dots = (rq[0, 0] @ rk[0, 0].T)  # [16, 16]: score of query at m with key at n
+    dots = rq[0, 0] @ rk[0, 0].T  # [16, 16]: score of query at m with key at n
     # depends only on m - n
     assert torch.allclose(dots[5, 2], dots[9, 6], atol=1e-4)
     assert torch.allclose(dots[3, 3], dots[12, 12], atol=1e-4)
@@ -117,3 +117,18 @@ def test_alibi_slopes_and_mask():
     assert m[0, 0, 0, 1] == float("-inf")
     assert m[0, 0, 2, 0] == pytest.approx(-2 * 0.0625)
     assert m[0, 1, 2, 2] == 0
+
+
+def test_cross_attention_uses_context_for_keys_and_values():
+    torch.manual_seed(4)
+    attn = FastMultiHeadAttention(16, 2, causal=False)
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    y, w = attn(x, context=ctx, need_weights=True)
+    assert y.shape == (2, 3, 16) and w.shape == (2, 2, 3, 5)
+    assert torch.allclose(attn(x, context=ctx), y, atol=1e-6)
+    # Self-attention is cross-attention to itself.
+    assert torch.allclose(attn(x, context=x), attn(x), atol=1e-6)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ctx2 = ctx.clone()
+    ctx2[0, 3:] = 0
+    assert torch.allclose(attn(x, mask, context=ctx2)[0], attn(x, mask, context=ctx)[0], atol=1e-6)

@@ -117,7 +117,12 @@ def test_gpt2_init_statistics():
 
 @pytest.mark.parametrize(
     "name,count",
-    [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+    [
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+    ],
 )
 def test_preset_parameter_counts(name, count):
     with torch.device("meta"):
@@ -125,7 +130,9 @@ def test_preset_parameter_counts(name, count):
     assert model.num_params() == count
     cfg = model.config
     untied = count + cfg.vocab_size * cfg.n_embd
-    assert model.num_params(exclude_embeddings=True) == count - cfg.vocab_size * cfg.n_embd - 1024 * cfg.n_embd
+    assert (
+        model.num_params(exclude_embeddings=True) == count - cfg.vocab_size * cfg.n_embd - 1024 * cfg.n_embd
+    )
     assert untied > count
 
 
@@ -155,7 +162,9 @@ def test_lm_loss_ignores_minus_100_and_too_long_input_errors():
 
 def test_only_last_and_build_model_registry():
     torch.manual_seed(0)
-    model = build_model("gpt", {"vocab_size": 61, "context_length": 16, "n_layer": 1, "n_head": 2, "n_embd": 16})
+    model = build_model(
+        "gpt", {"vocab_size": 61, "context_length": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}
+    )
     assert isinstance(model, GPTModel)
     idx = torch.randint(0, 61, (2, 5))
     assert torch.allclose(model(idx, only_last=True)[:, 0], model(idx)[:, -1], atol=1e-6)

@@ -189,6 +189,8 @@ def test_load_model_hf_dir_delegates_or_says_why(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(sys.modules, "scratchllm.convert.hf_gpt2", fake)
     assert ckpt.load_model(hf).source.startswith("Hugging Face GPT-2 directory")
+    (hf / "model.safetensors").write_bytes(b"")  # naming its weights file means the directory
+    assert ckpt.load_model(hf / "model.safetensors").source == f"Hugging Face GPT-2 directory {hf}"
 
 
 @pytest.mark.parametrize(
@@ -267,10 +269,12 @@ def test_keep_prunes_only_after_commit_and_ignores_temp(tmp_path):
     orphan = tmp_path / "checkpoints" / ".tmp-step-00000050-1234"
     orphan.mkdir()
     (orphan / "model.safetensors").write_bytes(b"half")
+    half_latest = tmp_path / ".tmp-model.safetensors.x1y2"  # killed while updating RUN/model.safetensors
+    half_latest.write_bytes(b"half")
     path, skipped = ckpt.find_resumable_checkpoint(tmp_path)
     assert path.name == "step-00000040" and skipped == []
     ckpt.save_checkpoint(tmp_path, step=50, model=model, optimizer=opt, trainer_state={})
-    assert not orphan.exists()  # leftovers of a killed save are cleaned by the next save
+    assert not orphan.exists() and not half_latest.exists()  # leftovers of a killed save: cleaned
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [40, 50]
 
 
@@ -430,3 +434,72 @@ def test_planted_pickle_payload_never_runs(tmp_path, target, fix_manifest):
         with pytest.raises(ScratchLLMError):
             attempt()
     assert not marker.exists()
+
+
+def test_wrapped_models_save_plain_names(tmp_path):
+    """A DDP-style wrapper (``.module``) saves and loads under the plain parameter names."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model, opt = trained_pair()
+    path = ckpt.save_checkpoint(tmp_path, step=1, model=Wrapper(model), optimizer=opt, trainer_state={})
+    tensors, _ = ckpt.read_safetensors(path / "model.safetensors")
+    assert "tok_emb.weight" in tensors and not any(k.startswith("module.") for k in tensors)
+    fresh = tiny_model(seed=5)
+    ckpt.load_checkpoint(path, Wrapper(fresh), torch.optim.AdamW(fresh.parameters(), lr=1e-2))
+    assert same_weights(model, fresh)
+
+
+def test_manifest_must_match_directory_and_cover_every_file(tmp_path):
+    run, _, _ = make_run(tmp_path, steps=(1, 2))
+    ck = run / "checkpoints"
+    # A checkpoint renamed to another step is not trusted.
+    shutil.copytree(ck / "step-00000002", ck / "step-00000003")
+    with pytest.raises(ScratchLLMError, match="manifest.json is for step 2"):
+        ckpt.verify_checkpoint(ck / "step-00000003")
+    shutil.rmtree(ck / "step-00000003")
+    # A file the loader reads but the manifest does not cover is refused.
+    manifest = json.loads((ck / "step-00000002" / "manifest.json").read_text())
+    del manifest["files"]["optimizer.safetensors"]
+    (ck / "step-00000002" / "manifest.json").write_text(json.dumps(manifest))
+    path, skipped = ckpt.find_resumable_checkpoint(run)
+    assert path.name == "step-00000001"
+    assert skipped == ["step-00000002: optimizer.safetensors is not listed in manifest.json"]
+
+
+def test_checkpoint_outside_a_run_uses_only_its_own_files(tmp_path):
+    run, model, _ = make_run(tmp_path, steps=(1,))
+    alone = tmp_path / "a" / "b" / "step-00000001"
+    shutil.copytree(run / "checkpoints" / "step-00000001", alone)
+    # An unrelated tokenizer two levels up must not be picked up as this model's tokenizer.
+    CharTokenizer.train("xyz").save(tmp_path / "a" / "tokenizer.json")
+    loaded = ckpt.load_model(alone)
+    assert loaded.tokenizer is None and same_weights(model, loaded.model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_and_weights_round_trip(tmp_path):
+    torch.cuda.init()
+    gens = {"sampling": torch.Generator(device="cuda").manual_seed(4)}
+    saved = json.loads(json.dumps(capture_rng_state(gens)))
+    assert saved["cuda"], "CUDA RNG state must be captured once CUDA is initialised"
+    first = (torch.rand(3, device="cuda"), torch.rand(3, device="cuda", generator=gens["sampling"]))
+    restore_rng_state(saved, gens)
+    again = (torch.rand(3, device="cuda"), torch.rand(3, device="cuda", generator=gens["sampling"]))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+    model = tiny_model().cuda()
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long, device="cuda")).sum().backward()
+    opt.step()
+    ckpt.save_run_files(tmp_path, None, arch="gpt", model_config=CFG)
+    path = ckpt.save_checkpoint(tmp_path, step=1, model=model, optimizer=opt, trainer_state={})
+    loaded = ckpt.load_model(path, device="cuda")
+    assert next(loaded.model.parameters()).is_cuda and same_weights(model, loaded.model)
+    fresh = tiny_model(seed=3).cuda()
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    ckpt.load_checkpoint(path, fresh, fresh_opt)
+    assert all(v.is_cuda for s in fresh_opt.state.values() for k, v in s.items() if k != "step")

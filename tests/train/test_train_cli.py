@@ -211,3 +211,23 @@ def test_demo_runs_and_refuses_to_overwrite(tmp_path, capsys):
     before = (out / "model.safetensors").read_bytes()
     one_line_error(capsys, main(["demo", "--out", str(out)]), "--force")
     assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_config_layers_resolve_in_order(data, tmp_path):
+    from scratchllm.train.pretrain import setup_pretraining
+
+    toml = tmp_path / "cfg.toml"
+    toml.write_text("lr = 5e-4\n[model]\nn_layer = 3\nn_embd = 32\n[train]\nbatch_size = 6\nmax_steps = 7\n")
+    setup = setup_pretraining(
+        data / "shards", tmp_path / "run", preset="tiny", config_file=toml, overrides=["max_steps=9"], seed=5
+    )
+    tc, mc = setup.train_config, setup.model_config
+    assert (tc.lr, tc.batch_size, tc.max_steps, tc.seed) == (
+        5e-4,
+        6,
+        9,
+        5,
+    )  # toml over preset, --set over toml
+    assert (mc.n_layer, mc.n_embd, mc.n_head) == (3, 32, 2)  # n_head from the preset
+    assert tc.warmup_steps == 10  # untouched preset value
+    assert mc.vocab_size == json.loads((data / "shards" / "meta.json").read_text())["vocab_size"]

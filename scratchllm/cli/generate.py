@@ -1,0 +1,156 @@
+"""Generate text from a trained GPT (a run directory, a checkpoint, or a Hugging Face GPT-2 directory).
+
+The continuation is streamed to the terminal as tokens arrive. Greedy with --temperature 0;
+otherwise sampling, optionally limited by --top-k and/or --top-p. Generation stops after
+--max-new-tokens, at <|endoftext|>, or at any --stop string (which is not printed).
+
+examples:
+  scratchllm generate --model runs/demo --prompt "The meaning of"
+  scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --temperature 0.8 --top-k 40 --seed 1
+  scratchllm generate --model gpt2-hf/ --prompt "Hello" --temperature 0 --int8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p)
+    p.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most (default 200)")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy; <1 sharper, >1 wilder (default 0.8)"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample only within the top-p probability mass")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="STR", help="stop when this text appears (repeatable)"
+    )
+    p.add_argument(
+        "--int8", action="store_true", help="int8 weights: faster CPU generation, tiny quality cost"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
+    )
+    add_seed_arg(p)
+    add_json_arg(p)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    from scratchllm.errors import ScratchLLMError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ScratchLLMError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise ScratchLLMError(f"unknown --device {name!r}; use auto, cpu, cuda or mps")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generate import TextStreamer, check_sampling_args, stream
+    from scratchllm.train.checkpoint import load_model
+
+    # Check every argument before the (possibly slow) model load.
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    device = resolve_device(args.device)
+    if args.int8 and device != "cpu":
+        raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
+
+    loaded = load_model(args.model, device=device)
+    if loaded.arch not in ("gpt", "gpt-lora"):
+        raise ScratchLLMError(
+            f"{args.model} holds a {loaded.arch!r} model; generate needs a GPT language model "
+            "(use 'fill-mask' for BERT, 'translate' for seq2seq, 'classify' for classifiers)"
+        )
+    tok = loaded.tokenizer
+    if tok is None:
+        raise ScratchLLMError(f"{args.model} has no tokenizer.json; cannot turn the prompt into tokens")
+    model = loaded.model
+    if args.int8:
+        from scratchllm.model.quantize import quantize_int8
+
+        model = quantize_int8(model)
+
+    eot = tok.special_tokens.get("<|endoftext|>")
+    prompt_ids = tok.encode(args.prompt)  # a char tokenizer raises a clear error for unknown characters
+    if not prompt_ids:
+        if eot is None:
+            raise ScratchLLMError(
+                "empty prompt and the tokenizer has no <|endoftext|> to start from; give --prompt"
+            )
+        prompt_ids = [eot]
+    ctx = model.config.context_length
+    note = None
+    if len(prompt_ids) > ctx:
+        note = f"prompt has {len(prompt_ids)} tokens; only the last {ctx} (the context length) are used"
+
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    streamer = TextStreamer(tok, prompt_ids, args.stop)
+    out = sys.stdout
+    if not args.json:
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        out.write(args.prompt)
+        out.flush()
+
+    n_new = 0
+    reason = "max_new_tokens"
+    t0 = time.perf_counter()
+    for token in stream(
+        model,
+        prompt_ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=eot,
+        generator=generator,
+    ):
+        n_new += 1
+        if eot is not None and token == eot:
+            reason = "eos"
+            break
+        piece = streamer.push(token)
+        if piece and not args.json:
+            out.write(piece)
+            out.flush()
+        if streamer.stopped:
+            reason = "stop"
+            break
+    elapsed = time.perf_counter() - t0
+    rest = streamer.finish()
+    if args.json:
+        result = {
+            "prompt": args.prompt,
+            "text": streamer.text,
+            "new_tokens": n_new,
+            "stop_reason": reason,
+            "tokens_per_s": round(n_new / elapsed, 2) if elapsed > 0 else None,
+            "model": loaded.source,
+            "int8": bool(args.int8),
+        }
+        if note:
+            result["note"] = note
+        print_json(result)
+    else:
+        out.write(rest + "\n")
+        out.flush()
+        print(f"[{n_new} tokens, {n_new / elapsed:.1f} tokens/s, stop: {reason}]", file=sys.stderr)
+    return 0

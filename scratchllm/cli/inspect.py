@@ -1,0 +1,212 @@
+"""Show a model's size: parameters, memory, FLOPs per token and the layer table.
+
+Works on a saved model (--model) or on a config alone (--preset / --config / --set), in which
+case nothing is allocated: the model is built on PyTorch's "meta" device, so even GPT-2 XL
+(1.5B parameters) is inspected instantly.
+
+examples:
+  scratchllm inspect --preset gpt2
+  scratchllm inspect --preset gpt2 --set n_layer=6 --set pos_emb=rope --json
+  scratchllm inspect --model runs/demo
+  scratchllm inspect --list-presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+
+from scratchllm.cli.common import add_config_args, add_json_arg, print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="a run directory, a checkpoint, or a Hugging Face GPT-2 directory")
+    add_config_args(p)
+    p.add_argument("--list-presets", action="store_true", help="list the named presets and exit")
+    add_json_arg(p)
+
+
+# --------------------------------------------------------------------------- the numbers
+def _human(n: float, unit: str = "") -> str:
+    for suffix, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}" if unit else f"{n / div:.2f}{suffix}"
+    return f"{n:.0f}{unit}"
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB" if n_bytes < 2**30 else f"{n_bytes / 2**30:,.2f} GiB"
+
+
+def layer_table(model: Any) -> list[dict[str, Any]]:
+    """One row per parameter; identical rows of blocks 0..L-1 are folded into ``blocks.*.name``."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        m = re.match(r"^(.*?blocks)\.(\d+)\.(.*)$", name)
+        key = f"{m.group(1)}.*.{m.group(3)}" if m else name
+        row = rows.get(key)
+        if row is None or row["shape"] != list(p.shape):
+            key = name if row is not None else key
+            rows[key] = {"name": key, "shape": list(p.shape), "params": p.numel(), "count": 1}
+        else:
+            row["count"] += 1
+            row["params"] += p.numel()
+    return list(rows.values())
+
+
+def tied_parameters(model: Any) -> list[list[str]]:
+    """Groups of parameter names that share one tensor (e.g. tok_emb.weight + out_head.weight)."""
+    seen: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        seen.setdefault(id(p), []).append(name)
+    return [names for names in seen.values() if len(names) > 1]
+
+
+def summarize(model: Any, arch: str, config: Any) -> dict[str, Any]:
+    """Everything ``inspect`` reports, as a JSON-able dict."""
+    import dataclasses
+
+    total = sum(p.numel() for p in model.parameters())
+    tied = tied_parameters(model)
+    tied_extra = sum(
+        dict(model.named_parameters(remove_duplicate=False))[g[0]].numel() * (len(g) - 1) for g in tied
+    )
+    if hasattr(model, "num_params"):
+        non_embedding = model.num_params(exclude_embeddings=True)
+    else:
+        non_embedding = total - sum(
+            m.weight.numel() for m in model.modules() if type(m).__name__ == "Embedding"
+        )
+    info: dict[str, Any] = {
+        "architecture": arch,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "params": total,
+        "params_if_untied": total + tied_extra,
+        "params_non_embedding": non_embedding,
+        "tied": tied,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "memory_bytes": {
+            "fp32": total * 4,
+            "bf16": total * 2,
+            # weights + gradients + AdamW's two moment buffers, all fp32; activations not included
+            "train_adamw_fp32": total * 16,
+        },
+    }
+    if hasattr(model, "estimate_flops_per_token"):
+        info["flops_per_token"] = {
+            "forward": model.estimate_flops_per_token(training=False),
+            "train": model.estimate_flops_per_token(training=True),
+            "at_seq_len": config.context_length,
+        }
+    if hasattr(config, "kv_heads") and hasattr(config, "n_layer"):
+        # K and V, per layer, per key/value head: what one more token of context costs at inference.
+        info["kv_cache_bytes_per_token_fp32"] = 2 * config.n_layer * config.kv_heads * config.head_dim * 4
+    info["layers"] = layer_table(model)
+    return info
+
+
+def _print_report(info: dict[str, Any], source: str) -> None:
+    w = sys.stdout.write
+    cfg = info["config"]
+    w(f"{source}  (architecture: {info['architecture']})\n")
+    if isinstance(cfg, dict):
+        keys = [
+            k
+            for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "context_length", "vocab_size")
+            if k in cfg
+        ]
+        keys += [
+            k
+            for k in ("pos_emb", "norm", "norm_position", "activation", "n_experts", "tie_weights")
+            if k in cfg
+        ]
+        w("  " + "  ".join(f"{k}={cfg[k]}" for k in keys) + "\n")
+    w("\nparameters\n")
+    w(f"  total                 {info['params']:>16,}  ({_human(info['params'])})\n")
+    if info["tied"]:
+        shared = "; ".join(" = ".join(g) for g in info["tied"])
+        w(f"  if untied             {info['params_if_untied']:>16,}  (shared: {shared})\n")
+    w(f"  non-embedding         {info['params_non_embedding']:>16,}\n")
+    if info["trainable_params"] != info["params"]:
+        w(f"  trainable             {info['trainable_params']:>16,}\n")
+    mem = info["memory_bytes"]
+    w("\nmemory (weights)\n")
+    w(f"  fp32                  {_mib(mem['fp32']):>16}\n")
+    w(f"  bf16                  {_mib(mem['bf16']):>16}\n")
+    train = _mib(mem["train_adamw_fp32"])
+    w(f"  training, AdamW fp32  {train:>16}  (weights+grads+2 moments; no activations)\n")
+    if "kv_cache_bytes_per_token_fp32" in info:
+        w(f"  KV cache per token    {info['kv_cache_bytes_per_token_fp32'] / 1024:>12,.1f} KiB  (fp32)\n")
+    if "flops_per_token" in info:
+        f = info["flops_per_token"]
+        w(f"\nFLOPs per token (sequence length {f['at_seq_len']})\n")
+        w(f"  forward               {_human(f['forward'], 'FLOP'):>16}\n")
+        w(f"  training (fwd+bwd)    {_human(f['train'], 'FLOP'):>16}\n")
+    w("\nlayers\n")
+    rows = info["layers"]
+    width = max(len(r["name"]) + (len(f" x{r['count']}") if r["count"] > 1 else 0) for r in rows)
+    w(f"  {'name'.ljust(width)}  {'shape':<16} {'params':>14}\n")
+    for r in rows:
+        name = r["name"] + (f" x{r['count']}" if r["count"] > 1 else "")
+        shape = "x".join(map(str, r["shape"]))
+        w(f"  {name.ljust(width)}  {shape:<16} {r['params']:>14,}\n")
+
+
+def _list_presets(as_json: bool) -> int:
+    from scratchllm.model.config import PRESETS
+
+    if as_json:
+        print_json(
+            {
+                k: {"description": v["description"], **{s: v[s] for s in ("model", "train") if s in v}}
+                for k, v in PRESETS.items()
+            }
+        )
+        return 0
+    width = max(map(len, PRESETS))
+    for name, spec in PRESETS.items():
+        print(f"{name.ljust(width)}  {spec['description']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from scratchllm.errors import ScratchLLMError
+
+    if args.list_presets:
+        return _list_presets(args.json)
+    if args.model and (args.preset or args.config or args.overrides):
+        raise ScratchLLMError("give either --model or a config (--preset/--config/--set), not both")
+
+    import torch
+
+    if args.model:
+        from scratchllm.train.checkpoint import load_model
+
+        loaded = load_model(args.model, device="cpu")
+        model, arch, config, source = loaded.model, loaded.arch, loaded.model.config, loaded.source
+    else:
+        from scratchllm.config import resolve_configs
+        from scratchllm.model.config import GPTConfig, get_preset
+        from scratchllm.model.gpt import GPTModel
+        from scratchllm.train.config import TrainConfig
+
+        # Train keys (from a preset, a shared TOML file or --set) are accepted and simply unused.
+        preset = get_preset(args.preset) if args.preset else None
+        sections = {"model": GPTConfig(), "train": TrainConfig()}
+        preset_sections = {k: v for k, v in (preset or {}).items() if k in sections}
+        config = resolve_configs(
+            sections, preset=preset_sections or None, config_file=args.config, overrides=args.overrides
+        )["model"]
+        with torch.device("meta"):  # shapes only: no memory is allocated, nothing is initialised
+            model = GPTModel(config)
+        arch = "gpt"
+        source = f"preset {args.preset}" if args.preset else "config"
+    info = summarize(model, arch, config)
+    info["source"] = source
+    if args.json:
+        print_json(info)
+    else:
+        _print_report(info, source)
+    return 0
