@@ -17,7 +17,6 @@ with a bare ``python -c "import torch"`` (the floor any PyTorch program pays).
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, SHARED_DATA, Row
+from benchmarks.common import SHARED_DATA, Row, results_dir
 
 TARGET = 1.88
 SCRATCHLLM = [sys.executable, "-m", "scratchllm"]
@@ -76,7 +76,9 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def train_and_time(data: Path, run_dir: Path, overrides: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def train_and_time(
+    data: Path, run_dir: Path, overrides: dict[str, Any], env: dict[str, str]
+) -> dict[str, Any]:
     """Run ``scratchllm train --preset char-shakespeare`` with ``--set`` overrides; time it."""
     cmd = [*SCRATCHLLM, "train", "--data", str(data), "--out", str(run_dir), "--preset", "char-shakespeare"]
     cmd += ["--quiet", "--force"]
@@ -106,9 +108,7 @@ def train_and_time(data: Path, run_dir: Path, overrides: dict[str, Any], env: di
         "target_step": None if hit is None else hit["step"],
         "final_val_loss": curve[-1]["val_loss"] if curve else None,
         "tokens_per_s": trains[-1]["tokens_per_s"] if trains else None,
-        "train_tokens_per_s_mean": round(
-            sum(e["tokens_per_s"] for e in trains) / max(len(trains), 1), 1
-        ),
+        "train_tokens_per_s_mean": round(sum(e["tokens_per_s"] for e in trains) / max(len(trains), 1), 1),
         "curve": curve,
         "train_loss": [{"step": e["step"], "loss": round(e["loss"], 4)} for e in trains],
         "config": {"model": config.get("model"), "train": config.get("train")},
@@ -207,8 +207,8 @@ def run(quick: bool = True) -> list[Row]:
     )
     curves = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick}
     curves.update({"preset": ours["curve"], "textbook": peer["curve"]})
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"quality-curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves, indent=2) + "\n")
+    curves_file = results_dir() / f"quality-curves{'-quick' if quick else ''}.json"
+    curves_file.write_text(json.dumps(curves, indent=2) + "\n")
     return rows
 
 

@@ -73,6 +73,8 @@ def _hf_step(cfg: Any, batch: int, seq: int) -> Callable:
         embd_pdrop=0.0,
         attn_pdrop=0.0,
         use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     model = GPT2LMHeadModel(hf_cfg)
     model.train()
@@ -117,16 +119,22 @@ def _compare(name: str, ours_cfg: Any, hf_cfg: Any, batch: int, seq: int, repeat
             "mfu_ours_best": round(mfu, 3),
             "mfu_peer_best": round(best_peer * flops_per_token / (peak * 1e9), 3),
             "matmul_peak_gflops": round(peak, 1),
-            "ours_runs_s": t["ours"].runs,
-            "peer_runs_s": t["peer"].runs,
+            "ours_runs_s": [round(x, 4) for x in t["ours"].runs],
+            "peer_runs_s": [round(x, 4) for x in t["peer"].runs],
+            # CPU seconds per step: robust to waiting for a core on a loaded machine.
+            "ours_cpu_s_median": round(t["ours"].cpu_median, 4),
+            "peer_cpu_s_median": round(t["peer"].cpu_median, 4),
         },
     )
 
 
 def run(quick: bool = True) -> list[Row]:
     import torch
+    from transformers.utils import logging as hf_logging
 
     from scratchllm.model.config import GPTConfig, get_preset
+
+    hf_logging.set_verbosity_error()  # config chatter, not results
 
     sizes = dict(QUICK if quick else FULL)
     batch = sizes.pop("batch")

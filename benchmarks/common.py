@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Set by ``benchmarks.run --results-dir`` (the test suite writes to a temporary directory).
+RESULTS_ENV = "SCRATCHLLM_BENCH_RESULTS"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -28,6 +30,9 @@ class Timing:
     median: float
     min: float
     runs: list[float] = field(default_factory=list)
+    #: median CPU seconds of this process per call (all threads): on a shared machine it shows the
+    #: work done, which wall time blurs with waiting for a core.
+    cpu_median: float | None = None
 
 
 def time_it(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1, min_time: float = 0.0) -> Timing:
@@ -57,12 +62,17 @@ def time_interleaved(
         for fn in fns.values():
             fn()
     runs: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t0)
-    return {name: Timing(statistics.median(r), min(r), r) for name, r in runs.items()}
+            cpu[name].append(time.process_time() - c0)
+    out = {}
+    for name, r in runs.items():
+        out[name] = Timing(statistics.median(r), min(r), r, statistics.median(cpu[name]))
+    return out
 
 
 @dataclass
@@ -114,11 +124,9 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
     }
-    try:
-        # 1-minute load average at the time of the run: > cpus means the timings are inflated.
+    # 1-minute load average at the time of the run: above the core count, timings are inflated.
+    if hasattr(os, "getloadavg"):
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover
-        pass
     try:
         import torch
 
@@ -152,10 +160,16 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def results_dir() -> Path:
+    """Where results go: ``$SCRATCHLLM_BENCH_RESULTS`` if set, else ``benchmarks/results``."""
+    d = Path(os.environ.get(RESULTS_ENV) or RESULTS_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def write_results(name: str, rows: list[Row], extra: dict[str, Any] | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (machine info, rows, extra)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``<results dir>/<name>.json`` (machine info, rows, extra)."""
+    path = results_dir() / f"{name}.json"
     payload = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

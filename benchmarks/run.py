@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, Row, format_table, machine_info, write_results
+from benchmarks.common import RESULTS_ENV, Row, format_table, machine_info, results_dir, write_results
 
 BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality"]
 
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="small sizes (default)")
     size.add_argument("--full", action="store_true", help="the full sizes reported in the README")
     p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these benchmarks")
+    p.add_argument("--results-dir", help="write the JSON files and summary here (default benchmarks/results)")
     args = p.parse_args(argv)
+    if args.results_dir:
+        os.environ[RESULTS_ENV] = str(Path(args.results_dir).resolve())
     quick = not args.full
     names = args.only or BENCHMARKS
     all_rows: list[Row] = []
@@ -53,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] running ({'quick' if quick else 'full'}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        rows = [_as_row(r) for r in importlib.import_module(module_name).run(quick=quick)]
+        try:
+            rows = [_as_row(r) for r in importlib.import_module(module_name).run(quick=quick)]
+        except Exception as err:  # one broken benchmark must not hide the others' results
+            import traceback
+
+            traceback.print_exc()
+            print(f"[{name}] FAILED: {err}", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
         write_results(name + ("-quick" if quick else ""), rows)
         print(format_table(rows), flush=True)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s\n", file=sys.stderr, flush=True)
@@ -65,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         + format_table(all_rows)
         + "\n"
     )
-    out = Path(RESULTS_DIR) / ("summary-quick.md" if quick else "summary.md")
+    load = f", load average {info['load_average_1m']}" if "load_average_1m" in info else ""
+    summary = summary.replace(" sizes).\n", f" sizes{load}).\n", 1)
+    out = results_dir() / ("summary-quick.md" if quick else "summary.md")
     out.write_text(summary)
     print(summary)
     return 1 if failed else 0

@@ -41,6 +41,7 @@ PROMPTS = ("The ", "A function ", "If the ")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--force", action="store_true", help="retrain even if --out already holds a run")
     p.add_argument(

@@ -17,6 +17,7 @@ from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     add_model_arg(p)
     p.add_argument("--data", required=True, help="prepared data directory (from 'scratchllm prepare')")
     p.add_argument(

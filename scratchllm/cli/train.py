@@ -29,6 +29,7 @@ from scratchllm.cli.common import add_config_args, add_json_arg, add_out_arg, ad
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     p.add_argument("--data", required=True, help="prepared data directory (train.bin, val.bin, meta.json)")
     add_out_arg(p, help="run directory to create (or continue with --resume)")
     p.add_argument("--arch", default=None, help="architecture: gpt (default), bert, seq2seq")

@@ -73,6 +73,7 @@ class TrainConfig:
     #: abort (exit code 3) after this many consecutive steps with a non-finite loss or gradient.
     max_bad_steps: int = 5
     #: skip a step whose loss is this many standard deviations above the recent mean; 0 = off.
+    #: After max_bad_steps spikes in a row the step is taken anyway: the loss level really changed.
     spike_zscore: float = 0.0
     #: how many recent losses the spike detector remembers.
     spike_window: int = 100

@@ -69,7 +69,7 @@ EXIT_NON_FINITE = 3
 #: Files a new run writes into its directory; ``force=True`` removes stale ones first.
 RUN_FILES = ("checkpoints", "model.safetensors", "best.safetensors", "metrics.jsonl", PLOT_FILE)
 #: At most one loss.png refresh per this many seconds during training (it is always drawn at the end).
-PLOT_EVERY_S = 20.0
+PLOT_EVERY_S = 60.0
 
 
 #: Evaluation results not worth a line on the terminal (they still go to metrics.jsonl).
@@ -351,7 +351,14 @@ def train(
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # A Mixture-of-Experts step may route no token to some expert, leaving its weights without a
+        # gradient; DDP must then look for unused parameters (a little slower, so only then).
+        moe = getattr(getattr(model, "config", None), "n_experts", 0) > 0
+        train_model = DDP(
+            train_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=moe,
+        )
     autocast = _autocast(device, cfg)
 
     # --- bookkeeping for logs ---
@@ -372,7 +379,7 @@ def train(
     window_extra: dict[str, Any] = {}
     excluded = 0.0  # seconds spent in eval/sampling/saving since the last log (not training time)
     last_log_t = time.perf_counter()
-    last_plot_t = 0.0
+    last_plot_t = time.perf_counter()
     train_tokens_total, train_seconds_total = 0, 0.0
     last_ckpt: Path | None = None
     stop = _StopFlag()
@@ -626,7 +633,9 @@ def train(
                             elapsed=elapsed(),
                         )
                     if scores and time.perf_counter() - last_plot_t > PLOT_EVERY_S and not final:
-                        plot_losses(metrics.path, run_dir / PLOT_FILE)
+                        plot_losses(
+                            metrics.path, run_dir / PLOT_FILE, title=f"training curves: {run_dir.name}"
+                        )
                         last_plot_t = time.perf_counter()
 
             # ---- checkpoint ----
@@ -645,7 +654,7 @@ def train(
         metrics.close()
 
     if env.is_main:
-        plot_losses(metrics.path, run_dir / PLOT_FILE)
+        plot_losses(metrics.path, run_dir / PLOT_FILE, title=f"training curves: {run_dir.name}")
     result.step = step
     result.tokens_seen = tokens_seen
     result.elapsed = elapsed()

@@ -8,8 +8,9 @@ crash can at worst leave a torn *last* line, which :func:`read_metrics` ignores.
 the file is rewritten atomically without the events after the resumed step (they belonged to
 the lost future), so the curves stay continuous.
 
-``loss.png`` is re-drawn from that file with matplotlib's Agg backend (no display needed) and
-written atomically.
+``loss.png`` is re-drawn from that file with matplotlib (Agg, no display needed) and written
+atomically: at the end of training, and at an evaluation when a minute has passed since the last
+drawing (so short runs do not pay for plots they will redraw anyway).
 """
 
 from __future__ import annotations
@@ -104,12 +105,12 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str | 
     if not train and not val:
         return False
 
-    import matplotlib
+    # A bare Figure (no pyplot): renders with Agg straight to PNG bytes, needs no display and keeps
+    # no global state, so it is safe to call from a training loop.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # render to a file; no window, no display server
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss", linewidth=1.2)
     if val:
@@ -136,6 +137,5 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str | 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     atomic_write_bytes(out_path, buf.getvalue())
     return True

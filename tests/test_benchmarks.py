@@ -1,0 +1,58 @@
+"""The benchmark suite must keep running: ``python -m benchmarks.run --quick`` end to end.
+
+This checks that every benchmark script still works against the current library (and writes its
+results), never how fast anything is: timings on a shared CI machine mean nothing in a unit test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_quick_benchmarks_run_and_write_results(tmp_path: Path, shared_data: Path) -> None:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    for name in BENCHMARKS:
+        payload = json.loads((tmp_path / f"{name}-quick.json").read_text())
+        assert payload["rows"], f"{name}: no rows"
+        for row in payload["rows"]:
+            assert row["ours"] > 0 and row["peer"] > 0, row
+    summary = (tmp_path / "summary-quick.md").read_text()
+    assert "| benchmark |" in summary
+    curves = json.loads((tmp_path / "quality-curves-quick.json").read_text())
+    assert curves["preset"] and curves["textbook"]
+
+
+def test_results_dir_and_table_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.common import RESULTS_ENV, Row, format_table, time_interleaved, write_results
+
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
+    calls: list[str] = []
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # warm-up round, then turns
+    assert len(t["a"].runs) == 3 and t["a"].min <= t["a"].median
+    row = Row(name="x", ours=2.0, peer=4.0, unit="s", peer_name="p", higher_is_better=False)
+    assert row.ratio == pytest.approx(2.0)
+    assert "| x |" in format_table([row])
+    path = write_results("unit", [row])
+    assert path.parent == tmp_path
+    assert json.loads(path.read_text())["rows"][0]["ratio"] == pytest.approx(2.0)
