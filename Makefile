@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/scratchllm demo --out runs/demo
+	$(VENV)/bin/scratchllm demo --out runs/demo --force
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: install

@@ -8,8 +8,9 @@ Configuration, in order: the architecture's config dataclass and :class:`TrainCo
 a named preset (``PRESETS[name]["model"]`` / ``["train"]``) → ``--config file.toml`` → ``--set
 key=value``. The model's ``vocab_size`` always comes from the data (for GPT: the shards' ``meta.json``), so
 the model and the tokenizer that made the data can never disagree. On ``--resume`` the run's saved
-``config.json`` is the base instead: the model config is fixed (changing it would not fit the
-saved weights), train keys such as ``max_steps`` may still be overridden.
+``config.json`` is the base instead, with the same layers applied on top (so "the same command
+plus --resume" works): the model config must not change (it would not fit the saved weights),
+train keys such as ``max_steps`` may.
 
 Architectures other than GPT plug in through :data:`TASK_FACTORIES`: a factory turns ``--data``
 and the resolved configs into a :class:`TaskSpec` (task, tokenizer, completed model config).
@@ -130,7 +131,9 @@ def _preset_sections(name: str | None) -> dict[str, dict[str, Any]] | None:
     from scratchllm.model.config import get_preset
 
     preset = get_preset(name)
-    return {k: dict(preset[k]) for k in ("model", "train") if k in preset}
+    sections = {k: dict(preset[k]) for k in ("model", "train") if k in preset}
+    sections.get("model", {}).pop("vocab_size", None)  # always taken from the data
+    return sections
 
 
 def _changed_fields(a: Any, b: Any) -> list[str]:
@@ -163,8 +166,6 @@ def setup_pretraining(
 
     run_tokenizer = None
     if resume:
-        if preset:
-            raise ScratchLLMError("--preset cannot be combined with --resume: the run's saved config is used")
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
             raise ScratchLLMError(f"cannot resume: {cfg_path} not found; start a run without --resume")
@@ -177,8 +178,13 @@ def setup_pretraining(
         arch = saved_arch
         base_model = config_from_dict(arch, saved["model"])
         base_train = from_dict(TrainConfig, saved.get("train") or {}, what="train config")
+        # The same command plus --resume resolves to the same config; it may also change train keys
+        # (e.g. a larger max_steps), never the model.
         resolved = resolve_configs(
-            {"model": base_model, "train": base_train}, config_file=config_file, overrides=overrides
+            {"model": base_model, "train": base_train},
+            preset=_preset_sections(preset),
+            config_file=config_file,
+            overrides=overrides,
         )
         if resolved["model"] != base_model:
             raise ScratchLLMError(

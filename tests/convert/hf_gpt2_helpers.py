@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from scratchllm.generate import generate
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -48,3 +50,33 @@ def copy_gpt2_tokenizer_files(gpt2_files: Path, out_dir: Path) -> Path:
     shutil.copyfile(gpt2_files / "encoder.json", out_dir / "vocab.json")
     shutil.copyfile(gpt2_files / "vocab.bpe", out_dir / "merges.txt")
     return out_dir
+
+
+#: Largest |logit difference| accepted between us and transformers (fp32).
+TOL = 1e-4
+
+
+def random_ids(vocab: int, shape=(2, 24), seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def max_logit_diff(ours: torch.nn.Module, theirs: torch.nn.Module, ids: torch.Tensor) -> float:
+    return (ours(ids) - theirs(ids).logits).abs().max().item()
+
+
+@torch.no_grad()
+def assert_same_greedy_generation(ours: torch.nn.Module, theirs: torch.nn.Module, n: int = 50) -> None:
+    """Greedy decoding: ours (KV cache, temperature 0) vs ``transformers``' ``generate``."""
+    prompt = random_ids(50257, shape=(1, 8), seed=9)
+    expected = theirs.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=False,
+        max_new_tokens=n,
+        pad_token_id=50256,
+        eos_token_id=50256,
+    )[0]
+    got = generate(ours, prompt[0], n, temperature=0.0, eos_id=50256)
+    assert got.tolist() == expected.tolist()
+    assert len(got) > 8 + n // 2  # it really generated (an early end-of-text would be a weak test)

@@ -7,43 +7,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_gpt2_helpers import hf_gpt2_config, randomize_
+from hf_gpt2_helpers import (
+    TOL,
+    assert_same_greedy_generation,
+    hf_gpt2_config,
+    max_logit_diff,
+    random_ids,
+    randomize_,
+)
 
 from scratchllm.convert import hf_gpt2
 from scratchllm.convert.hf_gpt2 import export_hf_gpt2, load_hf_gpt2
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generate import generate
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
 from scratchllm.tokenizer.gpt2 import load_gpt2_dir
-
-TOL = 1e-4
-
-
-def random_ids(vocab: int, shape=(2, 24), seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def max_logit_diff(ours: torch.nn.Module, theirs: torch.nn.Module, ids: torch.Tensor) -> float:
-    return (ours(ids) - theirs(ids).logits).abs().max().item()
-
-
-@torch.no_grad()
-def assert_same_greedy_generation(ours: torch.nn.Module, theirs: torch.nn.Module, n: int = 50) -> None:
-    """Greedy decoding: ours (KV cache, temperature 0) vs ``transformers``' ``generate``."""
-    prompt = random_ids(50257, shape=(1, 8), seed=9)
-    expected = theirs.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        do_sample=False,
-        max_new_tokens=n,
-        pad_token_id=50256,
-        eos_token_id=50256,
-    )[0]
-    got = generate(ours, prompt[0], n, temperature=0.0, eos_id=50256)
-    assert got.tolist() == expected.tolist()
-    assert len(got) > 8 + n // 2  # it really generated (an early end-of-text would be a weak test)
 
 
 # ------------------------------------------------------------------------------------ import (tiny)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_gpt2_helpers import randomize_
-from test_hf_gpt2_parity import TOL, assert_same_greedy_generation, max_logit_diff, random_ids
+from hf_gpt2_helpers import TOL, assert_same_greedy_generation, max_logit_diff, random_ids, randomize_
 
 from scratchllm.convert.hf_gpt2 import export_hf_gpt2, load_hf_gpt2
 from scratchllm.model.config import PRESETS, GPTConfig

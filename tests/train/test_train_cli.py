@@ -111,16 +111,17 @@ def test_eval_reports_loss_perplexity_speed_memory(trained, data, capsys):
 def test_resume_extends_a_run(trained, data, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
+    # the same command as the original run, plus --resume and a larger max_steps
     args = [
         "train",
         "--data",
         str(data / "shards"),
         "--out",
         str(run),
+        *TINY,
         "--resume",
         "--set",
         "max_steps=6",
-        "--quiet",
     ]
     assert main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
