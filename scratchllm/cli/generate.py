@@ -81,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if tok is None:
         raise ScratchLLMError(f"{args.model} has no tokenizer.json; cannot turn the prompt into tokens")
     model = loaded.model
-    if args.int8:
-        from scratchllm.model.quantize import quantize_int8
+    if device == "cpu":
+        from scratchllm.model.quantize import quantize_int8, relayout_for_decoding
 
-        model = quantize_int8(model)
+        # This model only generates: use the faster CPU layouts (see scratchllm.model.quantize).
+        model = quantize_int8(model) if args.int8 else relayout_for_decoding(model)
 
     eot = tok.special_tokens.get("<|endoftext|>")
     prompt_ids = tok.encode(args.prompt)  # a char tokenizer raises a clear error for unknown characters

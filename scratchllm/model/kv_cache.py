@@ -102,6 +102,8 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
         self.length = length
+        if self.mask is not None:  # positions written from now on are real unless told otherwise
+            self.mask[:, length:] = True
 
     @property
     def nbytes(self) -> int:

@@ -100,3 +100,25 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> nn.Module:
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, Int8Linear(child, kernel))
     return model
+
+
+def relayout_for_decoding(model: nn.Module) -> nn.Module:
+    """Store every ``nn.Linear`` weight column-major (in place; inference only); return the model.
+
+    ``nn.Linear`` keeps its weight as ``[out, in]`` and computes ``x @ W.T``. When ``x`` is a single
+    row (one token per decoding step) the product is a matrix-vector product whose speed is the
+    speed of reading W, and the CPU BLAS we measured reads ``W.T`` ~1.4x faster when ``W.T`` itself
+    is contiguous (the layout Hugging Face's GPT-2 ``Conv1D`` happens to use). Here each weight
+    keeps its logical ``[out, in]`` shape — names, shapes and results are unchanged — but its
+    storage becomes the transpose. Tied weights (``out_head`` = ``tok_emb``) are relaid once.
+
+    Costs: a copy of each weight while converting, slower training matmuls with this layout, and
+    safetensors refuses non-contiguous tensors — use it for a model that only generates.
+    """
+    done: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and id(module.weight) not in done:
+                done.add(id(module.weight))
+                module.weight.data = module.weight.data.t().contiguous().t()
+    return model

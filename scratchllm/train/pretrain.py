@@ -125,7 +125,7 @@ class PretrainSetup:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _preset_sections(name: str | None) -> dict[str, dict[str, Any]] | None:
+def _preset_sections(name: str | None, model_cls: Any = None) -> dict[str, dict[str, Any]] | None:
     if not name:
         return None
     from scratchllm.model.config import get_preset
@@ -133,6 +133,11 @@ def _preset_sections(name: str | None) -> dict[str, dict[str, Any]] | None:
     preset = get_preset(name)
     sections = {k: dict(preset[k]) for k in ("model", "train") if k in preset}
     sections.get("model", {}).pop("vocab_size", None)  # always taken from the data
+    if model_cls is not None and "model" in sections:
+        # Presets are GPT recipes; another architecture (e.g. BERT) takes the sizes and skips
+        # the GPT-only switches (pos_emb=rope...) its config does not have.
+        names = {f.name for f in dataclasses.fields(model_cls)}
+        sections["model"] = {k: v for k, v in sections["model"].items() if k in names}
     return sections
 
 
@@ -182,7 +187,7 @@ def setup_pretraining(
         # (e.g. a larger max_steps), never the model.
         resolved = resolve_configs(
             {"model": base_model, "train": base_train},
-            preset=_preset_sections(preset),
+            preset=_preset_sections(preset, type(base_model)),
             config_file=config_file,
             overrides=overrides,
         )
@@ -201,7 +206,7 @@ def setup_pretraining(
         cfg_cls, _ = architecture(arch)
         resolved = resolve_configs(
             {"model": cfg_cls(), "train": TrainConfig()},
-            preset=_preset_sections(preset),
+            preset=_preset_sections(preset, cfg_cls),
             config_file=config_file,
             overrides=overrides,
         )

@@ -11,7 +11,7 @@ import torch
 from scratchllm.generate import generate
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel, lm_loss
-from scratchllm.model.quantize import Int8Linear, quantize_int8, quantize_weight
+from scratchllm.model.quantize import Int8Linear, quantize_int8, quantize_weight, relayout_for_decoding
 
 KERNELS = ["int8pack"] + (["fbgemm"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
 
@@ -70,3 +70,19 @@ def test_int8_close_to_fp32_and_small_perplexity_cost(trained, kernel):
     a = generate(model, prompt, 16, temperature=0)
     b = generate(q, prompt, 16, temperature=0)
     assert b.shape == a.shape
+
+
+def test_relayout_for_decoding_changes_storage_not_results():
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 50, (1, 10))
+    ref = generate(model, idx, 5, temperature=0)
+    with torch.no_grad():
+        logits = model(idx)
+    relayout_for_decoding(model)
+    qkv = model.blocks[0].attn.qkv.weight
+    assert qkv.shape == (96, 32) and not qkv.is_contiguous() and qkv.t().is_contiguous()
+    assert model.out_head.weight is model.tok_emb.weight
+    with torch.no_grad():
+        assert torch.allclose(model(idx), logits, atol=1e-5)
+    assert torch.equal(generate(model, idx, 5, temperature=0), ref)

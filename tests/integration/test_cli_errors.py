@@ -1,0 +1,158 @@
+"""Bad input through the real CLI: one line on stderr, exit code 2, nothing changed on disk.
+
+Each case is one command a user could type. The check is the same for all of them: the only
+stderr line is ``scratchllm VERB: error: ...`` (no traceback), the exit code is the documented
+one, and no file under the workspace was created, changed or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from integration_cli import TINY, cli
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def bad(workspace) -> Path:
+    """Damaged copies of the tiny run, and malformed user files."""
+    root = workspace.root / "bad"
+    root.mkdir()
+    run = workspace.run
+
+    shutil.copytree(run, root / "truncated")
+    with open(root / "truncated" / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    shutil.copytree(run, root / "garbage")
+    with open(root / "garbage" / "model.safetensors", "r+b") as f:
+        f.write(struct.pack("<Q", 24) + b"{this is not json......}")
+    shutil.copytree(run, root / "noconfig")
+    (root / "noconfig" / "config.json").unlink()
+    # a BPE tokenizer (300 ids) beside a model trained with 61 characters
+    shutil.copytree(workspace.char_run, root / "vocab")
+    shutil.copy(workspace.bpe_tok, root / "vocab" / "tokenizer.json")
+    (root / "bert-hf").mkdir()
+    (root / "bert-hf" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+
+    (root / "no-tab.tsv").write_text("abc\tcba\nno tab here\nxy\tyx\n")
+    (root / "columns.tsv").write_text("body\tcategory\nhello\tx\nbye\ty\n")
+    (root / "no-output.json").write_text(json.dumps([{"instruction": "say hi", "input": ""}] * 8))
+    (root / "bad.toml").write_text("[model\nn_layer = ")
+    return root
+
+
+# A learning rate this large makes the loss non-finite within a couple of steps.
+NAN_RECIPE = ["--set", "max_steps=20", "--set", "lr=1e38", "--set", "warmup_steps=0", "--set", "grad_clip=0"]
+NAN_RECIPE += ["--set", "max_bad_steps=2"]
+
+
+def cases(ws, bad: Path) -> dict[str, tuple[int, list]]:
+    prompt = ["--prompt", "hi"]
+    return {
+        "missing model": (2, ["generate", "--model", bad / "nope", *prompt]),
+        "truncated safetensors": (2, ["generate", "--model", bad / "truncated", *prompt]),
+        "garbage safetensors header": (2, ["generate", "--model", bad / "garbage", *prompt]),
+        "missing config.json": (2, ["generate", "--model", bad / "noconfig", *prompt]),
+        "tokenizer/model vocab mismatch": (2, ["generate", "--model", bad / "vocab", *prompt]),
+        "eval on shards of another tokenizer": (2, ["eval", "--model", ws.char_run, "--data", ws.bpe_data]),
+        "resume on shards of another tokenizer": (
+            2,
+            ["train", "--data", ws.bpe_data, "--out", ws.char_run, "--resume"],
+        ),
+        "prompt outside char vocabulary": (2, ["generate", "--model", ws.char_run, "--prompt", "h€llo"]),
+        "max-new-tokens 0": (2, ["generate", "--model", ws.run, *prompt, "--max-new-tokens", "0"]),
+        "temperature -1": (2, ["generate", "--model", ws.run, *prompt, "--temperature", "-1"]),
+        "top-p 0": (2, ["generate", "--model", ws.run, *prompt, "--top-p", "0"]),
+        "top-p 1.5": (2, ["generate", "--model", ws.run, *prompt, "--top-p", "1.5"]),
+        "top-k 0": (2, ["generate", "--model", ws.run, *prompt, "--top-k", "0"]),
+        "unknown preset": (2, ["train", "--data", ws.char_data, "--out", bad / "o1", "--preset", "nope"]),
+        "unknown preset (inspect)": (2, ["inspect", "--preset", "nope"]),
+        "unknown --set key": (2, ["train", "--data", ws.char_data, "--out", bad / "o2", "--set", "nope=1"]),
+        "bad TOML": (2, ["train", "--data", ws.char_data, "--out", bad / "o3", "--config", bad / "bad.toml"]),
+        "train into a populated run": (2, ["train", "--data", ws.char_data, "--out", ws.char_run, *TINY]),
+        "prepare into populated dir": (
+            2,
+            ["prepare", "--tokenizer", ws.char_tok, "--input", ws.char_text, "--out", ws.char_data],
+        ),
+        "tokenizer over existing file": (
+            2,
+            ["tokenizer", "train", "--kind", "char", "--input", ws.char_text, "--out", ws.char_tok],
+        ),
+        "convert --to-hf into populated dir": (2, ["convert", "--to-hf", ws.run, "--out", ws.char_run]),
+        "to-hf with char tokenizer": (2, ["convert", "--to-hf", ws.char_run, "--out", bad / "o4"]),
+        "non-GPT-2 HF dir (convert)": (2, ["convert", "--from-hf", bad / "bert-hf", "--out", bad / "o5"]),
+        "non-GPT-2 HF dir (generate)": (2, ["generate", "--model", bad / "bert-hf", *prompt]),
+        "fill-mask on a GPT": (2, ["fill-mask", "--model", ws.run, "--text", "a [MASK] b"]),
+        "translate on a GPT": (2, ["translate", "--model", ws.run, "--text", "a"]),
+        "classify on a GPT": (2, ["classify", "--model", ws.run, "--text", "a"]),
+        "lora merge without adapters": (2, ["lora", "merge", "--model", ws.run, "--out", bad / "o6"]),
+        "seq2seq TSV without tab": (
+            2,
+            ["train", "--arch", "seq2seq", "--data", bad / "no-tab.tsv", "--out", bad / "o7", *TINY],
+        ),
+        "classification file missing columns": (
+            2,
+            ["finetune", "classify", "--model", ws.run, "--data", bad / "columns.tsv", "--out", bad / "o8"],
+        ),
+        "instruction records without output": (
+            2,
+            ["finetune", "instruct", "--model", ws.run, "--data", bad / "no-output.json", "--out", bad / "o"],
+        ),
+        "non-finite loss stops with exit 3": (
+            3,
+            ["train", "--data", ws.char_data, "--out", bad / "nan", *TINY, *NAN_RECIPE],
+        ),
+    }
+
+
+# The case names, for parametrize (the paths are only known once the workspace exists).
+_PLACEHOLDER = SimpleNamespace(
+    **{k: Path() for k in ("run", "char_run", "char_data", "bpe_data", "char_tok", "char_text")}
+)
+CASE_NAMES = list(cases(_PLACEHOLDER, Path()))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_line_and_changes_nothing(name, workspace, bad):
+    expected_rc, argv = cases(workspace, bad)[name]
+    before = snapshot(workspace.root)
+    res = cli(*argv)
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert res.rc == expected_rc, (name, res.rc, res.err[-2000:])
+    assert "Traceback" not in res.err
+    errors = [line for line in lines if line.startswith(f"scratchllm {argv[0]}: error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], (name, lines[-5:])
+    after = snapshot(workspace.root)
+    if expected_rc == 3:  # the stopped run keeps what it wrote; nothing else may change
+        after = {k: v for k, v in after.items() if not k.startswith("bad/nan")}
+    assert after == before, (name, set(after.items()) ^ set(before.items()))
+
+
+def test_generate_from_bert_and_fill_mask_without_mask(workspace, shared_data):
+    """A BERT run: generate refuses it, fill-mask refuses text without [MASK]."""
+    bert = workspace.root / "bert"
+    res = cli("train", "--arch", "bert", "--data", workspace.char_text, "--out", bert, *TINY, "--quiet")
+    assert res.rc == 0, res.err[-2000:]
+    for argv, verb in [
+        (["generate", "--model", bert, "--prompt", "hi"], "generate"),
+        (["fill-mask", "--model", bert, "--text", "no mask here"], "fill-mask"),
+        (["eval", "--model", bert, "--data", workspace.char_data], "eval"),
+    ]:
+        res = cli(*argv)
+        assert res.rc == 2 and res.err.strip().startswith(f"scratchllm {verb}: error: "), res.err
+        assert res.err.strip().count("\n") == 0
+    fill = cli("fill-mask", "--model", bert, "--text", "the [MASK]ing", "--json")
+    assert fill.rc == 0, fill.err
