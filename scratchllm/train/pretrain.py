@@ -125,6 +125,10 @@ class PretrainSetup:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: The model keys of a preset that other architectures than GPT take from it (sizes, not switches).
+PRESET_SIZE_KEYS = {"context_length", "n_layer", "n_head", "n_embd", "ffn_hidden", "dropout"}
+
+
 def _preset_sections(name: str | None, model_cls: Any = None) -> dict[str, dict[str, Any]] | None:
     if not name:
         return None
@@ -134,10 +138,13 @@ def _preset_sections(name: str | None, model_cls: Any = None) -> dict[str, dict[
     sections = {k: dict(preset[k]) for k in ("model", "train") if k in preset}
     sections.get("model", {}).pop("vocab_size", None)  # always taken from the data
     if model_cls is not None and "model" in sections:
-        # Presets are GPT recipes; another architecture (e.g. BERT) takes the sizes and skips
-        # the GPT-only switches (pos_emb=rope...) its config does not have.
-        names = {f.name for f in dataclasses.fields(model_cls)}
-        sections["model"] = {k: v for k, v in sections["model"].items() if k in names}
+        from scratchllm.model.config import GPTConfig
+
+        if not issubclass(model_cls, GPTConfig):
+            # Presets are GPT recipes (char-shakespeare switches on RoPE, RMSNorm, SwiGLU); another
+            # architecture (BERT, seq2seq) takes only their model sizes and keeps its own design.
+            names = {f.name for f in dataclasses.fields(model_cls)} & PRESET_SIZE_KEYS
+            sections["model"] = {k: v for k, v in sections["model"].items() if k in names}
     return sections
 
 

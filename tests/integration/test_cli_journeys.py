@@ -87,8 +87,10 @@ def test_hugging_face_round_trip(workspace):
     texts = [ok("generate", "--model", m, *args).json()["text"] for m in (workspace.run, hf, back)]
     assert texts[0] == texts[1] == texts[2]
     evals = [
-        ok("eval", "--model", m, "--data", workspace.bpe_data, "--json").json() for m in (workspace.run, hf)
+        ok("eval", "--model", m, "--data", workspace.bpe_data, "--batch-size", "2", "--json").json()
+        for m in (workspace.run, hf)
     ]
+    assert evals[0]["tokens"] == evals[1]["tokens"]
     assert math.isclose(evals[0]["val_loss"], evals[1]["val_loss"], rel_tol=1e-5)
 
 
@@ -139,4 +141,5 @@ def test_seq2seq_train_and_translate(workspace):
     run = workspace.root / "s2s"
     ok("train", "--arch", "seq2seq", "--data", pairs, "--out", run, *TINY, "--quiet")
     out = ok("translate", "--model", run, "--text", "abc", "--text", "foo", "--beam", "2", "--json").json()
-    assert len(out) == 2 if isinstance(out, list) else out
+    assert [r["source"] for r in out] == ["abc", "foo"]
+    assert all(isinstance(r["output"], str) for r in out)
