@@ -17,8 +17,10 @@ The two are timed taking turns (see :func:`~benchmarks.common.time_interleaved`)
 utilisation) = achieved FLOP/s ÷ this machine's fp32 matmul peak measured in the same run; the
 FLOPs per token come from :meth:`GPTModel.estimate_flops_per_token` (6N + attention).
 
-A last row reports the ``char-shakespeare`` preset's own step (its architecture switches, batch and
-context) against ``GPT2LMHeadModel`` of the same size and batch with GPT-2's architecture.
+Two last rows use the ``char-shakespeare`` preset's sizes and batch: its own step (RoPE, RMSNorm,
+SwiGLU — about 10 % more FLOPs per token than GELU's FFN) against ``GPT2LMHeadModel`` of the same
+size (informative), and our GPT with GPT-2's architecture against the same peer (equal config; a
+model this small is bound by per-op overhead rather than by matmuls).
 """
 
 from __future__ import annotations
@@ -163,8 +165,13 @@ def run(quick: bool = True) -> list[Row]:
             unit="% of peak",
             peer_name="HF GPT2LMHeadModel",
             target="≥ 50 %" if not quick else "",
-            met=(mfu >= 0.5) if not quick else None,
-            extra={"matmul_peak_gflops": round(peak, 1), "threads": torch.get_num_threads()},
+            # Above 100 % the load changed between measuring the peak and the steps: no verdict.
+            met=(mfu >= 0.5) if not quick and mfu <= 1.0 else None,
+            extra={
+                "matmul_peak_gflops": round(peak, 1),
+                "threads": torch.get_num_threads(),
+                "reliable": mfu <= 1.0,
+            },
         )
     )
 
@@ -192,6 +199,18 @@ def run(quick: bool = True) -> list[Row]:
         )
     )
     rows[-1].target, rows[-1].met = "", None  # different architectures: informative, not a target
+    # The same small sizes with GPT-2's architecture on both sides: equal config, overhead-bound.
+    rows.append(
+        _compare(
+            f"train step, char-shakespeare sizes, GPT-2 arch on both sides (batch {pbatch}×{pseq})",
+            hf_like,
+            hf_like,
+            pbatch,
+            pseq,
+            5 if quick else 20,
+            peak,
+        )
+    )
     return rows
 
 

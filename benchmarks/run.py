@@ -35,6 +35,40 @@ def _as_row(r: Row | dict) -> Row:
     return Row(**kwargs)
 
 
+def write_summary(quick: bool) -> str:
+    """(Re)build ``summary[-quick].md`` from every benchmark's latest JSON in the results directory.
+
+    Running a subset (``--only train``) refreshes those rows and keeps the others, each benchmark
+    with the time and load average of its own run.
+    """
+    import json
+
+    suffix = "-quick" if quick else ""
+    d = results_dir()
+    rows: list[Row] = []
+    notes: list[str] = []
+    for name in BENCHMARKS:
+        path = d / f"{name}{suffix}.json"
+        if not path.is_file():
+            continue
+        payload = json.loads(path.read_text())
+        rows.extend(_as_row(r) for r in payload["rows"])
+        m = payload.get("machine", {})
+        notes.append(f"{name}: {payload.get('when')}, load average {m.get('load_average_1m', '?')}")
+    info = machine_info()
+    summary = (
+        f"Measured on {info.get('cpu_model', info['processor'])}, {info['cpus']} cores, "
+        f"torch {info.get('torch')} ({'quick' if quick else 'full'} sizes; a load average above the "
+        f"core count means other work competed for the CPU).\n\n"
+        + format_table(rows)
+        + "\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n"
+    )
+    (d / f"summary{suffix}.md").write_text(summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group()
@@ -70,17 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows), flush=True)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s\n", file=sys.stderr, flush=True)
         all_rows.extend(rows)
-    info = machine_info()
-    summary = (
-        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {info.get('cpu_model', info['processor'])}, "
-        f"{info['cpus']} cores, torch {info.get('torch')} ({'quick' if quick else 'full'} sizes).\n\n"
-        + format_table(all_rows)
-        + "\n"
-    )
-    load = f", load average {info['load_average_1m']}" if "load_average_1m" in info else ""
-    summary = summary.replace(" sizes).\n", f" sizes{load}).\n", 1)
-    out = results_dir() / ("summary-quick.md" if quick else "summary.md")
-    out.write_text(summary)
+    summary = write_summary(quick)
     print(summary)
     return 1 if failed else 0
 

@@ -150,7 +150,8 @@ def load_shards(path: str | Path) -> Shards:
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _check_window(n: int, context_length: int, name: str) -> None:
+def check_window(n: int, context_length: int, name: str) -> None:
+    """The samplers' one clear error when ``n`` tokens cannot fill a window of ``context_length + 1``."""
     if n < context_length + 1:
         raise ScratchLLMError(
             f"{name} has {n} tokens but one training window needs context_length + 1 = "
@@ -238,7 +239,7 @@ class RandomWindowSampler(_WindowBatcher):
         _check_rank(rank, world_size)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ScratchLLMError(f"seed must be a non-negative integer, got {seed!r}")
-        _check_window(len(self.tokens), self.context_length, name)
+        check_window(len(self.tokens), self.context_length, name)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.step = 0  # number of batches drawn so far: the sampler's whole position
 
@@ -325,7 +326,7 @@ class SequentialWindowSampler(_WindowBatcher):
         self.stride = self.context_length if stride is None else stride
         _check_positive(stride=self.stride)
         n = len(self.tokens)
-        _check_window(n, self.context_length, name)
+        check_window(n, self.context_length, name)
         self.starts = np.arange(0, n - self.context_length, self.stride, dtype=np.int64)[rank::world_size]
         self.drop_last = drop_last
         if len(self) == 0:

@@ -88,5 +88,7 @@ def fixed_batches(items: Sequence[Any], batch_size: int, max_batches: int | None
 
 def steps_for_epochs(n_items: int, epochs: float, batch_size: int, grad_accum_steps: int = 1) -> int:
     """Optimizer steps that make ``epochs`` passes over ``n_items`` examples (at least 1)."""
+    if not epochs > 0:  # also catches NaN
+        raise ScratchLLMError(f"--epochs must be > 0 (got {epochs}); e.g. --epochs 0.5 for half a pass")
     per_epoch = max(1, n_items // batch_size) / grad_accum_steps
     return max(1, round(per_epoch * epochs))

@@ -65,7 +65,7 @@ def language_modeling_task(
     The model's ``vocab_size`` comes from the shards' ``meta.json``; on resume the shards must have
     been made with the run's tokenizer.
     """
-    from scratchllm.data.shards import load_shards
+    from scratchllm.data.shards import check_window, load_shards
     from scratchllm.train.task import LanguageModelingTask
 
     shards = load_shards(data)
@@ -79,6 +79,11 @@ def language_modeling_task(
         raise ScratchLLMError(
             f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
         )
+    # Check both splits hold a window now, before the run directory is written (and, for val,
+    # before training for eval_interval steps only to fail at the first evaluation).
+    check_window(len(shards.train), ctx, f"{shards.path}/train.bin")
+    if cfg.eval_steps > 0:
+        check_window(len(shards.val), ctx, f"{shards.path}/val.bin")
     task = LanguageModelingTask(
         shards,
         context_length=ctx,

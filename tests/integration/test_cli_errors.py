@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from integration_cli import TINY, cli
+from integration_cli import TINY, cli, ok
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -29,9 +29,10 @@ def snapshot(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def bad(workspace) -> Path:
     """Damaged copies of the tiny run, and malformed user files."""
-    root = workspace.root / "bad"
+    ws = workspace
+    root = ws.root / "bad"
     root.mkdir()
-    run = workspace.run
+    run = ws.run
 
     shutil.copytree(run, root / "truncated")
     with open(root / "truncated" / "model.safetensors", "r+b") as f:
@@ -49,8 +50,15 @@ def bad(workspace) -> Path:
 
     (root / "no-tab.tsv").write_text("abc\tcba\nno tab here\nxy\tyx\n")
     (root / "columns.tsv").write_text("body\tcategory\nhello\tx\nbye\ty\n")
+    (root / "labels.tsv").write_text(
+        "text\tlabel\n" + "".join(f"line {i}\t{'ab'[i % 2]}\n" for i in range(20))
+    )
     (root / "no-output.json").write_text(json.dumps([{"instruction": "say hi", "input": ""}] * 8))
     (root / "bad.toml").write_text("[model\nn_layer = ")
+    # shards too short for one window of the tiny preset's 32 + 1 tokens (val: ~25 tokens)
+    (root / "short.txt").write_text("the king is here\n" * 6)
+    ok("prepare", "--tokenizer", ws.char_tok, "--input", root / "short.txt", "--out", root / "short",
+       "--val-fraction", "0.25")  # fmt: skip
     return root
 
 
@@ -110,6 +118,25 @@ def cases(ws, bad: Path) -> dict[str, tuple[int, list]]:
         "instruction records without output": (
             2,
             ["finetune", "instruct", "--model", ws.run, "--data", bad / "no-output.json", "--out", bad / "o"],
+        ),
+        "finetune --epochs 0": (
+            2,
+            [
+                "finetune",
+                "classify",
+                "--model",
+                ws.run,
+                "--data",
+                bad / "labels.tsv",
+                "--out",
+                bad / "o10",
+                "--epochs",
+                "0",
+            ],
+        ),
+        "corpus shorter than one window (no run dir written)": (
+            2,
+            ["train", "--data", bad / "short", "--out", bad / "o11", *TINY],
         ),
         "non-finite loss stops with exit 3": (
             3,
