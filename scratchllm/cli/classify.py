@@ -26,11 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.finetune.classify import classify_texts
+    from scratchllm.finetune.classify import CLASSIFIER_ARCHS, classify_texts
     from scratchllm.train.checkpoint import load_model
 
     loaded = load_model(args.model, device=args.device)
-    if loaded.arch != "gpt-classifier":
+    if loaded.arch not in CLASSIFIER_ARCHS:
         raise ScratchLLMError(
             f"{args.model} is a {loaded.arch!r} model, not a classifier; "
             "train one with 'scratchllm finetune classify'"

@@ -1,6 +1,7 @@
 """Fine-tune a pretrained GPT: 'classify' (a new class head) or 'instruct' (Alpaca-style answers).
 
---model is the base: a scratchllm run or checkpoint, or a Hugging Face GPT-2 directory. The new
+--model is the base: a scratchllm run or checkpoint, or a Hugging Face GPT-2 directory ('classify'
+also takes a BERT run: its head then reads the pooled [CLS] vector; no LoRA for BERT). The new
 run directory (--out) is an ordinary run (config.json, model.safetensors, checkpoints/,
 metrics.jsonl, loss.png) plus test_metrics.json — and, for instruct, test_responses.json with a
 generated answer for every test record; LoRA runs also get adapter/ (for 'scratchllm lora merge').
@@ -10,6 +11,7 @@ Ctrl-C saves a checkpoint; continue with the same command plus --resume.
 
 examples:
   scratchllm finetune classify --model runs/base --data sms.tsv --label-column label --balance --out runs/spam
+  scratchllm finetune classify --model runs/bert --data sms.tsv --trainable all --out runs/bert-spam
   scratchllm finetune classify --model gpt2-dir --train a.csv --val b.csv --test c.csv --trainable all --out r
   scratchllm finetune instruct --model gpt2-dir --data instruction-data.json --out runs/alpaca
   scratchllm finetune instruct --model runs/base --data data.jsonl --lora-r 8 --lora-alpha 16 --out runs/lora
@@ -71,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser(
         "classify",
         help="text classification with a new output head",
-        description="Fine-tune a GPT as a text classifier (labelled CSV/TSV/JSONL data).",
+        description="Fine-tune a GPT or BERT as a text classifier (labelled CSV/TSV/JSONL data).",
         epilog="examples:" + __doc__.split("examples:", 1)[1],
         formatter_class=raw,
     )

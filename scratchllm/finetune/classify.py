@@ -1,11 +1,14 @@
-"""Classification fine-tuning: teach a pretrained GPT to sort texts into classes.
+"""Classification fine-tuning: teach a pretrained GPT (or BERT) to sort texts into classes.
 
 The recipe of the book's chapter 6 (spam vs. ham), generalised to any labelled file:
 
 1. read the labelled data (:mod:`scratchllm.data.classification`), optionally balance the classes
    by undersampling, and split it into train/val/test (or take three files);
 2. replace the GPT's vocabulary-sized output head by a ``num_classes``-wide one and read it at the
-   last real token of each text (:class:`~scratchllm.finetune.models.GPTClassifier`);
+   last real token of each text (:class:`~scratchllm.finetune.models.GPTClassifier`) — or, for a
+   BERT, put the head on the pooled ``[CLS]`` vector of ``[CLS] text [SEP]``
+   (:class:`~scratchllm.finetune.models.BertClassifier`); the model's ``text_format`` says how
+   its texts are wrapped and padded, so nothing below depends on which one it is;
 3. choose what trains (head / last blocks / all / LoRA) and hand a :class:`ClassificationTask`
    to the one training loop;
 4. score val and test: accuracy, macro precision/recall/F1 and the confusion matrix, printed by
@@ -42,6 +45,8 @@ from scratchllm.finetune.metrics import classification_metrics
 from scratchllm.train.task import model_device, unwrap
 
 METRICS_FILE = "test_metrics.json"
+#: the architectures `finetune classify` produces (and `scratchllm classify` reads).
+CLASSIFIER_ARCHS = ("gpt-classifier", "bert-classifier")
 
 # ----------------------------------------------------------------------------- data
 
@@ -112,7 +117,7 @@ def load_classification_data(
 class ClassificationTask:
     """The loop's :class:`~scratchllm.train.task.Task` for classification.
 
-    Loss: cross-entropy between the class logits at each row's last real token and its label.
+    Loss: cross-entropy between the model's class logits for each row and its label.
     Evaluation: val loss, accuracy and macro F1 over (up to ``max_batches``) val batches.
     """
 
@@ -247,7 +252,7 @@ def finetune_classify(
     echo: Callable[[str], None] | None = None,
     stop_at: int | None = None,
 ) -> ClassifyResult:
-    """Fine-tune the GPT at ``base`` as a classifier of ``data`` into ``run_dir``; score val/test.
+    """Fine-tune the GPT or BERT at ``base`` as a classifier of ``data`` into ``run_dir``; score val/test.
 
     ``train_cfg`` is a :class:`~scratchllm.train.config.TrainConfig`; when ``epochs`` is given its
     ``max_steps`` is replaced by the steps for that many epochs (pass None to keep it). ``lora`` (a
@@ -271,7 +276,7 @@ def finetune_classify(
         model, tokenizer, info = _rebuild_for_resume(run_dir, data.labels)
         trainable, last_blocks = info["trainable"], info["trainable_blocks"]
     else:
-        loaded = load_base(base)
+        loaded = load_base(base, allow_bert=True)
         tokenizer = loaded.tokenizer
         if dropout is not None:
             loaded.model.config.dropout = dropout
@@ -291,12 +296,13 @@ def finetune_classify(
         }
     trainable_n, total_n = select_trainable(model, trainable, last_blocks=last_blocks)
 
+    fmt = model.text_format(tokenizer)
     ctx = model.config.context_length
-    max_len = min(max_length or ctx, ctx)
-    pad = tokenizer.eot_id
-    train_enc, t1 = encode_examples(data.train, tokenizer, data.labels, max_length=max_len)
-    val_enc, t2 = encode_examples(data.val, tokenizer, data.labels, max_length=max_len)
-    test_enc, t3 = encode_examples(data.test, tokenizer, data.labels, max_length=max_len)
+    max_len = min(max_length or ctx, ctx) - fmt.extra  # room for [CLS]/[SEP] where the model wants them
+    pad = fmt.pad_id
+    train_enc, t1 = _encode(data.train, tokenizer, data.labels, max_len, fmt)
+    val_enc, t2 = _encode(data.val, tokenizer, data.labels, max_len, fmt)
+    test_enc, t3 = _encode(data.test, tokenizer, data.labels, max_len, fmt)
     truncated = t1 + t2 + t3
     if truncated:
         say(f"warning: {truncated} texts were longer than {max_len} tokens and were truncated")
@@ -310,7 +316,7 @@ def finetune_classify(
         task,
         train_cfg,
         run_dir,
-        arch="gpt-classifier",
+        arch=model.arch,
         tokenizer=tokenizer,
         resume=resume,
         force=force,
@@ -331,11 +337,21 @@ def finetune_classify(
     adapter = None
     if finished:
         atomic_write_json(run_dir / METRICS_FILE, {"step": result.step, **metrics})
-        if model.config.lora_r:
-            adapter = write_adapter(model, run_dir, arch="gpt-classifier", info=info)
+        if getattr(model.config, "lora_r", 0):
+            adapter = write_adapter(model, run_dir, arch=model.arch, info=info)
     return ClassifyResult(
         run_dir, data.labels, trainable_n, total_n, result.step, metrics, truncated, adapter, result
     )
+
+
+def _encode(
+    examples: Sequence[Example], tokenizer: Any, labels: Sequence[str], max_len: int, fmt: Any
+) -> tuple[list[EncodedExample], int]:
+    """:func:`encode_examples`, each row then wrapped in the model's ``TextFormat``."""
+    if max_len < 1:
+        raise ScratchLLMError(f"--max-length leaves no room for text (the model adds {fmt.extra} tokens)")
+    enc, truncated = encode_examples(examples, tokenizer, labels, max_length=max_len)
+    return [EncodedExample(fmt.wrap(e.ids), e.label) for e in enc], truncated
 
 
 def _rebuild_for_resume(run_dir: Path, labels: list[str]) -> tuple[Any, Any, dict[str, Any]]:
@@ -345,16 +361,17 @@ def _rebuild_for_resume(run_dir: Path, labels: list[str]) -> tuple[Any, Any, dic
     from scratchllm.tokenizer import load_tokenizer
 
     cfg = read_json(run_dir / "config.json", "run config")
-    if cfg.get("architecture") != "gpt-classifier" or "finetune" not in cfg:
+    arch = cfg.get("architecture")
+    if arch not in CLASSIFIER_ARCHS or "finetune" not in cfg:
         raise ScratchLLMError(f"{run_dir} is not a classification fine-tuning run; cannot --resume it here")
-    model_cfg = config_from_dict("gpt-classifier", cfg["model"])
+    model_cfg = config_from_dict(arch, cfg["model"])
     if list(model_cfg.labels) != list(labels):
         raise ScratchLLMError(
             f"cannot resume: the run's labels are {list(model_cfg.labels)} but the data's are {labels}; "
             "pass the same data as the original run"
         )
     return (
-        build_model("gpt-classifier", model_cfg),
+        build_model(arch, model_cfg),
         load_tokenizer(run_dir / "tokenizer.json"),
         cfg["finetune"],
     )
@@ -376,19 +393,20 @@ def _progress_factory(enabled: bool) -> Callable[[str], Callable[[Any], Any] | N
 
 @torch.no_grad()
 def classify_texts(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
-    """Label texts with a loaded ``gpt-classifier``.
+    """Label texts with a loaded ``gpt-classifier`` or ``bert-classifier``.
 
     Returns one dict per text: ``text``, ``label``, its ``probability`` and all ``probabilities``.
     """
     labels = model.config.label_names
-    ctx = model.config.context_length
+    fmt = model.text_format(tokenizer)
+    room = model.config.context_length - fmt.extra
     examples = []
     for t in texts:
         if not t.strip():
             raise ScratchLLMError("cannot classify an empty text")
-        ids = tokenizer.encode(t)[:ctx]
-        examples.append(EncodedExample(ids, 0))
-    preds, probs, _ = predict(model, examples, pad_id=tokenizer.eot_id)
+        ids = tokenizer.encode(t)[:room]
+        examples.append(EncodedExample(fmt.wrap(ids), 0))
+    preds, probs, _ = predict(model, examples, pad_id=fmt.pad_id)
     return [
         {
             "text": t,

@@ -90,10 +90,11 @@ def resolve_train_config(
     return ResolvedConfig(resolved["train"], dropout if dropout != base_dropout else None, explicit)
 
 
-def load_base(path: str | Path, device: str = "cpu") -> Any:
+def load_base(path: str | Path, device: str = "cpu", *, allow_bert: bool = False) -> Any:
     """Load the pretrained model to fine-tune: a GPT run, checkpoint or Hugging Face GPT-2 dir.
 
-    A ``gpt-lora`` run is merged first (so one can LoRA-tune a LoRA-tuned model). Returns
+    A ``gpt-lora`` run is merged first (so one can LoRA-tune a LoRA-tuned model). With
+    ``allow_bert`` (classification) a BERT run is accepted too. Returns
     :class:`scratchllm.train.checkpoint.LoadedModel`.
     """
     from scratchllm.train.checkpoint import load_model
@@ -101,10 +102,11 @@ def load_base(path: str | Path, device: str = "cpu") -> Any:
     loaded = load_model(path, device=device)
     if loaded.arch == "gpt-lora":
         merge_lora(loaded.model, untie=True)
-    elif loaded.arch != "gpt":
+    elif loaded.arch != "gpt" and not (allow_bert and loaded.arch == "bert"):
+        also = " or a BERT run" if allow_bert else ""
         raise ScratchLLMError(
             f"{path} is a {loaded.arch!r} model; fine-tuning starts from a GPT language model "
-            "(a pretraining run, a checkpoint or a Hugging Face GPT-2 directory)"
+            f"(a pretraining run, a checkpoint or a Hugging Face GPT-2 directory){also}"
         )
     if loaded.tokenizer is None:
         raise ScratchLLMError(f"{path} has no tokenizer.json; fine-tuning needs the base model's tokenizer")
@@ -115,8 +117,9 @@ def select_trainable(model: nn.Module, mode: str, *, last_blocks: int = 1) -> tu
     """Set ``requires_grad`` for a fine-tuning mode; return (trainable, total) parameter counts.
 
     * ``head``: only the output head (a linear probe on frozen features);
-    * ``last``: the last ``last_blocks`` transformer blocks, the final norm and the head — the
-      book's choice for classification: the top layers are the most task-specific;
+    * ``last``: the last ``last_blocks`` transformer blocks, what sits above them (the final norm;
+      a BERT's pooler too — the model's ``top_modules``) and the head — the book's choice for
+      classification: the top layers are the most task-specific;
     * ``all``: everything (the book's choice for instruction tuning);
     * ``lora``: only the LoRA matrices (plus a classifier's new head, which starts random).
     """
@@ -136,8 +139,9 @@ def select_trainable(model: nn.Module, mode: str, *, last_blocks: int = 1) -> tu
         for block in model.blocks[n - last_blocks :]:
             for p in block.parameters():
                 p.requires_grad_(True)
-        for p in model.final_norm.parameters():
-            p.requires_grad_(True)
+        for name in getattr(model, "top_modules", ("final_norm",)):
+            for p in getattr(model, name).parameters():
+                p.requires_grad_(True)
     if mode == "lora":
         found = False
         for name, p in model.named_parameters():

@@ -1,4 +1,4 @@
-"""The fine-tuned GPTs: a GPT with LoRA adapters, and a GPT with a classification head.
+"""The fine-tuned models: a GPT with LoRA adapters, and a GPT or a BERT with a classification head.
 
 Both are small subclasses of :class:`~scratchllm.model.gpt.GPTModel` registered as architectures
 (``gpt-lora`` and ``gpt-classifier`` in :data:`scratchllm.model.ARCHITECTURES`). Their configs
@@ -9,6 +9,11 @@ rebuild the model and :func:`scratchllm.train.checkpoint.load_model` — and the
 
 Parameter names stay the GPT's names: LoRA adds ``*.lora_A``/``*.lora_B`` next to the weights it
 adapts, and the classifier's head is still called ``out_head`` (now ``[num_classes, C]``).
+
+The BERT classifier (``bert-classifier``) follows the BERT paper instead: the text is wrapped as
+``[CLS] text [SEP]`` and the head reads the pooled ``[CLS]`` vector. Both classifiers tell the
+classification task how their input looks (:class:`TextFormat`), so the task itself never asks
+which kind of model it trains.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.model.bert import BertConfig, BertModel
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
 from scratchllm.model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, target_suffixes
@@ -89,6 +95,23 @@ class GPTClassifierConfig(GPTLoRAConfig):
         return list(self.labels) or [str(i) for i in range(self.num_classes)]
 
 
+@dataclass(frozen=True)
+class TextFormat:
+    """How a classifier wants its texts: ``prefix + ids + suffix``, right-padded with ``pad_id``."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+
+    def wrap(self, ids: list[int]) -> list[int]:
+        return [*self.prefix, *ids, *self.suffix]
+
+    @property
+    def extra(self) -> int:
+        """Positions the wrapping takes from the context window."""
+        return len(self.prefix) + len(self.suffix)
+
+
 class GPTClassifier(GPTModel):
     """A GPT whose output head scores ``num_classes`` classes instead of the vocabulary.
 
@@ -96,6 +119,10 @@ class GPTClassifier(GPTModel):
     Linear layer, and read its output at the **last real token** of each text — under causal
     attention the only position that has attended to every token of the text.
     """
+
+    arch = "gpt-classifier"
+    #: what trains with ``--trainable last`` besides the last blocks and the head.
+    top_modules = ("final_norm",)
 
     def __init__(self, config: GPTClassifierConfig) -> None:
         super().__init__(config)
@@ -124,6 +151,76 @@ class GPTClassifier(GPTModel):
             return logits[:, -1]
         last = (lengths.to(logits.device) - 1).clamp(min=0)
         return logits[torch.arange(idx.shape[0], device=logits.device), last]
+
+    def text_format(self, tokenizer: Any) -> TextFormat:
+        """The bare text; padding is invisible to the last real token under causal attention."""
+        return TextFormat((), (), tokenizer.eot_id)
+
+
+@dataclass
+class BertClassifierConfig(BertConfig):
+    num_classes: int = 2
+    #: class names, index i = class id i (saved so `scratchllm classify` can print them).
+    labels: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_classes < 2:
+            raise ScratchLLMError(f"invalid model config: num_classes must be >= 2 (got {self.num_classes})")
+        if self.labels and len(self.labels) != self.num_classes:
+            raise ScratchLLMError(
+                f"invalid model config: {len(self.labels)} labels for num_classes={self.num_classes}"
+            )
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels) or [str(i) for i in range(self.num_classes)]
+
+
+class BertClassifier(BertModel):
+    """A BERT encoder whose pooled ``[CLS]`` vector feeds a ``num_classes``-wide Linear head.
+
+    The BERT paper's recipe: the ``[CLS]`` token attends to the whole text in both directions, and
+    pretraining (NSP) already taught the pooler to summarise the sequence there. The pretraining
+    heads (MLM, NSP) are dropped; the new head keeps the GPT classifier's name ``out_head``.
+    """
+
+    arch = "bert-classifier"
+    #: the pooler sits between the last block and the head, so it trains with them.
+    top_modules = ("final_norm", "pooler")
+
+    def __init__(self, config: BertClassifierConfig) -> None:
+        super().__init__(config)
+        del self.mlm_dense, self.mlm_act, self.mlm_norm, self.mlm_bias, self.nsp_head
+        self.out_head = nn.Linear(config.n_embd, config.num_classes)
+        nn.init.normal_(self.out_head.weight, mean=0.0, std=config.init_std)
+        nn.init.zeros_(self.out_head.bias)
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: Tensor,
+        *,
+        lengths: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Token ids ``[B, T]`` (``[CLS] text [SEP]``, right-padded) → class logits ``[B, num_classes]``.
+
+        Unlike under causal attention, padding here *would* be seen by every token, so ``lengths``
+        (real tokens per row) becomes the attention mask that hides it.
+        """
+        if attention_mask is None and lengths is not None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            attention_mask = (positions[None, :] < lengths.to(input_ids.device)[:, None]).long()
+        hidden = self.encode(input_ids, segment_ids, attention_mask)
+        return self.out_head(self.pooled(hidden))
+
+    def text_format(self, tokenizer: Any) -> TextFormat:
+        """``[CLS] text [SEP]`` padded with ``[PAD]``, as BERT saw its sentences in pretraining."""
+        from scratchllm.data.mlm import BertSpecialIds
+
+        special = BertSpecialIds.of(tokenizer)
+        return TextFormat((special.cls,), (special.sep,), special.pad)
 
 
 # ----------------------------------------------------------------------------- building from a base
@@ -155,8 +252,15 @@ def lora_model_from_base(base: GPTModel, lora: LoRAConfig) -> GPTLoRAModel:
     return model.to(base.tok_emb.weight.device)
 
 
-def classifier_from_base(base: GPTModel, labels: list[str], lora: LoRAConfig | None = None) -> GPTClassifier:
-    """A ``gpt-classifier`` with ``base``'s body, a new head for ``labels`` and optional LoRA."""
+def classifier_from_base(
+    base: GPTModel | BertModel, labels: list[str], lora: LoRAConfig | None = None
+) -> GPTClassifier | BertClassifier:
+    """A classifier with ``base``'s body, a new head for ``labels`` and optional LoRA (GPT only).
+
+    A GPT base gives a ``gpt-classifier``, a BERT base a ``bert-classifier``.
+    """
+    if isinstance(base, BertModel):
+        return bert_classifier_from_base(base, labels, lora)
     cfg = GPTClassifierConfig(
         **base_config_dict(base.config),
         num_classes=len(labels),
@@ -168,6 +272,22 @@ def classifier_from_base(base: GPTModel, labels: list[str], lora: LoRAConfig | N
     )
     model = GPTClassifier(cfg)
     _load_body(model, base, skip=("out_head",))
+    return model.to(base.tok_emb.weight.device)
+
+
+def bert_classifier_from_base(
+    base: BertModel, labels: list[str], lora: LoRAConfig | None = None
+) -> BertClassifier:
+    """A ``bert-classifier``: ``base``'s encoder and pooler, a new head, no MLM/NSP heads."""
+    if lora is not None:
+        raise ScratchLLMError(
+            "LoRA fine-tuning is for GPT models; for a BERT model drop --lora-r "
+            "and use --trainable last or all"
+        )
+    fields = {f.name: getattr(base.config, f.name) for f in dataclasses.fields(BertConfig)}
+    model = BertClassifier(BertClassifierConfig(**fields, num_classes=len(labels), labels=tuple(labels)))
+    heads = ("mlm_dense", "mlm_norm", "mlm_bias", "nsp_head", "out_head")
+    _load_body(model, base, skip=heads)
     return model.to(base.tok_emb.weight.device)
 
 

@@ -24,6 +24,11 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
         "scratchllm.finetune.models:GPTClassifierConfig",
         "scratchllm.finetune.models:GPTClassifier",
     ),
+    # A BERT with a classification head on its pooled [CLS] vector (scratchllm finetune classify).
+    "bert-classifier": (
+        "scratchllm.finetune.models:BertClassifierConfig",
+        "scratchllm.finetune.models:BertClassifier",
+    ),
 }
 
 
