@@ -40,39 +40,43 @@ def evaluate_lm(
     context_length: int,
     batch_size: int,
     max_batches: int | None = None,
+    max_windows: int | None = None,
     device: Any = "cpu",
     name: str = "the validation tokens",
 ) -> dict[str, float]:
     """Mean next-token loss of ``model`` over fixed windows of ``tokens`` (a 1-D id array).
 
     Returns ``val_loss``, ``perplexity``, ``tokens_per_s`` (forward-pass throughput), ``tokens``
-    (how many predictions were scored), ``batches`` and peak memory (``peak_rss_mb``, plus
-    ``cuda_max_memory_mb`` on a GPU). ``max_batches`` caps the work (None: the whole array). The
-    model is put in eval mode for the measurement and restored to its previous mode afterwards.
-    A split shorter than one batch is evaluated as one smaller batch.
+    (how many predictions were scored), ``windows``, ``batches`` and peak memory (``peak_rss_mb``,
+    plus ``cuda_max_memory_mb`` on a GPU). The model is put in eval mode for the measurement and
+    restored to its previous mode afterwards.
+
+    What is scored is the first ``max_windows`` non-overlapping windows (None: all of them), the
+    last batch being smaller when they do not fill it: the batch size changes only the speed,
+    never the score. ``max_batches`` caps the work in batches instead (the training loop's
+    ``eval_steps``); that number of windows does depend on the batch size.
     """
     import torch
 
     from scratchllm.data.shards import SequentialWindowSampler
     from scratchllm.model.gpt import lm_loss
 
-    n_windows = max(0, (len(tokens) - 1) // context_length)
-    batch_size = max(1, min(batch_size, n_windows))
     sampler = SequentialWindowSampler(
-        tokens, batch_size, context_length, device=device, drop_last=n_windows >= batch_size, name=name
+        tokens, batch_size, context_length, device=device, drop_last=False, name=name
     )
     was_training = model.training
     model.eval()
-    total, count, batches = 0.0, 0, 0
+    total, count, windows, batches = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
             # Sum on the device; one sync at the end instead of one per batch.
             acc = torch.zeros((), dtype=torch.float64, device=device)
-            for x, y in sampler.batches(max_batches):
+            for x, y in sampler.batches(max_batches, max_windows=max_windows):
                 logits = model(x)
                 acc += lm_loss(logits.float(), y).double() * y.numel()
                 count += y.numel()
+                windows += len(y)
                 batches += 1
             total = float(acc.item())
     finally:
@@ -84,6 +88,7 @@ def evaluate_lm(
         "perplexity": math.exp(min(loss, 700.0)),
         "tokens_per_s": count / seconds,
         "tokens": count,
+        "windows": windows,
         "batches": batches,
         **memory_stats(device),
     }

@@ -115,8 +115,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def ensure_empty_dir(path: str | os.PathLike, *, force: bool = False, what: str = "output directory") -> Path:
-    """Create ``path`` or check it is empty; refuse to overwrite a populated one unless ``force``."""
+def ensure_empty_dir(
+    path: str | os.PathLike, *, force: bool = False, what: str = "output directory", create: bool = True
+) -> Path:
+    """Create ``path`` or check it is empty; refuse to overwrite a populated one unless ``force``.
+
+    ``create=False`` only checks: a command calls it first to fail fast on a populated --out, then
+    validates its inputs, and creates the directory when it is about to write (so a bad input never
+    leaves an empty directory behind).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ScratchLLMError(f"{what} {path} exists and is not a directory")
@@ -124,5 +131,6 @@ def ensure_empty_dir(path: str | os.PathLike, *, force: bool = False, what: str 
         raise ScratchLLMError(
             f"{what} {path} already contains files; choose another --out or pass --force to overwrite"
         )
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path

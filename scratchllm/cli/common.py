@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -47,3 +48,43 @@ def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+# The verb that runs each kind of model: used to point the user to the right one.
+VERB_FOR_ARCH = {
+    "gpt": "generate",
+    "gpt-lora": "generate",
+    "bert": "fill-mask",
+    "seq2seq": "translate",
+    "gpt-classifier": "classify",
+    "bert-classifier": "classify",
+}
+
+
+def load_model_for(
+    path: str,
+    *,
+    archs: Sequence[str],
+    verb_hint: str,
+    device: str = "cpu",
+    need_tokenizer: bool = True,
+) -> Any:
+    """Load a model for a verb that works only with some architectures (``archs``).
+
+    Anything else is a one-line error naming what the model is, what the verb needs (``verb_hint``,
+    e.g. "fill-mask needs a BERT model (train one with ...)") and which verb runs this model.
+    Returns :class:`scratchllm.train.checkpoint.LoadedModel`.
+    """
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.train.checkpoint import load_model
+
+    loaded = load_model(path, device=device)
+    if loaded.arch not in archs:
+        other = VERB_FOR_ARCH.get(loaded.arch)
+        use = f"; use 'scratchllm {other}' for this model" if other else ""
+        raise ScratchLLMError(f"{path} is a {loaded.arch} model; {verb_hint}{use}")
+    if need_tokenizer and loaded.tokenizer is None:
+        raise ScratchLLMError(
+            f"{path} has no tokenizer.json beside the weights; copy the run's tokenizer.json there"
+        )
+    return loaded

@@ -41,9 +41,10 @@ def _import(args: argparse.Namespace) -> dict:
     from scratchllm.io import ensure_empty_dir
     from scratchllm.train.checkpoint import save_run_files
 
-    # Refuse a populated --out before spending time on loading.
-    out = ensure_empty_dir(args.out, force=args.force, what="run directory")
+    # Refuse a populated --out before spending time on loading; create it only once loading worked.
+    ensure_empty_dir(args.out, force=args.force, what="run directory", create=False)
     loaded = load_hf_gpt2(args.from_hf)
+    out = ensure_empty_dir(args.out, force=args.force, what="run directory")
     cfg = loaded.model.config
     save_run_files(
         out,

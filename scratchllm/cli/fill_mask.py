@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,16 +28,13 @@ def run(args: argparse.Namespace) -> int:
     if "[MASK]" not in args.text:
         raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
     from scratchllm.model.bert import fill_mask
-    from scratchllm.train.checkpoint import load_model
 
-    loaded = load_model(args.model)
-    if loaded.arch != "bert":
-        raise ScratchLLMError(
-            f"{args.model} is a {loaded.arch} model; fill-mask needs a BERT model "
-            "(train one with 'scratchllm train --arch bert --data default')"
-        )
-    if loaded.tokenizer is None:
-        raise ScratchLLMError(f"{args.model} has no tokenizer.json beside the weights")
+    loaded = load_model_for(
+        args.model,
+        archs=("bert",),
+        verb_hint="fill-mask needs a BERT model "
+        "(train one with 'scratchllm train --arch bert --data default')",
+    )
     results = fill_mask(loaded.model, loaded.tokenizer, args.text, top_k=args.top_k)
     if args.json:
         print_json(results)

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, load_model_for, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import TextStreamer, check_sampling_args, stream
-    from scratchllm.train.checkpoint import load_model
 
     # Check every argument before the (possibly slow) model load.
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
@@ -71,15 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and device != "cpu":
         raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
 
-    loaded = load_model(args.model, device=device)
-    if loaded.arch not in ("gpt", "gpt-lora"):
-        raise ScratchLLMError(
-            f"{args.model} holds a {loaded.arch!r} model; generate needs a GPT language model "
-            "(use 'fill-mask' for BERT, 'translate' for seq2seq, 'classify' for classifiers)"
-        )
+    loaded = load_model_for(
+        args.model,
+        archs=("gpt", "gpt-lora"),
+        verb_hint="generate needs a GPT language model",
+        device=device,
+    )
     tok = loaded.tokenizer
-    if tok is None:
-        raise ScratchLLMError(f"{args.model} has no tokenizer.json; cannot turn the prompt into tokens")
     model = loaded.model
     if device == "cpu":
         from scratchllm.model.quantize import quantize_int8, relayout_for_decoding

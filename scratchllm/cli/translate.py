@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,19 +33,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.beam < 1:
         raise ScratchLLMError(f"--beam must be >= 1 (got {args.beam})")
+    if args.max_len is not None and args.max_len < 1:
+        raise ScratchLLMError(f"--max-len must be >= 1 (got {args.max_len})")
     if args.plot_attention and Path(args.plot_attention).exists() and not args.force:
         raise ScratchLLMError(f"{args.plot_attention} exists; pass --force to overwrite it")
     from scratchllm.model.seq2seq import cross_attention_map, plot_cross_attention, translate
-    from scratchllm.train.checkpoint import load_model
 
-    loaded = load_model(args.model)
-    if loaded.arch != "seq2seq":
-        raise ScratchLLMError(
-            f"{args.model} is a {loaded.arch} model; translate needs an encoder-decoder "
-            "(train one with 'scratchllm train --arch seq2seq --data dates')"
-        )
-    if loaded.tokenizer is None:
-        raise ScratchLLMError(f"{args.model} has no tokenizer.json beside the weights")
+    loaded = load_model_for(
+        args.model,
+        archs=("seq2seq",),
+        verb_hint="translate needs an encoder-decoder "
+        "(train one with 'scratchllm train --arch seq2seq --data dates')",
+    )
     outputs = translate(loaded.model, loaded.tokenizer, args.text, beam=args.beam, max_len=args.max_len)
     if args.plot_attention:
         weights, src, tgt = cross_attention_map(loaded.model, loaded.tokenizer, args.text[0], outputs[0])

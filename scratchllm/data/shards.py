@@ -339,14 +339,24 @@ class SequentialWindowSampler(_WindowBatcher):
     def num_windows(self) -> int:
         return len(self.starts)
 
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.starts), self.batch_size)
+    def _num_batches(self, n_windows: int) -> int:
+        full, rest = divmod(n_windows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        count = len(self) if max_batches is None else min(len(self), max_batches)
+    def __len__(self) -> int:
+        return self._num_batches(len(self.starts))
+
+    def batches(
+        self, max_batches: int | None = None, *, max_windows: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches in order; ``max_windows`` keeps only the first windows (a number that, unlike
+        ``max_batches``, means the same tokens whatever the batch size)."""
+        starts = self.starts if max_windows is None else self.starts[:max_windows]
+        count = self._num_batches(len(starts))
+        if max_batches is not None:
+            count = min(count, max_batches)
         for b in range(count):
-            yield self._to_tensors(self.starts[b * self.batch_size : (b + 1) * self.batch_size])
+            yield self._to_tensors(starts[b * self.batch_size : (b + 1) * self.batch_size])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()

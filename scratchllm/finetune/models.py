@@ -234,7 +234,7 @@ def _load_body(model: nn.Module, base: nn.Module, *, skip: tuple[str, ...] = ())
     if bad or result.unexpected_keys:
         raise ScratchLLMError(
             f"the base model does not fit the fine-tuning model ({(bad or result.unexpected_keys)[0]}); "
-            "is it a GPT?"
+            "is it the kind of model this fine-tuning expects?"
         )
 
 

@@ -90,18 +90,28 @@ def compare_variants(
     say = echo or (lambda msg: None)
     if max_steps < 1:
         raise ScratchLLMError(f"--max-steps must be >= 1 (got {max_steps})")
+    ensure_empty_dir(out, force=force, what="comparison directory", create=False)  # fail fast
+    # Resolve every variant (config, data, model) before anything is written: a typo in the last
+    # variant should neither cost the first ones' training time nor leave a half-made --out.
+    # setup_pretraining writes nothing; the models are small by design of a comparison.
+    setups = {}
+    for name, changes in variants.items():
+        # ~10 evaluations per run make the curves; the caller's --set may still change that.
+        sets = [f"eval_interval={max(1, max_steps // 10)}", *overrides]
+        sets += [*(f"{k}={v}" for k, v in changes.items()), f"max_steps={max_steps}"]
+        try:
+            setups[name] = setup_pretraining(
+                data, Path(out), arch="gpt", preset=preset, config_file=config_file, overrides=sets, seed=seed
+            )
+        except ScratchLLMError as err:
+            raise ScratchLLMError(f"variant {name!r}: {err}") from None
     out = ensure_empty_dir(out, force=force, what="comparison directory")
     rows = []
     for name, changes in variants.items():
         run_dir = out / "runs" / name
-        # ~10 evaluations per run make the curves; the caller's --set may still change that.
-        sets = [f"eval_interval={max(1, max_steps // 10)}", *overrides]
-        sets += [*(f"{k}={v}" for k, v in changes.items()), f"max_steps={max_steps}"]
+        setup = setups.pop(name)  # let each model go once it is trained
         described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "base"
         say(f"[{len(rows) + 1}/{len(variants)}] {name}: {described}")
-        setup = setup_pretraining(
-            data, run_dir, arch="gpt", preset=preset, config_file=config_file, overrides=sets, seed=seed
-        )
         t0 = time.perf_counter()
         result = pretrain(setup, run_dir, force=True, progress=False)
         rows.append(

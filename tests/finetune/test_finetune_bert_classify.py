@@ -82,7 +82,9 @@ def test_trainable_modes_include_the_pooler():
 def test_bert_classify_end_to_end(bert_base, cls_files, tmp_path, cli, fast_set):
     run = tmp_path / "run"
     common = ["--model", bert_base, "--data", cls_files / "data.csv", "--out", run, "--quiet", *fast_set]
-    rc, out, err = cli(["finetune", "classify", *common, "--trainable", "all", "--epochs", "3"])
+    # A random-init BERT must first learn to gather the text into [CLS]: after 3 epochs it still
+    # predicts one class, after 6 it separates the two (the GPT test needs 3).
+    rc, out, err = cli(["finetune", "classify", *common, "--trainable", "all", "--epochs", "6"])
     assert rc == 0, err
     assert "test: accuracy" in out
     metrics = json.loads((run / "test_metrics.json").read_text())
@@ -92,7 +94,8 @@ def test_bert_classify_end_to_end(bert_base, cls_files, tmp_path, cli, fast_set)
 
     loaded = load_model(run)
     assert loaded.arch == "bert-classifier" and loaded.model.config.labels == ("shakespeare", "verdict")
-    rc, out, _ = cli(["classify", "--model", run, "--text", "I had always thought him rather a cheap genius."])
+    text = "I had always thought him rather a cheap genius."
+    rc, out, _ = cli(["classify", "--model", run, "--text", text])
     assert rc == 0
     label, prob = out.strip().split("\t")
     assert label in ("shakespeare", "verdict") and 0.5 <= float(prob) <= 1.0

@@ -19,10 +19,10 @@ from integration_cli import TINY, cli, ok
 
 
 def snapshot(root: Path) -> dict[str, str]:
+    """Every file's hash and every directory (an empty --out left behind counts as a change)."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
 
 
@@ -69,6 +69,7 @@ NAN_RECIPE += ["--set", "max_bad_steps=2"]
 
 def cases(ws, bad: Path) -> dict[str, tuple[int, list]]:
     prompt = ["--prompt", "hi"]
+    compare = ["compare", "--data", ws.char_data, "--max-steps", "1"]
     return {
         "missing model": (2, ["generate", "--model", bad / "nope", *prompt]),
         "truncated safetensors": (2, ["generate", "--model", bad / "truncated", *prompt]),
@@ -102,6 +103,20 @@ def cases(ws, bad: Path) -> dict[str, tuple[int, list]]:
         "convert --to-hf into populated dir": (2, ["convert", "--to-hf", ws.run, "--out", ws.char_run]),
         "to-hf with char tokenizer": (2, ["convert", "--to-hf", ws.char_run, "--out", bad / "o4"]),
         "non-GPT-2 HF dir (convert)": (2, ["convert", "--from-hf", bad / "bert-hf", "--out", bad / "o5"]),
+        "non-GPT-2 HF dir (convert, nested --out)": (
+            2,
+            ["convert", "--from-hf", bad / "bert-hf", "--out", bad / "o12" / "deeper"],
+        ),
+        "compare with an unknown key in a variant": (
+            2,
+            [*compare, "--variants", "x:foo=1", "--out", bad / "o13"],
+        ),
+        "compare with a bad second variant": (
+            2,
+            [*compare, "--variants", "a:;b:nope=1", "--out", bad / "o14"],
+        ),
+        "translate --max-len 0": (2, ["translate", "--model", ws.run, "--text", "a", "--max-len", "0"]),
+        "translate --beam 0": (2, ["translate", "--model", ws.run, "--text", "a", "--beam", "0"]),
         "non-GPT-2 HF dir (generate)": (2, ["generate", "--model", bad / "bert-hf", *prompt]),
         "fill-mask on a GPT": (2, ["fill-mask", "--model", ws.run, "--text", "a [MASK] b"]),
         "translate on a GPT": (2, ["translate", "--model", ws.run, "--text", "a"]),
@@ -166,6 +181,13 @@ def test_bad_input_is_one_line_and_changes_nothing(name, workspace, bad):
     if expected_rc == 3:  # the stopped run keeps what it wrote; nothing else may change
         after = {k: v for k, v in after.items() if not k.startswith("bad/nan")}
     assert after == before, (name, set(after.items()) ^ set(before.items()))
+
+
+@pytest.mark.parametrize("flag", ["--max-len", "--beam"])
+def test_translate_names_the_bad_length_flag(flag, workspace):
+    """--max-len 0 / --beam 0 are refused before the model is loaded, naming the flag."""
+    res = cli("translate", "--model", workspace.root / "no-such-model", "--text", "a", flag, "0")
+    assert res.rc == 2 and f"{flag} must be >= 1" in res.err, res.err
 
 
 def test_generate_from_bert_and_fill_mask_without_mask(workspace, shared_data):

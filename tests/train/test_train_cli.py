@@ -108,6 +108,33 @@ def test_eval_reports_loss_perplexity_speed_memory(trained, data, capsys):
     assert "perplexity" in text and "tokens/s" in text
 
 
+def test_eval_score_does_not_depend_on_batch_size(trained, data, capsys):
+    """Batch sizes 2 and 3 score the same windows (the last batch is smaller), so the same loss."""
+    from scratchllm.data.shards import load_shards
+
+    n_windows = (len(load_shards(data / "shards").val) - 1) // 32
+    assert n_windows % 2 or n_windows % 3  # a tail that one of the batch sizes cannot fill
+    results = []
+    for bs in ("2", "3"):
+        capsys.readouterr()
+        argv = ["eval", "--model", str(trained), "--data", str(data / "shards"), "--batch-size", bs]
+        assert main([*argv, "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    a, b = results
+    assert a["windows"] == b["windows"] == n_windows
+    assert a["tokens"] == b["tokens"] == n_windows * 32
+    assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    # --max-windows is a number of windows too: the same prefix of val for both batch sizes
+    capped = []
+    for bs in ("2", "3"):
+        capsys.readouterr()
+        argv = ["eval", "--model", str(trained), "--data", str(data / "shards"), "--batch-size", bs]
+        assert main([*argv, "--json", "--max-windows", "5"]) == 0
+        capped.append(json.loads(capsys.readouterr().out))
+    assert capped[0]["tokens"] == capped[1]["tokens"] == 5 * 32
+    assert capped[0]["val_loss"] == pytest.approx(capped[1]["val_loss"], abs=1e-6)
+
+
 def test_resume_extends_a_run(trained, data, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
