@@ -9,6 +9,8 @@ examples:
   scratchllm inspect --preset gpt2 --set n_layer=6 --set pos_emb=rope --json
   scratchllm inspect --model runs/demo
   scratchllm inspect --list-presets
+  scratchllm inspect --model runs/demo --attention-plot attn.png --text "The function returns"
+  scratchllm inspect --model runs/demo --embedding-plot emb.png
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from scratchllm.cli.common import add_config_args, add_json_arg, print_json
@@ -25,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a run directory, a checkpoint, or a Hugging Face GPT-2 directory")
     add_config_args(p)
     p.add_argument("--list-presets", action="store_true", help="list the named presets and exit")
+    pics = p.add_argument_group("pictures (need --model)")
+    pics.add_argument("--attention-plot", metavar="PNG", help="write every head's attention map for --text")
+    pics.add_argument("--text", help="the text whose attention is drawn")
+    pics.add_argument("--layer", type=int, default=None, help="which layer to draw (default: the last)")
+    pics.add_argument("--embedding-plot", metavar="PNG", help="write a 2-D PCA map of the token embeddings")
+    pics.add_argument("--force", action="store_true", help="overwrite an existing picture")
     add_json_arg(p)
 
 
@@ -171,11 +180,32 @@ def _list_presets(as_json: bool) -> int:
     return 0
 
 
+def _pictures(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
+    from scratchllm.visualize import plot_attention, plot_embeddings
+
+    done = []
+    if args.attention_plot:
+        done.append(plot_attention(model, tokenizer, args.text, args.attention_plot, layer=args.layer))
+    if args.embedding_plot:
+        done.append(plot_embeddings(model, tokenizer, args.embedding_plot))
+    if not args.json:
+        for pic in done:
+            print(f"wrote {pic['path']}", file=sys.stderr)
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
 
     if args.list_presets:
         return _list_presets(args.json)
+    if (args.attention_plot or args.embedding_plot) and not args.model:
+        raise ScratchLLMError("--attention-plot and --embedding-plot need a trained model: pass --model RUN")
+    if args.attention_plot and not args.text:
+        raise ScratchLLMError("--attention-plot needs --text: the text whose attention to draw")
+    for pic in (args.attention_plot, args.embedding_plot):
+        if pic and Path(pic).exists() and not args.force:
+            raise ScratchLLMError(f"{pic} already exists; choose another path or pass --force")
     if args.model and (args.preset or args.config or args.overrides):
         raise ScratchLLMError("give either --model or a config (--preset/--config/--set), not both")
 
@@ -205,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         source = f"preset {args.preset}" if args.preset else "config"
     info = summarize(model, arch, config)
     info["source"] = source
+    if args.attention_plot or args.embedding_plot:
+        info["pictures"] = _pictures(args, model, loaded.tokenizer if args.model else None)
     if args.json:
         print_json(info)
     else:
