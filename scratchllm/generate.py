@@ -118,29 +118,39 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, T
     return idx, mask
 
 
-class StopStrings:
-    """A ``stop`` callback that ends a row once its generated text contains one of ``strings``.
+def settled(text: str) -> str:
+    """``text`` without a trailing run of U+FFFD: bytes the next tokens may still complete.
 
-    Only the tail of the generated ids is decoded at each step (enough tokens to hold the longest
-    stop string even at 4 byte-level tokens per character), so the check stays cheap.
+    A byte-level tokenizer can end a decode in the middle of a multi-byte character, which decodes
+    as the replacement character until its last byte arrives. While more tokens may come, only the
+    text before such a run is certain; once generation has ended, the whole decode counts.
     """
-
-    def __init__(self, tokenizer: Tokenizer, strings: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.strings = [s for s in strings if s]
-        self.window = 4 * max((len(s) for s in self.strings), default=0) + 4
-
-    def __call__(self, generated: list[int]) -> bool:
-        if not self.strings:
-            return False
-        tail = self.tokenizer.decode(generated[-self.window :])
-        return any(s in tail for s in self.strings)
+    return text.rstrip("\ufffd")
 
 
 def truncate_at_stop(text: str, strings: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` before the first occurrence of any stop string; say whether one was found."""
     cut = min((i for i in (text.find(s) for s in strings if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopStrings:
+    """A ``stop`` callback that ends a row once its generated text contains one of ``strings``.
+
+    It follows the same rule as :class:`TextStreamer`: the row's generated ids are decoded whole
+    and the :func:`settled` text is searched. (Decoding only a tail of the ids would start in the
+    middle of a character and see a U+FFFD that is not in the text.) A decode per step is cheap next
+    to the forward pass that produced the token.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, strings: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.strings = [s for s in strings if s]
+
+    def __call__(self, generated: list[int]) -> bool:
+        if not self.strings:
+            return False
+        return truncate_at_stop(settled(self.tokenizer.decode(generated)), self.strings)[1]
 
 
 class TextStreamer:
@@ -178,16 +188,18 @@ class TextStreamer:
         if self.stopped:
             return ""
         self.ids.append(int(token))
-        text = self._decode()
-        if text.endswith("\ufffd"):
-            return ""  # the middle of a multi-byte character: wait for the rest
-        text, self.stopped = truncate_at_stop(text, self.stop)
+        # A character still being spelled out byte by byte is not shown, nor searched, yet.
+        text, self.stopped = truncate_at_stop(settled(self._decode()), self.stop)
         self.text = text
         safe = len(text) if self.stopped else max(self.shown, len(text) - self.holdback)
         return self._release(safe)
 
     def finish(self) -> str:
-        """The text still held back (call once generation has ended)."""
+        """The text still held back (call once generation has ended).
+
+        Bytes that never completed a character now count as text (U+FFFD), so a stop string may be
+        found only here: check ``stopped`` after calling it.
+        """
         if not self.stopped and self.ids:
             self.text, self.stopped = truncate_at_stop(self._decode(), self.stop)
         return self._release(len(self.text))

@@ -95,14 +95,33 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or malformed file into a one-line user error."""
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """Read a UTF-8 text file a user gave us; every way it can fail is a one-line error naming it.
+
+    ``what`` says what the file is for ("training text", "instruction data file", ...). A leading
+    byte-order mark (as spreadsheet programs and some editors write) is dropped.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ScratchLLMError(f"{what} not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except IsADirectoryError:
+        raise ScratchLLMError(f"{what} {path} is a directory; give a file") from None
+    except UnicodeDecodeError as err:
+        raise ScratchLLMError(
+            f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ScratchLLMError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a one-line user error."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise ScratchLLMError(f"{what} {path} is not valid JSON ({err})") from None
 
 

@@ -8,6 +8,7 @@ import torch
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate import (
     StopStrings,
+    TextStreamer,
     filter_logits,
     generate,
     pad_left,
@@ -176,3 +177,35 @@ def test_bad_sampling_arguments(kwargs, match):
         generate(model, [1, 2], args.pop("max_new_tokens"), **args)
     with pytest.raises(ScratchLLMError):
         generate(model, [], 3)
+
+
+def test_stop_on_replacement_character_follows_one_rule(gpt2_files):
+    """A stop string containing U+FFFD: StopStrings and TextStreamer agree, and the stop is reported.
+
+    Byte-level tokens split characters: the ids of "日本語" are 6 byte tokens, each decoding alone
+    to U+FFFD. While a character is being spelled out nothing is searched; a byte that never
+    completes a character counts as U+FFFD once generation ends (``finish``).
+    """
+    from scratchllm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(gpt2_files)
+    ids = tok.encode("日本語" * 4)
+    stop = StopStrings(tok, ["\ufffd"])
+    # whole characters, or a character still arriving: no stop (a tail window would start mid-character)
+    assert not any(stop(ids[:n]) for n in range(1, len(ids) + 1))
+    # a lone continuation byte followed by more text: it is a real U+FFFD now
+    lone = [ids[1], *tok.encode("ab")]
+    assert stop(lone)
+
+    streamer = TextStreamer(tok, tok.encode("Q:"), stop=["\ufffd"])
+    shown = "".join(streamer.push(i) for i in lone)
+    assert streamer.stopped and shown == "" and streamer.text == ""
+    # generation ends on the lone byte: the stop is found by finish(), which callers must check
+    streamer = TextStreamer(tok, [], stop=["\ufffd"])
+    assert streamer.push(ids[1]) == "" and not streamer.stopped
+    assert streamer.finish() == "" and streamer.stopped and streamer.text == ""
+    # text before a pending character is searched at once
+    streamer = TextStreamer(tok, [], stop=["ab"])
+    for i in [*tok.encode("xab"), ids[0]]:
+        streamer.push(i)
+    assert streamer.stopped and streamer.text == "x"

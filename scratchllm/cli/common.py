@@ -44,6 +44,16 @@ def add_out_arg(p: argparse.ArgumentParser, *, required: bool = True, help: str 
     p.add_argument("--force", action="store_true", help="allow overwriting an existing output")
 
 
+def require_positive(args: argparse.Namespace, *dests: str) -> None:
+    """A one-line error for the first of these integer options that is given and below 1."""
+    from scratchllm.errors import ScratchLLMError
+
+    for dest in dests:
+        value = getattr(args, dest)
+        if value is not None and value < 1:
+            raise ScratchLLMError(f"--{dest.replace('_', '-')} must be >= 1 (got {value})")
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")

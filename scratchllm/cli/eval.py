@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, print_json, require_positive
 
 # Enough windows for a steady estimate (over 130k predictions at context 32, 4M at 1024) while
 # keeping a large validation split from taking hours; every batch size scores the same ones.
@@ -56,12 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
 
-    if args.max_windows < 1:
-        raise ScratchLLMError(f"--max-windows must be >= 1 (got {args.max_windows})")
-    if args.max_batches is not None and args.max_batches < 1:
-        raise ScratchLLMError(f"--max-batches must be >= 1 (got {args.max_batches})")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ScratchLLMError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    require_positive(args, "max_windows", "max_batches", "batch_size")
 
     from scratchllm.data.shards import load_shards
     from scratchllm.evaluate import evaluate_lm

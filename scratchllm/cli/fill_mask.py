@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json, require_positive
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,8 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
 
-    if args.top_k < 1:
-        raise ScratchLLMError(f"--top-k must be >= 1 (got {args.top_k})")
+    require_positive(args, "top_k")
     if "[MASK]" not in args.text:
         raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
     from scratchllm.model.bert import fill_mask

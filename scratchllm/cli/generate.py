@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             break
     elapsed = time.perf_counter() - t0
     rest = streamer.finish()
+    if streamer.stopped and reason == "max_new_tokens":
+        reason = "stop"  # the stop string ended in bytes that only the final decode turned into text
     if args.json:
         result = {
             "prompt": args.prompt,

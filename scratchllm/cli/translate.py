@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json, require_positive
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,10 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
 
-    if args.beam < 1:
-        raise ScratchLLMError(f"--beam must be >= 1 (got {args.beam})")
-    if args.max_len is not None and args.max_len < 1:
-        raise ScratchLLMError(f"--max-len must be >= 1 (got {args.max_len})")
+    require_positive(args, "beam", "max_len")
     if args.plot_attention and Path(args.plot_attention).exists() and not args.force:
         raise ScratchLLMError(f"{args.plot_attention} exists; pass --force to overwrite it")
     from scratchllm.model.seq2seq import cross_attention_map, plot_cross_attention, translate

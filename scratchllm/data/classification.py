@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.io import read_text
 
 TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 JSON_FORMATS = (".jsonl", ".ndjson", ".json")
@@ -45,12 +46,7 @@ class Example:
 def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows as dicts plus the column names seen, for any supported format."""
     suffix = path.suffix.lower()
-    try:
-        raw = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet exports
-    except FileNotFoundError:
-        raise ScratchLLMError(f"data file not found: {path}") from None
-    except UnicodeDecodeError as err:
-        raise ScratchLLMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    raw = read_text(path, "data file")  # read_text drops a BOM from spreadsheet exports
     if suffix in TABLE_FORMATS:
         reader = csv.DictReader(raw.splitlines(), delimiter=TABLE_FORMATS[suffix])
         try:

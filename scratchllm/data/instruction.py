@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.io import read_text
 
 IGNORE_INDEX = -100
 
@@ -143,12 +144,7 @@ def load_instruction_records(path: str | Path) -> list[dict[str, str]]:
     optional (missing or ``""`` means none).
     """
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ScratchLLMError(f"instruction data file not found: {path}") from None
-    except UnicodeDecodeError as err:
-        raise ScratchLLMError(f"{path} is not UTF-8 text ({err.reason})") from None
+    raw = read_text(path, "instruction data file")
     if raw.lstrip().startswith("["):
         try:
             records = json.loads(raw)

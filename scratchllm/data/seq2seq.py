@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.io import read_text
 from scratchllm.tokenizer.base import Tokenizer
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -37,12 +38,7 @@ def read_parallel_tsv(path: str | Path) -> list[tuple[str, str]]:
     """Read ``source<TAB>target`` lines. Blank lines are skipped; anything else malformed is an error
     naming the line number."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchLLMError(f"parallel data file not found: {path}") from None
-    except UnicodeDecodeError as err:
-        raise ScratchLLMError(f"{path} is not UTF-8 text ({err})") from None
+    text = read_text(path, "parallel data file")
     pairs = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -33,7 +33,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import build_attn_mask
 from scratchllm.model.config import Activation, GPTConfig, Norm, NormPosition
 from scratchllm.model.gpt import TransformerBlock
-from scratchllm.model.layers import make_norm
+from scratchllm.model.layers import block_config, init_transformer_weights, make_norm
 
 
 @dataclass
@@ -77,22 +77,7 @@ class BertConfig:
 
     def block_config(self) -> GPTConfig:
         """The :class:`GPTConfig` the shared transformer blocks are built from."""
-        return GPTConfig(
-            vocab_size=self.vocab_size,
-            context_length=self.context_length,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            ffn_hidden=self.ffn_hidden,
-            dropout=self.dropout,
-            bias=self.bias,
-            pos_emb="learned",
-            norm=self.norm,
-            norm_position=self.norm_position,
-            norm_eps=self.norm_eps,
-            activation=self.activation,
-            init_std=self.init_std,
-        )
+        return block_config(self, vocab_size=self.vocab_size, pos_emb="learned")
 
 
 class BertOutput(NamedTuple):
@@ -135,15 +120,9 @@ class BertModel(nn.Module):
     def init_weights(self) -> None:
         """BERT's initialisation: N(0, init_std) for matrices and embeddings, zeros for biases."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        if self.config.norm_position == "pre":  # keep the residual stream's variance flat with depth
-            for name, p in self.named_parameters():
-                if name.endswith(".proj.weight"):
-                    nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        # Pre-norm: scale the residual projections down like GPT-2, to keep the stream's variance flat.
+        pre = self.config.norm_position == "pre"
+        init_transformer_weights(self, std, std / math.sqrt(2 * self.config.n_layer) if pre else None)
 
     # ------------------------------------------------------------------ forward
     def encode(

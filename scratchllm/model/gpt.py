@@ -25,7 +25,15 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import FastMultiHeadAttention, build_attn_mask
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.kv_cache import KVCache
-from scratchllm.model.layers import alibi_slopes, make_ffn, make_norm, rope_cache, sinusoidal_table
+from scratchllm.model.layers import (
+    alibi_slopes,
+    init_transformer_weights,
+    make_ffn,
+    make_norm,
+    residual,
+    rope_cache,
+    sinusoidal_table,
+)
 
 
 class TransformerBlock(nn.Module):
@@ -36,6 +44,8 @@ class TransformerBlock(nn.Module):
       normalised, so gradients flow straight through a deep stack; trains stably without warm-up
       tricks.
     * **post-norm** (the original transformer, BERT): ``norm(x + f(x))``.
+
+    Both are :func:`~scratchllm.model.layers.residual`, shared with the seq2seq decoder block.
     """
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
@@ -60,13 +70,13 @@ class TransformerBlock(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
-        mlp = self.moe if self.is_moe else self.ffn
         p = self.dropout if self.training else 0.0
-        if self.pre_norm:
-            x = x + F.dropout(self.attn(self.norm1(x), attn_mask=attn_mask, rope=rope, kv_cache=kv_cache), p)
-            return x + F.dropout(mlp(self.norm2(x)), p)
-        x = self.norm1(x + F.dropout(self.attn(x, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache), p))
-        return self.norm2(x + F.dropout(mlp(x), p))
+
+        def attend(h: Tensor) -> Tensor:
+            return self.attn(h, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
+
+        x = residual(x, attend, self.norm1, pre_norm=self.pre_norm, p=p)
+        return residual(x, self.moe if self.is_moe else self.ffn, self.norm2, pre_norm=self.pre_norm, p=p)
 
 
 class GPTModel(nn.Module):
@@ -108,24 +118,10 @@ class GPTModel(nn.Module):
         ends in a ``proj`` Linear whose output is *added* to the stream; with 2 additions per layer
         the stream's variance would grow with depth, so those weights get std / sqrt(2 n_layer).
         A submodule (e.g. a Mixture-of-Experts layer) that keeps its weights in raw Parameters can
-        define ``init_weights(std, residual_std)`` to take part.
+        define ``init_weights(std, residual_std)`` to take part (see :func:`init_transformer_weights`).
         """
         std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layer)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-        for name, param in self.named_parameters():
-            if name.endswith(".proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=residual_std)
-        for module in self.modules():
-            hook = getattr(module, "init_weights", None)
-            if module is not self and callable(hook):
-                hook(std, residual_std)
+        init_transformer_weights(self, std, std / math.sqrt(2 * self.config.n_layer))
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -5,7 +5,8 @@ Read in this order:
 
 1. ``LayerNorm`` and ``RMSNorm`` — keep activations at a sane scale so deep stacks train.
 2. ``GELU`` — the smooth ReLU that GPT-2 uses (tanh approximation).
-3. ``FeedForward`` — the per-token MLP of every block (GELU/ReLU, or SwiGLU as in Llama).
+3. ``FeedForward`` — the per-token MLP of every block (GELU/ReLU, or SwiGLU as in Llama), and
+   ``residual`` — how a block wraps each sub-layer (pre-norm or post-norm, dropout).
 4. Positions — a sinusoidal table (the original transformer), rotary embeddings (RoPE), and
    ALiBi slopes. Learned absolute positions are just an ``nn.Embedding`` in ``gpt.py``.
 
@@ -16,7 +17,8 @@ Everything here is configured by :class:`~scratchllm.model.config.GPTConfig`; th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +137,75 @@ def make_ffn(config: GPTConfig) -> nn.Module:
 
         return MoEFeedForward(config)
     return FeedForward(config)
+
+
+# The block-level fields that BERT's and the seq2seq model's configs share with GPTConfig (same
+# names, same meaning), so that their transformer blocks are the GPT's.
+BLOCK_FIELDS = (
+    "context_length",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "ffn_hidden",
+    "dropout",
+    "bias",
+    "norm",
+    "norm_position",
+    "norm_eps",
+    "activation",
+    "init_std",
+)
+
+
+def block_config(config: Any, **fields: Any) -> GPTConfig:
+    """The :class:`GPTConfig` a non-GPT model builds its shared blocks, norms and FFNs from: the
+    :data:`BLOCK_FIELDS` of ``config`` copied by name, plus ``fields`` (``vocab_size``, ``pos_emb``).
+    Building it also validates the sizes, heads and dropout."""
+    from scratchllm.model.config import GPTConfig
+
+    return GPTConfig(**{name: getattr(config, name) for name in BLOCK_FIELDS}, **fields)
+
+
+@torch.no_grad()
+def init_transformer_weights(model: nn.Module, std: float, residual_std: float | None) -> None:
+    """The GPT-2 initialisation, shared by every model here (GPT, BERT, seq2seq).
+
+    Linear and embedding weights ~ N(0, std), biases 0 (norms keep their 1 / 0). Every residual
+    branch ends in a ``proj`` Linear whose output is *added* to the stream; with ``residual_std``
+    (std / sqrt(number of additions)) those weights start smaller so that the stream's variance
+    does not grow with depth; None leaves them at ``std`` (BERT's post-norm recipe). A submodule
+    that keeps weights in raw Parameters (a Mixture-of-Experts layer) can define
+    ``init_weights(std, residual_std)`` to take part.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+    if residual_std is not None:
+        for name, param in model.named_parameters():
+            if name.endswith(".proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+    for module in model.modules():
+        hook = getattr(module, "init_weights", None)
+        if module is not model and callable(hook):
+            hook(std, std if residual_std is None else residual_std)
+
+
+def residual(
+    x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.Module, *, pre_norm: bool, p: float
+) -> Tensor:
+    """One residual sub-layer of a transformer block (attention, cross-attention or the FFN).
+
+    * **pre-norm** (GPT-2, most modern LLMs): ``x + dropout(f(norm(x)))`` — the residual stream is
+      never normalised, so gradients flow straight through a deep stack.
+    * **post-norm** (the original transformer, BERT): ``norm(x + dropout(f(x)))``.
+
+    ``p`` is the dropout probability (0.0 at inference).
+    """
+    if pre_norm:
+        return x + F.dropout(sublayer(norm(x)), p)
+    return norm(x + F.dropout(sublayer(x), p))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,14 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import FastMultiHeadAttention, build_attn_mask
 from scratchllm.model.config import Activation, GPTConfig, Norm, NormPosition
 from scratchllm.model.gpt import TransformerBlock
-from scratchllm.model.layers import make_ffn, make_norm, sinusoidal_table
+from scratchllm.model.layers import (
+    block_config,
+    init_transformer_weights,
+    make_ffn,
+    make_norm,
+    residual,
+    sinusoidal_table,
+)
 
 
 @dataclass
@@ -86,22 +93,8 @@ class Seq2SeqConfig:
 
     def block_config(self) -> GPTConfig:
         """The :class:`GPTConfig` the shared blocks, norms and FFNs are built from."""
-        return GPTConfig(
-            vocab_size=max(self.src_vocab_size, self.tgt_vocab_size),
-            context_length=self.context_length,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            ffn_hidden=self.ffn_hidden,
-            dropout=self.dropout,
-            bias=self.bias,
-            pos_emb="sinusoidal",
-            norm=self.norm,
-            norm_position=self.norm_position,
-            norm_eps=self.norm_eps,
-            activation=self.activation,
-            init_std=self.init_std,
-        )
+        vocab_size = max(self.src_vocab_size, self.tgt_vocab_size)
+        return block_config(self, vocab_size=vocab_size, pos_emb="sinusoidal")
 
 
 class DecoderBlock(nn.Module):
@@ -124,13 +117,9 @@ class DecoderBlock(nn.Module):
         def cross(h: Tensor) -> Tensor:
             return self.cross_attn(h, attn_mask=memory_mask, context=memory)
 
-        if self.pre_norm:
-            x = x + F.dropout(self.attn(self.norm1(x)), p)
-            x = x + F.dropout(cross(self.norm_cross(x)), p)
-            return x + F.dropout(self.ffn(self.norm2(x)), p)
-        x = self.norm1(x + F.dropout(self.attn(x), p))
-        x = self.norm_cross(x + F.dropout(cross(x), p))
-        return self.norm2(x + F.dropout(self.ffn(x), p))
+        x = residual(x, self.attn, self.norm1, pre_norm=self.pre_norm, p=p)
+        x = residual(x, cross, self.norm_cross, pre_norm=self.pre_norm, p=p)
+        return residual(x, self.ffn, self.norm2, pre_norm=self.pre_norm, p=p)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -162,16 +151,10 @@ class Seq2SeqTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
+        """GPT-2's initialisation, counting the residual additions of encoder and decoder layers."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
         layers = self.config.n_layer + self.config.decoder_layers
-        for name, p in self.named_parameters():
-            if name.endswith(".proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * layers))
+        init_transformer_weights(self, std, std / math.sqrt(2 * layers))
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, emb: nn.Embedding, ids: Tensor) -> Tensor:

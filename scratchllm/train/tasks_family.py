@@ -24,6 +24,7 @@ import torch
 from scratchllm.data import mlm as mlm_data
 from scratchllm.data import seq2seq as s2s_data
 from scratchllm.errors import ScratchLLMError
+from scratchllm.io import read_text
 from scratchllm.tokenizer.base import Tokenizer
 from scratchllm.train.task import model_device, unwrap
 
@@ -270,13 +271,10 @@ def _read_text_data(data: str) -> tuple[str, str]:
                     "itself (or --data default)"
                 )
             raise ScratchLLMError(f"no .txt files in {path}; give a text file or --data default")
-        return "\n\n".join(f.read_text(encoding="utf-8") for f in files), str(path)
-    if not path.is_file():
+        return "\n\n".join(read_text(f, "training text") for f in files), str(path)
+    if not path.exists():
         raise ScratchLLMError(f"training text not found: {path} (give a .txt file, a directory or 'default')")
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except UnicodeDecodeError as err:
-        raise ScratchLLMError(f"{path} is not UTF-8 text ({err})") from None
+    return read_text(path, "training text"), str(path)
 
 
 def _split_docs(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
