@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, print_json
+from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,16 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
     from scratchllm.finetune.classify import CLASSIFIER_ARCHS, classify_texts
-    from scratchllm.train.checkpoint import load_model
 
-    loaded = load_model(args.model, device=args.device)
-    if loaded.arch not in CLASSIFIER_ARCHS:
-        raise ScratchLLMError(
-            f"{args.model} is a {loaded.arch!r} model, not a classifier; "
-            "train one with 'scratchllm finetune classify'"
-        )
-    if loaded.tokenizer is None:
-        raise ScratchLLMError(f"{args.model} has no tokenizer.json")
+    loaded = load_model_for(
+        args.model,
+        archs=CLASSIFIER_ARCHS,
+        verb_hint="classify needs a classifier (train one with 'scratchllm finetune classify')",
+        device=args.device,
+    )
     texts = args.text if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ScratchLLMError("nothing to classify: pass --text or pipe lines on stdin")

@@ -178,17 +178,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=epochs,
             **common,
         )
-        summary = {
-            "run_dir": str(res.run_dir),
-            "step": res.steps,
-            "labels": res.labels,
-            "trainable_params": res.trainable,
-            "total_params": res.total,
-            "truncated": res.truncated,
-            "adapter": str(res.adapter) if res.adapter else None,
-            "interrupted": res.train_result.interrupted,
-            **res.metrics,
-        }
+        summary = _summary(res, labels=res.labels, **res.metrics)
         if args.json:
             print_json(summary)
         else:
@@ -219,18 +209,12 @@ def run(args: argparse.Namespace) -> int:
         epochs=epochs,
         **common,
     )
-    summary = {
-        "run_dir": str(res.run_dir),
-        "step": res.steps,
-        "trainable_params": res.trainable,
-        "total_params": res.total,
-        "truncated": res.truncated,
-        "dropped": res.dropped,
-        "responses": str(res.responses_path) if res.responses_path else None,
-        "adapter": str(res.adapter) if res.adapter else None,
-        "interrupted": res.train_result.interrupted,
+    summary = _summary(
+        res,
+        dropped=res.dropped,
+        responses=str(res.responses_path) if res.responses_path else None,
         **{k: v for k, v in res.metrics.items() if k != "step"},
-    }
+    )
     if args.json:
         print_json(summary)
     else:
@@ -250,6 +234,20 @@ def run(args: argparse.Namespace) -> int:
         if res.train_result.interrupted is None:
             print(f"try it: scratchllm chat --model {args.out}")
     return _exit_code(res.train_result)
+
+
+def _summary(res, **extra) -> dict:
+    """What both fine-tunes report with --json: the run, its size, and the task's own results."""
+    return {
+        "run_dir": str(res.run_dir),
+        "step": res.steps,
+        "trainable_params": res.trainable,
+        "total_params": res.total,
+        "truncated": res.truncated,
+        "adapter": str(res.adapter) if res.adapter else None,
+        "interrupted": res.train_result.interrupted,
+        **extra,
+    }
 
 
 def _print_tail(res, out: str) -> None:

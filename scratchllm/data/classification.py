@@ -22,7 +22,7 @@ import csv
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,42 @@ def split_list(
     if fractions[2] == 0:  # no test split requested: give the rounding remainder to val
         n_val = len(items) - n_train
     return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
+
+
+def make_splits(
+    read: Callable[[str | Path], list[Any]],
+    train: str | Path,
+    *,
+    val: str | Path | None,
+    test: str | Path | None,
+    split: str,
+    seed: int,
+    prepare: Callable[[list[Any]], list[Any]] | None = None,
+) -> tuple[list, list, list, dict[str, Any]]:
+    """Train/val/test rows from one file cut by ``split``, or from separate files.
+
+    With only ``train`` given, its rows are (``prepare``d, e.g. balanced, then) shuffled with
+    ``seed`` and cut by the ``split`` fractions. With ``val``/``test`` files the training file is
+    used whole (after ``prepare``). Also returns a description of where each split came from, which
+    a run saves so that ``--resume`` can check it is given the same data.
+    """
+    rows = read(train)
+    if prepare is not None:
+        rows = prepare(rows)
+    one_file = val is None and test is None
+    if one_file:
+        tr, va, te = split_list(rows, parse_split(split), seed=seed)
+    else:
+        tr = rows
+        va = read(val) if val is not None else []
+        te = read(test) if test is not None else []
+    description = {
+        "train_file": str(train),
+        "val_file": str(val) if val else None,
+        "test_file": str(test) if test else None,
+        "split": split if one_file else None,
+    }
+    return tr, va, te, description
 
 
 def label_counts(examples: Sequence[Example]) -> dict[str, int]:

@@ -35,9 +35,8 @@ from scratchllm.data.classification import (
     encode_examples,
     label_counts,
     label_names,
-    parse_split,
+    make_splits,
     read_labelled_file,
-    split_list,
 )
 from scratchllm.errors import ScratchLLMError
 from scratchllm.finetune.batches import EpochBatches, fixed_batches
@@ -78,18 +77,17 @@ def load_classification_data(
     book's 70/10/20 by default. With ``val``/``test`` files, the training file is used whole and
     ``balance`` applies to it alone.
     """
-    read = lambda p: read_labelled_file(p, text_column=text_column, label_column=label_column)  # noqa: E731
-    rows = read(train)
-    if val is None and test is None:
-        if balance:
-            rows = balance_undersample(rows, seed=seed)
-        tr, va, te = split_list(rows, parse_split(split), seed=seed)
-        if not va:
-            raise ScratchLLMError(f"the split {split} leaves no validation rows; use a bigger val fraction")
-    else:
-        tr = balance_undersample(rows, seed=seed) if balance else rows
-        va = read(val) if val is not None else []
-        te = read(test) if test is not None else []
+    tr, va, te, description = make_splits(
+        lambda p: read_labelled_file(p, text_column=text_column, label_column=label_column),
+        train,
+        val=val,
+        test=test,
+        split=split,
+        seed=seed,
+        prepare=(lambda rows: balance_undersample(rows, seed=seed)) if balance else None,
+    )
+    if val is None and test is None and not va:
+        raise ScratchLLMError(f"the split {split} leaves no validation rows; use a bigger val fraction")
     labels = label_names(tr)
     check_labels(va, labels, where=f"val file {val}" if val else "val split")
     check_labels(te, labels, where=f"test file {test}" if test else "test split")
@@ -99,10 +97,7 @@ def load_classification_data(
         te,
         labels,
         {
-            "train_file": str(train),
-            "val_file": str(val) if val else None,
-            "test_file": str(test) if test else None,
-            "split": split if val is None and test is None else None,
+            **description,
             "balance": balance,
             "text_column": text_column,
             "label_column": label_column,

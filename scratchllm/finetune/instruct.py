@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from scratchllm.data.classification import parse_split, split_list
+from scratchllm.data.classification import make_splits
 from scratchllm.data.instruction import (
     EncodedInstruction,
     PromptTemplate,
@@ -65,22 +65,15 @@ def load_instruction_data(
     seed: int = 0,
 ) -> InstructionData:
     """Records for train/val/test: three files, or one file shuffled (``seed``) and cut by ``split``."""
-    records = load_instruction_records(train)
-    if val is None and test is None:
-        tr, va, te = split_list(records, parse_split(split), seed=seed)
-    else:
-        tr = records
-        va = load_instruction_records(val) if val is not None else []
-        te = load_instruction_records(test) if test is not None else []
+    tr, va, te, description = make_splits(
+        load_instruction_records, train, val=val, test=test, split=split, seed=seed
+    )
     return InstructionData(
         tr,
         va,
         te,
         {
-            "train_file": str(train),
-            "val_file": str(val) if val else None,
-            "test_file": str(test) if test else None,
-            "split": split if val is None and test is None else None,
+            **description,
             "counts": {"train": len(tr), "val": len(va), "test": len(te)},
         },
     )

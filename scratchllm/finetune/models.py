@@ -70,6 +70,14 @@ class GPTLoRAModel(GPTModel):
         apply_lora(self, config.lora_config(), freeze=False)
 
 
+def check_classes(num_classes: int, labels: tuple[str, ...]) -> None:
+    """The checks every classifier config shares: at least 2 classes, one name per class."""
+    if num_classes < 2:
+        raise ScratchLLMError(f"invalid model config: num_classes must be >= 2 (got {num_classes})")
+    if labels and len(labels) != num_classes:
+        raise ScratchLLMError(f"invalid model config: {len(labels)} labels for num_classes={num_classes}")
+
+
 @dataclass
 class GPTClassifierConfig(GPTLoRAConfig):
     lora_r: int = 0
@@ -79,12 +87,7 @@ class GPTClassifierConfig(GPTLoRAConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_classes < 2:
-            raise ScratchLLMError(f"invalid model config: num_classes must be >= 2 (got {self.num_classes})")
-        if self.labels and len(self.labels) != self.num_classes:
-            raise ScratchLLMError(
-                f"invalid model config: {len(self.labels)} labels for num_classes={self.num_classes}"
-            )
+        check_classes(self.num_classes, self.labels)
         if self.lora_r and "out_head" in target_suffixes(self.lora_targets):
             raise ScratchLLMError(
                 "the classification head is new and trains in full; drop 'head' from --lora-targets"
@@ -165,12 +168,7 @@ class BertClassifierConfig(BertConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_classes < 2:
-            raise ScratchLLMError(f"invalid model config: num_classes must be >= 2 (got {self.num_classes})")
-        if self.labels and len(self.labels) != self.num_classes:
-            raise ScratchLLMError(
-                f"invalid model config: {len(self.labels)} labels for num_classes={self.num_classes}"
-            )
+        check_classes(self.num_classes, self.labels)
 
     @property
     def label_names(self) -> list[str]:
