@@ -1,12 +1,12 @@
 """Memory: peak RSS of ``scratchllm prepare`` on a small and a large corpus, and of training.
 
-    python -m benchmarks.run --only memory            # quick: 1 MB vs 10 MB corpus
-    python -m benchmarks.run --full --only memory     # 1 MB vs 100 MB corpus
+    python -m benchmarks.run --only memory            # quick: 1, 5 and 10 MB corpora
+    python -m benchmarks.run --full --only memory     # 1, 10 and 100 MB corpora
 
 ``prepare`` streams its input in chunks and writes the shards as it goes, so its peak memory should
-not grow with the corpus: the row's ratio (small-corpus RSS ÷ large-corpus RSS) should stay near 1.
-(A corpus of a few MB already fills the reading window of 4 one-MB chunks and their token ids, about
-15 MB more than a 1 MB corpus needs; beyond that the peak stays put — the full run adds a 10 MB point.)
+not grow with the corpus. A corpus of ~5 MB already fills its reading window (4 one-MB chunks and
+their token ids: ~15 MB more than a 1 MB corpus needs); beyond that the peak stays put, so the row
+compares the largest corpus with the middle one (ratio near 1 = flat) and names the 1 MB figure.
 The corpora are tinyshakespeare repeated to the size, written to a temporary directory and encoded
 with a char tokenizer (``--workers 1``, so the peak is that of the one process doing all the work).
 
@@ -71,8 +71,10 @@ def _corpus(path: Path, size_mb: float, text: str) -> Path:
 
 def run(quick: bool = True) -> list[Row]:
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    sizes = (1, 10) if quick else (1, 10, 100)
-    small_mb, big_mb = sizes[0], sizes[-1]
+    # The first few MB fill prepare's fixed reading window; flat means no growth after that, so the
+    # verdict compares the two largest sizes (the smallest is reported too).
+    sizes = (1, 5, 10) if quick else (1, 10, 100)
+    small_mb, mid_mb, big_mb = sizes
     rows: list[Row] = []
     env = {**os.environ, "TQDM_DISABLE": "1"}
     with tempfile.TemporaryDirectory(prefix="scratchllm-bench-mem-") as tmp:
@@ -97,14 +99,15 @@ def run(quick: bool = True) -> list[Row]:
             corpus.unlink()
         rows.append(
             Row(
-                name=f"prepare peak RSS, {big_mb} MB corpus (peer: same command on {small_mb} MB)",
+                name=f"prepare peak RSS, {big_mb} MB corpus (peer: {mid_mb} MB; {small_mb} MB: "
+                f"{rss[small_mb]:.0f} MB)",
                 ours=rss[big_mb],
-                peer=rss[small_mb],
+                peer=rss[mid_mb],
                 unit="MB",
-                peer_name=f"prepare, {small_mb} MB corpus",
+                peer_name=f"prepare, {mid_mb} MB corpus",
                 higher_is_better=False,
-                target="flat: ratio ≥ 0.75",
-                met=rss[small_mb] / rss[big_mb] >= 0.75,
+                target="flat: ratio ≥ 0.9",
+                met=rss[mid_mb] / rss[big_mb] >= 0.9,
                 extra={
                     "peak_rss_mb": {f"{k} MB": round(v, 1) for k, v in rss.items()},
                     "wall_s": {f"{k} MB": round(v, 2) for k, v in walls.items()},

@@ -120,8 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tuned for time to quality on 2 CPU cores: loss <= 1.88 over the *whole* tinyshakespeare val
     # split (char tokenizer, 10 % val) from 0.86M training tokens, where the textbook recipe
     # (batch 12, 2,000 steps, lr 1e-3, GPT-2 architecture) spends 1.54M. What buys it: RoPE +
-    # RMSNorm + SwiGLU + no biases learn faster per token; batch 32 runs more tokens/s on a CPU
-    # than 12; lr 6e-3 with a short warm-up suits a model this small; one evaluation, at the end.
+    # RMSNorm + SwiGLU + no biases learn much faster per token; lr 6e-3 with a short warm-up suits
+    # a model this small (with batch 32 to keep its steps steady); one evaluation, at the end.
     # Measurements: benchmarks/bench_quality.py, benchmarks/results/recipe-search.json.
     "char-shakespeare": {
         "description": "small character-level GPT for tinyshakespeare on a laptop CPU (~1 min)",
