@@ -8,7 +8,7 @@ weights and optimizer state bit-identical to one uninterrupted run. SIGTERM must
 at the current step and exit 0.
 
 Threads are pinned to 1 so that every process computes in the same order (the thread count is
-part of what bit-exact resume needs; see docs/readme/crash-safety.md).
+part of what bit-exact resume needs; see the README section "What survives a crash").
 """
 
 from __future__ import annotations
