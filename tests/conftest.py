@@ -12,7 +12,7 @@ from pathlib import Path
 # The tests use tiny models, which run fastest on one thread (and a shared or loaded machine does
 # not slow them down by thread contention). Set before torch is imported, so every subprocess the
 # tests start (CLI runs, DDP workers, kill tests) inherits it too. Results do not depend on it.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 

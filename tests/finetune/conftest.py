@@ -34,16 +34,6 @@ def make_base(out: Path, text: str, *, context_length: int = 96, n_embd: int = 3
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU two threads that
-    spin-wait for each other can make a step 20x slower; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def cls_rows(shared_data: Path) -> list[tuple[str, str]]:
     """Sentences of 'The Verdict' (prose) vs. lines of Shakespeare (verse): a real two-class task."""
