@@ -136,9 +136,9 @@ def full_val(
     import copy
 
     from scratchllm.data.shards import load_shards
-    from scratchllm.evaluate import evaluate_lm
+    from scratchllm.evaluate.lm import evaluate_lm
+    from scratchllm.load import load_model
     from scratchllm.model.quantize import quantize_int8
-    from scratchllm.train.checkpoint import load_model
 
     model = load_model(run_dir).model
     shards = load_shards(data)

@@ -6,6 +6,7 @@
 * :func:`plot_embeddings` projects the token-embedding matrix onto its two principal components
   and writes each token at its place: tokens the model treats alike end up close together
   (after training, digits cluster, as do vowels, capitals, punctuation...).
+* :func:`plot_cross_attention` draws an encoder-decoder's source x output alignment.
 """
 
 from __future__ import annotations
@@ -119,3 +120,24 @@ def plot_embeddings(model: Any, tokenizer: Any, path: str | Path, *, max_tokens:
     _save(fig, path)
     plt.close(fig)
     return {"path": str(path), "tokens": n, "explained_variance": explained}
+
+
+def plot_cross_attention(
+    weights: Any, src_tokens: list[str], tgt_tokens: list[str], path: str | Path
+) -> None:
+    """Save the classic alignment heatmap of an encoder-decoder: source tokens across, output
+    tokens down (``weights`` ``[T, S]`` from :func:`scratchllm.generate.seq2seq.cross_attention_map`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(0.35 * len(src_tokens) + 2, 0.35 * len(tgt_tokens) + 1.5))
+    ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+
+    def label(t: str) -> str:  # make spaces and control characters visible
+        return "␣" if t == " " else repr(t)[1:-1]
+
+    ax.set_xticks(range(len(src_tokens)), [label(t) for t in src_tokens], rotation=90)
+    ax.set_yticks(range(len(tgt_tokens)), [label(t) for t in tgt_tokens])
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title("cross-attention (last decoder layer, mean over heads)")
+    _save(fig, path)
+    plt.close(fig)

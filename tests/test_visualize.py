@@ -9,8 +9,8 @@ from scratchllm.cli.main import main
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
+from scratchllm.runs import save_run_files
 from scratchllm.tokenizer import CharTokenizer
-from scratchllm.train.checkpoint import save_run_files
 from scratchllm.visualize import attention_maps, plot_attention, plot_embeddings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

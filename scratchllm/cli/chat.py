@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_model_arg, add_seed_arg
+from scratchllm.cli.common import add_model_arg, add_seed_arg, load_model_for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,18 +32,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.data.instruction import get_template
-    from scratchllm.errors import ScratchLLMError
-    from scratchllm.finetune.instruct import chat, template_of
+    from scratchllm.architectures import names_where
+    from scratchllm.data.instruction import get_template, template_of
     from scratchllm.generate import check_sampling_args
-    from scratchllm.train.checkpoint import load_model
+    from scratchllm.generate.chat import chat
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, None)
-    loaded = load_model(args.model, device=args.device)
-    if loaded.arch not in ("gpt", "gpt-lora"):
-        raise ScratchLLMError(f"{args.model} is a {loaded.arch!r} model; chat needs a GPT language model")
-    if loaded.tokenizer is None:
-        raise ScratchLLMError(f"{args.model} has no tokenizer.json")
+    loaded = load_model_for(
+        args.model,
+        verb="chat",
+        archs=names_where(generates_text=True),
+        verb_hint="chat needs a GPT language model",
+        device=args.device,
+    )
     template = get_template(args.template) if args.template else template_of(loaded.config)
     interactive = sys.stdin.isatty()
     if interactive:

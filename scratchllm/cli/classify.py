@@ -26,11 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.finetune.classify import CLASSIFIER_ARCHS, classify_texts
+    from scratchllm.evaluate.classify import classify_texts
 
     loaded = load_model_for(
         args.model,
-        archs=CLASSIFIER_ARCHS,
+        verb="classify",
         verb_hint="classify needs a classifier (train one with 'scratchllm finetune classify')",
         device=args.device,
     )

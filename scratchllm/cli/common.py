@@ -60,41 +60,66 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-# The verb that runs each kind of model: used to point the user to the right one.
-VERB_FOR_ARCH = {
-    "gpt": "generate",
-    "gpt-lora": "generate",
-    "bert": "fill-mask",
-    "seq2seq": "translate",
-    "gpt-classifier": "classify",
-    "bert-classifier": "classify",
-}
-
-
 def load_model_for(
     path: str,
     *,
-    archs: Sequence[str],
+    verb: str,
     verb_hint: str,
+    archs: Sequence[str] | None = None,
     device: str = "cpu",
     need_tokenizer: bool = True,
 ) -> Any:
-    """Load a model for a verb that works only with some architectures (``archs``).
+    """Load a model for a verb that works only with some architectures: ``archs``, by default those
+    whose registry record names ``verb`` as the verb that runs them.
 
     Anything else is a one-line error naming what the model is, what the verb needs (``verb_hint``,
     e.g. "fill-mask needs a BERT model (train one with ...)") and which verb runs this model.
-    Returns :class:`scratchllm.train.checkpoint.LoadedModel`.
+    Returns :class:`scratchllm.runs.LoadedModel`.
     """
+    from scratchllm.architectures import get_architecture, names_where
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.train.checkpoint import load_model
+    from scratchllm.load import load_model
 
     loaded = load_model(path, device=device)
-    if loaded.arch not in archs:
-        other = VERB_FOR_ARCH.get(loaded.arch)
-        use = f"; use 'scratchllm {other}' for this model" if other else ""
+    if loaded.arch not in (archs if archs is not None else names_where(verb=verb)):
+        other = get_architecture(loaded.arch).verb
+        use = f"; use 'scratchllm {other}' for this model" if other != verb else ""
         raise ScratchLLMError(f"{path} is a {loaded.arch} model; {verb_hint}{use}")
     if need_tokenizer and loaded.tokenizer is None:
         raise ScratchLLMError(
             f"{path} has no tokenizer.json beside the weights; copy the run's tokenizer.json there"
         )
     return loaded
+
+
+# ----------------------------------------------------------------------------- training verbs
+
+
+def make_echo(quiet: bool):
+    """Messages during training go to stderr, above the progress bar; only rank 0 speaks."""
+    from scratchllm.device import is_main_process
+
+    if quiet or not is_main_process():
+        return lambda msg: None
+
+    def echo(msg: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+
+    return echo
+
+
+def interrupted_message(result: Any, resume_hint: str = "the same command plus --resume") -> str | None:
+    """What to tell the user when a signal stopped training (None when it did not)."""
+    if result.interrupted not in ("SIGINT", "SIGTERM"):
+        return None
+    return (
+        f"{result.interrupted} received: saved a checkpoint at step {result.step}; "
+        f"continue with {resume_hint}"
+    )
+
+
+def training_exit_code(result: Any) -> int:
+    """0 when done or stopped by SIGTERM (after saving), 130 for Ctrl-C, as shells expect."""
+    return 130 if result.interrupted == "SIGINT" else 0

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _import(args: argparse.Namespace) -> dict:
     from scratchllm.convert.hf_gpt2 import converted_from, load_hf_gpt2
     from scratchllm.io import ensure_empty_dir
-    from scratchllm.train.checkpoint import save_run_files
+    from scratchllm.runs import save_run_files
 
     # Refuse a populated --out before spending time on loading; create it only once loading worked.
     ensure_empty_dir(args.out, force=args.force, what="run directory", create=False)
@@ -67,11 +67,12 @@ def _import(args: argparse.Namespace) -> dict:
 
 
 def _export(args: argparse.Namespace) -> dict:
+    from scratchllm.architectures import get_architecture
     from scratchllm.convert.hf_gpt2 import export_hf_gpt2
-    from scratchllm.train.checkpoint import load_model
+    from scratchllm.load import load_model
 
     loaded = load_model(args.to_hf)
-    if loaded.arch != "gpt":
+    if not get_architecture(loaded.arch).exports_to_hf:
         raise ScratchLLMError(
             f"{args.to_hf} holds a {loaded.arch} model; only GPT models can be exported as Hugging Face GPT-2"
         )

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         f"in {data_dir}"
     )
 
-    from scratchllm.cli.train import make_echo, print_summary
+    from scratchllm.cli.common import make_echo, training_exit_code
+    from scratchllm.cli.train import print_summary
     from scratchllm.train.pretrain import pretrain, setup_pretraining
 
     train_overrides = dict(DEMO_TRAIN)
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(result, str(out))
     if result.interrupted:
         print(f"interrupted: resume with 'scratchllm train --data {data_dir} --out {out} --resume'")
-        return 130 if result.interrupted == "SIGINT" else 0
+        return training_exit_code(result)
 
     say("4/4 samples (temperature 0.8, top-k 40):")
     import torch

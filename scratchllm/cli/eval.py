@@ -58,15 +58,16 @@ def run(args: argparse.Namespace) -> int:
 
     require_positive(args, "max_windows", "max_batches", "batch_size")
 
+    from scratchllm.architectures import get_architecture
     from scratchllm.data.shards import load_shards
-    from scratchllm.evaluate import evaluate_lm
-    from scratchllm.train.checkpoint import load_model
-    from scratchllm.train.distributed import resolve_device
+    from scratchllm.device import resolve_device
+    from scratchllm.evaluate.lm import evaluate_lm
+    from scratchllm.load import load_model
 
     shards = load_shards(args.data)
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
-    if loaded.arch != "gpt":
+    if not get_architecture(loaded.arch).generates_text:
         raise ScratchLLMError(
             f"{args.model} is a {loaded.arch} model; "
             "'scratchllm eval' scores next-token language models (gpt)"

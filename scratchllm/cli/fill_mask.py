@@ -26,11 +26,11 @@ def run(args: argparse.Namespace) -> int:
     require_positive(args, "top_k")
     if "[MASK]" not in args.text:
         raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
-    from scratchllm.model.bert import fill_mask
+    from scratchllm.generate.fill_mask import fill_mask
 
     loaded = load_model_for(
         args.model,
-        archs=("bert",),
+        verb="fill-mask",
         verb_hint="fill-mask needs a BERT model "
         "(train one with 'scratchllm train --arch bert --data default')",
     )

@@ -22,7 +22,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_config_args, add_json_arg, add_out_arg, add_seed_arg, print_json
+from scratchllm.cli.common import (
+    add_config_args,
+    add_json_arg,
+    add_out_arg,
+    add_seed_arg,
+    interrupted_message,
+    make_echo,
+    print_json,
+    training_exit_code,
+)
 
 
 def _common(p: argparse.ArgumentParser, *, trainable_default: str) -> None:
@@ -103,18 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--max-new-tokens", type=int, default=256, help="longest generated test response")
 
 
-def make_echo(quiet: bool):
-    if quiet:
-        return lambda msg: None
-
-    def echo(msg: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(msg, file=sys.stderr)
-
-    return echo
-
-
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
     from scratchllm.finetune.common import describe_params, lora_from_args, resolve_train_config
@@ -153,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.task == "classify":
-        from scratchllm.finetune.classify import finetune_classify, load_classification_data
-        from scratchllm.finetune.metrics import format_confusion
+        from scratchllm.evaluate.metrics import format_confusion
+        from scratchllm.finetune.classify import finetune_classify
+        from scratchllm.tasks.classify import load_classification_data
 
         data = load_classification_data(
             args.train,
@@ -192,10 +190,11 @@ def run(args: argparse.Namespace) -> int:
             _print_tail(res, args.out)
             if res.train_result.interrupted is None:
                 print(f'try it: scratchllm classify --model {args.out} --text "..."')
-        return _exit_code(res.train_result)
+        return training_exit_code(res.train_result)
 
     from scratchllm.data.instruction import get_template
-    from scratchllm.finetune.instruct import finetune_instruct, load_instruction_data
+    from scratchllm.finetune.instruct import finetune_instruct
+    from scratchllm.tasks.instruct import load_instruction_data
 
     data = load_instruction_data(args.train, val=args.val, test=args.test, split=args.split, seed=seed)
     echo(f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test records")
@@ -233,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         _print_tail(res, args.out)
         if res.train_result.interrupted is None:
             print(f"try it: scratchllm chat --model {args.out}")
-    return _exit_code(res.train_result)
+    return training_exit_code(res.train_result)
 
 
 def _summary(res, **extra) -> dict:
@@ -252,16 +251,9 @@ def _summary(res, **extra) -> dict:
 
 def _print_tail(res, out: str) -> None:
     tr = res.train_result
-    if tr.interrupted in ("SIGINT", "SIGTERM"):
-        print(
-            f"{tr.interrupted} received: saved a checkpoint at step {tr.step}; continue with the same "
-            "command plus --resume",
-            file=sys.stderr,
-        )
+    message = interrupted_message(tr)
+    if message:
+        print(message, file=sys.stderr)
     if res.adapter:
         print(f"LoRA adapter: {res.adapter} (merge with: scratchllm lora merge --model {out} --out MERGED)")
     print(f"saved run to {out}")
-
-
-def _exit_code(result) -> int:
-    return 130 if result.interrupted == "SIGINT" else 0

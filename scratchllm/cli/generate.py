@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_model_for(
         args.model,
-        archs=("gpt", "gpt-lora"),
+        verb="generate",
         verb_hint="generate needs a GPT language model",
         device=device,
     )

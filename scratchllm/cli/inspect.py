@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     if args.model:
-        from scratchllm.train.checkpoint import load_model
+        from scratchllm.load import load_model
 
         loaded = load_model(args.model, device="cpu")
         model, arch, config, source = loaded.model, loaded.arch, loaded.model.config, loaded.source

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.finetune.common import merge_adapter
     from scratchllm.io import ensure_empty_dir
-    from scratchllm.train.checkpoint import save_run_files
+    from scratchllm.runs import save_run_files
 
     merged = merge_adapter(args.model, args.base)
     out = ensure_empty_dir(args.out, force=args.force)

@@ -25,7 +25,16 @@ import argparse
 import os
 import sys
 
-from scratchllm.cli.common import add_config_args, add_json_arg, add_out_arg, add_seed_arg, print_json
+from scratchllm.cli.common import (
+    add_config_args,
+    add_json_arg,
+    add_out_arg,
+    add_seed_arg,
+    interrupted_message,
+    make_echo,
+    print_json,
+    training_exit_code,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,19 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or samples")
     add_json_arg(p)
-
-
-def make_echo(quiet: bool):
-    """Messages during training go to stderr, above the progress bar; only rank 0 speaks."""
-    if quiet or int(os.environ.get("RANK", "0")) != 0:
-        return lambda msg: None
-
-    def echo(msg: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(msg, file=sys.stderr)
-
-    return echo
 
 
 def summary(result, out: str) -> dict:
@@ -95,9 +91,17 @@ def print_summary(result, out: str) -> None:
     print(f"saved run to {out}")
 
 
-def exit_code(result) -> int:
-    """0 when done or stopped by SIGTERM (after saving), 130 for Ctrl-C, as shells expect."""
-    return 130 if result.interrupted == "SIGINT" else 0
+def try_it(arch: str, out: str) -> str:
+    """The next command to run with a freshly trained model (its registry record names the verb)."""
+    from scratchllm.architectures import get_architecture
+
+    verb = get_architecture(arch).verb
+    example = {
+        "generate": '--prompt "..."',
+        "fill-mask": '--text "The [MASK] ..."',
+        "translate": '--text "..."',
+    }
+    return f"try it: scratchllm {verb} --model {out} {example.get(verb, '')}".rstrip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,13 +141,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(summary(result, args.out))
         else:
-            if result.interrupted in ("SIGINT", "SIGTERM"):
-                print(
-                    f"{result.interrupted} received: saved a checkpoint at step {result.step}; "
-                    "continue with the same command plus --resume",
-                    file=sys.stderr,
-                )
+            message = interrupted_message(result)
+            if message:
+                print(message, file=sys.stderr)
             print_summary(result, args.out)
-            if setup.arch == "gpt":
-                print(f'try it: scratchllm generate --model {args.out} --prompt "..."')
-    return exit_code(result)
+            print(try_it(setup.arch, args.out))
+    return training_exit_code(result)

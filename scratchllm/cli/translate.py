@@ -34,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
     require_positive(args, "beam", "max_len")
     if args.plot_attention and Path(args.plot_attention).exists() and not args.force:
         raise ScratchLLMError(f"{args.plot_attention} exists; pass --force to overwrite it")
-    from scratchllm.model.seq2seq import cross_attention_map, plot_cross_attention, translate
+    from scratchllm.generate.seq2seq import cross_attention_map, translate
+    from scratchllm.visualize import plot_cross_attention
 
     loaded = load_model_for(
         args.model,
-        archs=("seq2seq",),
+        verb="translate",
         verb_hint="translate needs an encoder-decoder "
         "(train one with 'scratchllm train --arch seq2seq --data dates')",
     )

@@ -24,7 +24,7 @@ absent from the file or a copy of ``wte.weight``), and old checkpoints also stor
 causal-mask buffers (``attn.bias``, ``attn.masked_bias``), which are not weights and are skipped.
 
 The public entry points are :func:`load_hf_gpt2` (a Hugging Face directory → a ready model and
-tokenizer; :func:`scratchllm.train.checkpoint.load_model` calls it) and :func:`export_hf_gpt2`
+tokenizer; :func:`scratchllm.load.load_model` calls it) and :func:`export_hf_gpt2`
 (our model and tokenizer → a directory ``GPT2LMHeadModel.from_pretrained`` reads).
 """
 
@@ -404,7 +404,7 @@ WEIGHT_FILES = (
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from scratchllm.train.checkpoint import read_safetensors
+    from scratchllm.weights import read_safetensors
 
     tensors, _ = read_safetensors(path)  # validates the header first: clear errors for bad files
     return tensors
@@ -469,8 +469,9 @@ def load_hf_gpt2(path: str | Path, device: str | torch.device = "cpu", *, keep_d
     ``config`` as the ``config.json`` document a run directory would have, and ``source``.
     """
     from scratchllm.model.gpt import GPTModel
+    from scratchllm.runs import LoadedModel, check_vocab, run_config
     from scratchllm.tokenizer.gpt2 import load_gpt2_dir
-    from scratchllm.train.checkpoint import LoadedModel, check_vocab, load_weights_into, run_config
+    from scratchllm.weights import load_weights_into
 
     d = Path(path)
     if not d.is_dir():
@@ -540,8 +541,8 @@ def export_hf_gpt2(
     """
     from safetensors.torch import save as safetensors_bytes
 
+    from scratchllm.runs import check_vocab
     from scratchllm.tokenizer.gpt2 import save_hf_vocab_merges
-    from scratchllm.train.checkpoint import check_vocab
 
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, GPTConfig):

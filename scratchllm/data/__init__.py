@@ -24,8 +24,8 @@ _LAZY = {
     "Shards": "scratchllm.data.shards",
     "load_shards": "scratchllm.data.shards",
     "tokenizer_fingerprint": "scratchllm.data.shards",
-    "RandomWindowSampler": "scratchllm.data.shards",
-    "SequentialWindowSampler": "scratchllm.data.shards",
+    "RandomWindowSampler": "scratchllm.data.batches",
+    "SequentialWindowSampler": "scratchllm.data.batches",
     "SlidingWindowDataset": "scratchllm.data.datasets",
     "create_dataloader": "scratchllm.data.datasets",
 }

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -238,3 +238,9 @@ def collate_instruction(
             # Target j is token j + 1: the prompt's tokens are targets 0 .. prompt_len - 2.
             targets[i, : max(e.prompt_len - 1, 0)] = IGNORE_INDEX
     return {"input_ids": input_ids, "targets": targets}
+
+
+def template_of(config: Mapping[str, Any]) -> PromptTemplate:
+    """The prompt template a run was trained with (``config.json``), or Alpaca for other models."""
+    info = config.get("finetune") or {}
+    return get_template(info.get("template")) if info.get("template") else get_template(None)

@@ -19,64 +19,21 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import Tokenizer
+from scratchllm.tokenizer.specials import (  # noqa: F401  (re-exported: the data's vocabulary)
+    BERT_SPECIAL_TOKENS,
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    BertSpecialIds,
+    with_special_tokens,
+)
 
-PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
-BERT_SPECIAL_TOKENS = (PAD, CLS, SEP, MASK)
 IGNORE_INDEX = -100
-
-# ----------------------------------------------------------------------------- tokenizer specials
-
-
-def with_special_tokens(tokenizer: Tokenizer, names: Iterable[str]) -> Tokenizer:
-    """Return a copy of ``tokenizer`` with extra special tokens appended at the end of the id space.
-
-    Existing ids do not move, so a model trained with the old tokenizer still reads the new ids
-    correctly; tokens the tokenizer already has are kept where they are.
-    """
-    data = tokenizer.to_dict()
-    specials = dict(data.get("special_tokens", tokenizer.special_tokens))
-    next_id = tokenizer.vocab_size
-    wanted = {}
-    for name in names:
-        if name not in specials:
-            specials[name] = wanted[name] = next_id
-            next_id += 1
-    if not wanted:
-        return tokenizer
-    data["special_tokens"] = specials
-    new = type(tokenizer).from_dict(data)
-    if any(new.special_tokens.get(n) != i for n, i in wanted.items()) or new.vocab_size != next_id:
-        raise ScratchLLMError(
-            f"could not add special tokens {', '.join(wanted)} to this {tokenizer.kind} tokenizer"
-        )
-    return new
-
-
-@dataclass(frozen=True)
-class BertSpecialIds:
-    """The ids of BERT's four special tokens in one tokenizer."""
-
-    pad: int
-    cls: int
-    sep: int
-    mask: int
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer) -> BertSpecialIds:
-        missing = [t for t in BERT_SPECIAL_TOKENS if t not in tokenizer.special_tokens]
-        if missing:
-            raise ScratchLLMError(
-                f"the tokenizer lacks BERT's special tokens {', '.join(missing)}; "
-                "add them with scratchllm.data.mlm.with_special_tokens"
-            )
-        s = tokenizer.special_tokens
-        return cls(pad=s[PAD], cls=s[CLS], sep=s[SEP], mask=s[MASK])
-
 
 # ----------------------------------------------------------------------------- text → sentences
 

@@ -26,9 +26,13 @@ from pathlib import Path
 from scratchllm.errors import ScratchLLMError
 from scratchllm.io import read_text
 from scratchllm.tokenizer.base import Tokenizer
+from scratchllm.tokenizer.specials import (  # noqa: F401  (re-exported: the data's vocabulary)
+    BOS,
+    EOS,
+    SEQ2SEQ_SPECIAL_TOKENS,
+    Seq2SeqSpecialIds,
+)
 
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-SEQ2SEQ_SPECIAL_TOKENS = (PAD, BOS, EOS)
 IGNORE_INDEX = -100
 
 # ----------------------------------------------------------------------------- user TSV files
@@ -141,17 +145,6 @@ def date_task_alphabet() -> str:
 
 
 # ----------------------------------------------------------------------------- framing & batching
-
-
-class Seq2SeqSpecialIds:
-    """Ids of ``<pad>``, ``<bos>``, ``<eos>`` in a tokenizer (with a clear error if missing)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        missing = [t for t in SEQ2SEQ_SPECIAL_TOKENS if t not in tokenizer.special_tokens]
-        if missing:
-            raise ScratchLLMError(f"the tokenizer lacks the seq2seq special tokens {', '.join(missing)}")
-        s = tokenizer.special_tokens
-        self.pad, self.bos, self.eos = s[PAD], s[BOS], s[EOS]
 
 
 def encode_pairs(

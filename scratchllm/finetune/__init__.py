@@ -1,10 +1,11 @@
-"""Fine-tuning a pretrained GPT: classification, instruction following, LoRA.
+"""Fine-tuning a pretrained model: classification, instruction following, LoRA.
 
-* :mod:`~scratchllm.finetune.classify` — a new class head read at the last real token;
-* :mod:`~scratchllm.finetune.instruct` — Alpaca-style instruction tuning with prompt masking;
-* :mod:`~scratchllm.finetune.models` — the ``gpt-classifier`` and ``gpt-lora`` architectures;
-* :mod:`~scratchllm.finetune.common` — base loading, trainable-parameter selection, adapters;
-* :mod:`~scratchllm.finetune.metrics` — accuracy/precision/recall/F1, exact match, ROUGE-L.
+* :mod:`~scratchllm.finetune.common` — the one recipe (:func:`~.common.run_finetune`): load the
+  base, build the model, choose what trains, run the loop, score, write the adapter; plus the
+  fine-tuning config defaults and ``lora merge``;
+* :mod:`~scratchllm.finetune.classify` — a new class head (GPT: last real token; BERT: ``[CLS]``);
+* :mod:`~scratchllm.finetune.instruct` — Alpaca-style instruction tuning with prompt masking.
 
-All of them hand a *task* to the one training loop (:func:`scratchllm.train.loop.train`).
+The tasks they train are in :mod:`scratchllm.tasks`, the models in
+:mod:`scratchllm.model.finetuned`, the scores in :mod:`scratchllm.evaluate`.
 """

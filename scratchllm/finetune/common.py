@@ -14,10 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from scratchllm.adapters import AdapterInfo, save_adapter
+from scratchllm.architectures import get_architecture
+from scratchllm.device import is_main_process
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model.lora import AdapterInfo, LoRAConfig, count_parameters, merge_lora, save_adapter
+from scratchllm.model.lora import LoRAConfig, count_parameters, merge_lora
 
 #: The training defaults of the book's fine-tuning chapters (AdamW, lr 5e-5, weight decay 0.1,
 #: batch 8), replacing the pretraining ones; presets, --config and --set still override them.
@@ -90,24 +94,26 @@ def resolve_train_config(
     return ResolvedConfig(resolved["train"], dropout if dropout != base_dropout else None, explicit)
 
 
-def load_base(path: str | Path, device: str = "cpu", *, allow_bert: bool = False) -> Any:
-    """Load the pretrained model to fine-tune: a GPT run, checkpoint or Hugging Face GPT-2 dir.
+def load_base(path: str | Path, device: str = "cpu", *, kind: str = "instruct") -> Any:
+    """Load the pretrained model to fine-tune: a GPT run, checkpoint or Hugging Face GPT-2 dir
+    (and, for ``kind="classify"``, a BERT run too — the registry's ``classifier_base``).
 
-    A ``gpt-lora`` run is merged first (so one can LoRA-tune a LoRA-tuned model). With
-    ``allow_bert`` (classification) a BERT run is accepted too. Returns
-    :class:`scratchllm.train.checkpoint.LoadedModel`.
+    A model with LoRA adapters is merged first (so one can LoRA-tune a LoRA-tuned model). Returns
+    :class:`scratchllm.runs.LoadedModel`.
     """
-    from scratchllm.train.checkpoint import load_model
+    from scratchllm.load import load_model
 
     loaded = load_model(path, device=device)
-    if loaded.arch == "gpt-lora":
-        merge_lora(loaded.model, untie=True)
-    elif loaded.arch != "gpt" and not (allow_bert and loaded.arch == "bert"):
-        also = " or a BERT run" if allow_bert else ""
+    record = get_architecture(loaded.arch)
+    ok = record.classifier_base if kind == "classify" else record.instruct_base
+    if not ok:
+        also = " or a BERT run" if kind == "classify" else ""
         raise ScratchLLMError(
             f"{path} is a {loaded.arch!r} model; fine-tuning starts from a GPT language model "
             f"(a pretraining run, a checkpoint or a Hugging Face GPT-2 directory){also}"
         )
+    if record.has_lora:
+        merge_lora(loaded.model, untie=True)
     if loaded.tokenizer is None:
         raise ScratchLLMError(f"{path} has no tokenizer.json; fine-tuning needs the base model's tokenizer")
     return loaded
@@ -125,7 +131,7 @@ def select_trainable(model: nn.Module, mode: str, *, last_blocks: int = 1) -> tu
     """
     if mode not in TRAINABLE_MODES:
         raise ScratchLLMError(f"unknown trainable mode {mode!r}; choose from {', '.join(TRAINABLE_MODES)}")
-    from scratchllm.finetune.models import GPTClassifier
+    from scratchllm.model.finetuned import GPTClassifier
 
     for p in model.parameters():
         p.requires_grad_(mode == "all")
@@ -192,13 +198,6 @@ def write_adapter(model: nn.Module, run_dir: str | Path, *, arch: str, info: dic
     return save_adapter(model, Path(run_dir) / "adapter", adapter)
 
 
-def is_main_process() -> bool:
-    """Rank 0 (or a single process): the one that scores the test set and writes result files."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def describe_params(trainable: int, total: int) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
@@ -225,10 +224,10 @@ def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> Mer
       recorded in the adapter), checked against the adapter's fingerprint, and the adapter
       attached and merged.
     """
-    from scratchllm.finetune.models import GPTClassifierConfig, classifier_from_base, plain_config
-    from scratchllm.model import build_model
-    from scratchllm.model.lora import is_adapter_dir, load_adapter, read_adapter
-    from scratchllm.train.checkpoint import load_model
+    from scratchllm.adapters import is_adapter_dir, load_adapter, read_adapter
+    from scratchllm.architectures import build_model
+    from scratchllm.load import load_model
+    from scratchllm.model.finetuned import GPTClassifierConfig, classifier_from_base, plain_config
 
     path = Path(model_path)
     adapter_dir = (
@@ -236,7 +235,7 @@ def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> Mer
     )
     if base is None and adapter_dir is not path:
         loaded = load_model(path)
-        if loaded.arch not in ("gpt-lora", "gpt-classifier") or not getattr(loaded.model.config, "lora_r", 0):
+        if not get_architecture(loaded.arch).has_lora or not getattr(loaded.model.config, "lora_r", 0):
             raise ScratchLLMError(
                 f"{path} is a {loaded.arch!r} model without LoRA adapters; nothing to merge"
             )
@@ -251,7 +250,7 @@ def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> Mer
         base = base if base is not None else info.base_model
         if not base:
             raise ScratchLLMError(f"the adapter in {adapter_dir} does not record its base model; pass --base")
-        loaded = load_base(base)
+        loaded = load_base(base, kind="classify" if info.architecture == "gpt-classifier" else "instruct")
         tokenizer = loaded.tokenizer
         if info.architecture == "gpt-classifier":
             labels = list(info.model.get("labels") or [])
@@ -273,3 +272,156 @@ def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> Mer
     plain.eval()
     extra["merged_from"] = str(path)
     return MergedModel(plain, arch, tokenizer, extra, untied)
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+#: What every fine-tuning run writes next to its checkpoints when it finishes.
+METRICS_FILE = "test_metrics.json"
+
+
+@dataclasses.dataclass
+class FinetuneKind:
+    """What one kind of fine-tuning (classify, instruct) plugs into :func:`run_finetune`.
+
+    * ``build(base_model, train_cfg) -> (model, arch)`` — a new run: turn the loaded base into the
+      model that trains (a new head, LoRA layers...). Called under a seeded RNG.
+    * ``make_task(model, tokenizer, info, train_cfg) -> task`` — encode the data for this model
+      (``task.train`` is the list of training examples).
+    * ``score(model, tokenizer, task, run_dir) -> dict`` — after training: val/test metrics (and
+      any result files, such as generated answers).
+    * ``check_resume(config_json) -> None`` — refuse to resume a run of another kind or on other data.
+    """
+
+    name: str
+    build: Any
+    make_task: Any
+    score: Any
+    check_resume: Any
+    #: base-model parameter names left out of its fingerprint (a replaced head).
+    fingerprint_exclude: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class FinetuneOutcome:
+    model: nn.Module
+    tokenizer: Any
+    arch: str
+    task: Any
+    trainable: int
+    total: int
+    metrics: dict[str, Any]
+    adapter: Path | None
+    train_result: Any
+
+
+def run_finetune(
+    kind: FinetuneKind,
+    base: str | Path | None,
+    run_dir: str | Path,
+    *,
+    train_cfg: Any,
+    info: dict[str, Any],
+    trainable: str,
+    last_blocks: int = 1,
+    dropout: float | None = None,
+    epochs: float | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    echo: Any = None,
+    stop_at: int | None = None,
+) -> FinetuneOutcome:
+    """The one fine-tuning recipe, for every kind: base model → model → task → the training loop →
+    scores, metrics file and LoRA adapter.
+
+    ``info`` is what this kind records in ``config.json["finetune"]`` besides the common entries
+    (base model, its fingerprint, what trains). With ``resume`` the model is rebuilt from
+    ``run_dir``'s config (the loop then loads the newest checkpoint into it). ``epochs`` sets
+    ``max_steps`` from the number of training examples (None keeps ``train_cfg``'s).
+    """
+    from scratchllm.data.batches import steps_for_epochs
+    from scratchllm.io import atomic_write_json
+    from scratchllm.model.lora import base_fingerprint
+    from scratchllm.train.loop import train
+
+    run_dir = Path(run_dir)
+    if resume:
+        model, tokenizer, arch, info = rebuild_for_resume(run_dir, kind)
+        trainable, last_blocks = info["trainable"], info["trainable_blocks"]
+    else:
+        loaded = load_base(base, kind=kind.name)
+        tokenizer = loaded.tokenizer
+        if dropout is not None:
+            loaded.model.config.dropout = dropout
+        fp = base_fingerprint(loaded.model, exclude=kind.fingerprint_exclude)
+        # New heads and LoRA's A matrices start random: seed them so a run is repeatable.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train_cfg.seed)
+            model, arch = kind.build(loaded.model, train_cfg)
+        del loaded
+        info = {
+            "task": kind.name,
+            "base_model": str(base),
+            "base_fingerprint": fp,
+            "trainable": trainable,
+            "trainable_blocks": last_blocks,
+            **info,
+        }
+    trainable_n, total_n = select_trainable(model, trainable, last_blocks=last_blocks)
+    task = kind.make_task(model, tokenizer, info, train_cfg)
+    if epochs is not None:
+        steps = steps_for_epochs(len(task.train), epochs, train_cfg.batch_size, train_cfg.grad_accum_steps)
+        train_cfg = dataclasses.replace(train_cfg, max_steps=steps)
+    result = train(
+        model,
+        task,
+        train_cfg,
+        run_dir,
+        arch=arch,
+        tokenizer=tokenizer,
+        resume=resume,
+        force=force,
+        extra_config={"finetune": info},
+        progress=progress,
+        echo=echo,
+        stop_at=stop_at,
+    )
+    metrics: dict[str, Any] = {}
+    adapter = None
+    if result.interrupted is None and is_main_process():
+        metrics = kind.score(model, tokenizer, task, run_dir)
+        atomic_write_json(run_dir / METRICS_FILE, {"step": result.step, **metrics})
+        if getattr(model.config, "lora_r", 0):
+            adapter = write_adapter(model, run_dir, arch=arch, info=info)
+    return FinetuneOutcome(model, tokenizer, arch, task, trainable_n, total_n, metrics, adapter, result)
+
+
+def rebuild_for_resume(run_dir: Path, kind: FinetuneKind) -> tuple[nn.Module, Any, str, dict[str, Any]]:
+    """The fine-tuned model as the interrupted run built it (structure only; the loop loads the
+    weights), its tokenizer, architecture and ``finetune`` record."""
+    from scratchllm.architectures import build_model, config_from_dict
+    from scratchllm.io import read_json
+    from scratchllm.tokenizer import load_tokenizer
+
+    cfg = read_json(run_dir / "config.json", "run config")
+    info = cfg.get("finetune") if isinstance(cfg, dict) else None
+    if not isinstance(info, dict) or info.get("task", kind.name) != kind.name:
+        raise ScratchLLMError(f"{run_dir} is not a {kind.name} fine-tuning run; cannot --resume it here")
+    kind.check_resume(cfg)
+    arch = cfg["architecture"]
+    model = build_model(arch, config_from_dict(arch, cfg["model"]))
+    return model, load_tokenizer(run_dir / "tokenizer.json"), arch, info
+
+
+def progress_bars(enabled: bool) -> Any:
+    """``bar(desc)`` -> a function wrapping an iterable in a tqdm bar (or None when disabled)."""
+
+    def make(desc: str) -> Any:
+        if not enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+    return make

@@ -1,15 +1,10 @@
-"""Attention, built up the way a learner meets it, then the fast version the model uses.
+"""The attention the models run: one fused q/k/v projection and PyTorch's fused kernel.
 
-1. ``simplified_self_attention`` — no weights at all: scores -> softmax weights -> context vectors.
-2. ``SelfAttention`` — the same three steps with trainable query/key/value projections.
-3. ``CausalAttention`` — a token may only look at itself and the past (mask), plus dropout.
-4. ``MultiHeadAttention`` — several causal heads side by side, then an output projection.
-5. ``FastMultiHeadAttention`` — what ``GPTModel`` actually runs: one fused ``qkv`` matmul,
-   PyTorch's fused ``scaled_dot_product_attention`` kernel, grouped-query attention, rotary
-   positions, ALiBi biases, padding masks, a KV cache, and a bidirectional mode for BERT.
-
-Classes 2-4 are kept for reading and for tests: given the same weights, ``MultiHeadAttention`` and
-``FastMultiHeadAttention`` compute the same thing (``tests/model/test_attention.py``).
+:class:`Attention` is the multi-head attention of every model here (GPT, BERT, the
+encoder-decoder): causal or bidirectional, self- or cross-attention, with grouped-query heads,
+rotary positions, ALiBi biases, padding masks and a KV cache. The book's step-by-step classes
+(``SelfAttention``, ``CausalAttention``, ``MultiHeadAttention``) live in
+:mod:`scratchllm.model.teaching`; a test proves they compute the same thing.
 
 Shapes: ``B`` batch, ``T`` query tokens, ``S`` key tokens (``S > T`` with a KV cache), ``C``
 embedding width, ``H`` heads, ``D`` = C / H head width.
@@ -27,127 +22,10 @@ from torch import Tensor, nn
 from scratchllm.model.layers import apply_rope
 
 if TYPE_CHECKING:
-    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.config import BlockConfig
     from scratchllm.model.kv_cache import KVCache
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. Self-attention without weights
-# ---------------------------------------------------------------------------------------------
-def simplified_self_attention(x: Tensor) -> Tensor:
-    """Each output row is a weighted average of all input rows, weighted by similarity.
-
-    ``x`` is ``[T, C]`` (one sequence of token vectors). Three steps:
-
-    1. attention scores: the dot product of every token with every other, ``[T, T]``;
-    2. attention weights: a softmax over each row, so a token's weights are positive and sum to 1;
-    3. context vectors: each token's weighted sum of all token vectors.
-    """
-    scores = x @ x.T
-    weights = torch.softmax(scores, dim=-1)
-    return weights @ x
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Self-attention with trainable weights
-# ---------------------------------------------------------------------------------------------
-class SelfAttention(nn.Module):
-    """Scaled dot-product attention with learned projections.
-
-    Each token is mapped three ways: a *query* (what am I looking for?), a *key* (what do I
-    contain?) and a *value* (what do I pass on if chosen?). Scores compare queries with keys and are
-    divided by sqrt(d_out): without it, dot products of wide vectors get large, softmax saturates
-    into a near one-hot and its gradients vanish.
-    """
-
-    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False) -> None:
-        super().__init__()
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
-        scores = queries @ keys.transpose(-2, -1)
-        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
-        return weights @ values
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Causal attention
-# ---------------------------------------------------------------------------------------------
-class CausalAttention(nn.Module):
-    """Self-attention for a language model: token t must not see tokens after t.
-
-    Scores above the diagonal are set to -inf *before* the softmax, so their weights become exactly
-    0 and each row still sums to 1. Dropout on the weights randomly silences some links during
-    training (a regulariser; it is a no-op in ``eval()`` mode). Works on batches ``[B, T, d_in]``.
-    """
-
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False):
-        super().__init__()
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.dropout = nn.Dropout(dropout)
-        # A buffer moves with the module (.to(device)) but is not a trained parameter.
-        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        T = x.shape[1]
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
-        scores = queries @ keys.transpose(1, 2)
-        scores = scores.masked_fill(self.mask.bool()[:T, :T], float("-inf"))
-        weights = self.dropout(torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1))
-        return weights @ values
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Multi-head attention (the book's version)
-# ---------------------------------------------------------------------------------------------
-class MultiHeadAttention(nn.Module):
-    """``num_heads`` causal attention heads computed together, then mixed by ``out_proj``.
-
-    Rather than looping over ``CausalAttention`` objects, one big projection computes all heads and
-    the result is split into ``[B, num_heads, T, head_dim]``: the same maths, one matmul per
-    projection. Each head can learn a different notion of relevance (syntax, coreference, ...).
-    """
-
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        context_length: int,
-        dropout: float,
-        num_heads: int,
-        qkv_bias: bool = False,
-    ) -> None:
-        super().__init__()
-        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
-        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length), diagonal=1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-
-        def heads(t: Tensor) -> Tensor:  # [B, T, d_out] -> [B, num_heads, T, head_dim]
-            return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-
-        queries, keys, values = heads(self.W_query(x)), heads(self.W_key(x)), heads(self.W_value(x))
-        scores = queries @ keys.transpose(2, 3)
-        scores = scores.masked_fill(self.mask.bool()[:T, :T], float("-inf"))
-        weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))
-        context = (weights @ values).transpose(1, 2).reshape(B, T, self.d_out)
-        return self.out_proj(context)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. The fast attention the model uses
 # ---------------------------------------------------------------------------------------------
 def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> Tensor:
     """Boolean ``[T, S]`` mask, True where query t may attend key s.
@@ -209,7 +87,7 @@ def build_attn_mask(
     return bias.masked_fill(~allowed, float("-inf"))
 
 
-class FastMultiHeadAttention(nn.Module):
+class Attention(nn.Module):
     """Multi-head attention as the model runs it.
 
     * **one fused projection** ``qkv`` (rows: all queries, then keys, then values) instead of three
@@ -220,13 +98,13 @@ class FastMultiHeadAttention(nn.Module):
       shrinks the KV cache (Llama 2/3, Mistral);
     * **positional hooks**: ``rope=(cos, sin)`` rotates q and k; ALiBi arrives as a float
       ``attn_mask`` built by :func:`build_attn_mask`;
-    * ``causal=False`` makes it bidirectional (BERT, the seq2seq encoder); ``attention_mask``
-      handles padding; ``kv_cache`` makes generation incremental;
+    * ``causal=False`` makes it bidirectional (BERT, the seq2seq encoder); ``key_padding_mask``
+      hides padding; ``kv_cache`` makes generation incremental;
     * ``need_weights=True`` runs the explicit math path and also returns the ``[B, H, T, S]``
       attention weights (for plots).
 
     The constructor takes plain numbers so other architectures can reuse it; ``from_config``
-    reads them from a :class:`GPTConfig`.
+    reads them from any model config (:class:`~scratchllm.model.config.BlockConfig`).
     """
 
     def __init__(
@@ -261,9 +139,7 @@ class FastMultiHeadAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
 
     @classmethod
-    def from_config(
-        cls, config: GPTConfig, *, causal: bool = True, layer_idx: int = 0
-    ) -> FastMultiHeadAttention:
+    def from_config(cls, config: BlockConfig, *, causal: bool = True, layer_idx: int = 0) -> Attention:
         return cls(
             config.n_embd,
             config.n_head,
@@ -278,7 +154,7 @@ class FastMultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        attention_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
         *,
         attn_mask: Tensor | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
@@ -292,9 +168,12 @@ class FastMultiHeadAttention(nn.Module):
         from ``x``, keys and values from ``context``, using the query rows and the key/value rows
         of the same fused ``qkv`` weight. Build such a layer with ``causal=False``.
 
-        ``attention_mask`` ``[B, S]``: 1 for real tokens, 0 for padding (convenient standalone use).
-        ``attn_mask``: a ready mask from :func:`build_attn_mask` that already includes causality
-        (``GPTModel`` builds it once per forward and shares it across layers). Give one or neither.
+        Masks — give one or neither:
+
+        * ``key_padding_mask`` ``[B, S]``: which *keys* are real (1) or padding (0); causality is
+          added here (convenient for standalone use);
+        * ``attn_mask``: a complete mask from :func:`build_attn_mask` (causality, padding and ALiBi
+          already combined). A model builds it once per forward and shares it across layers.
         """
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
@@ -315,12 +194,12 @@ class FastMultiHeadAttention(nn.Module):
 
         is_causal = False
         if attn_mask is None:
-            if attention_mask is not None:
+            if key_padding_mask is not None:
                 attn_mask = build_attn_mask(
                     T,
                     S,
                     causal=self.causal,
-                    key_padding=attention_mask,
+                    key_padding=key_padding_mask,
                     device=x.device,
                     self_visible=context is None,
                 )
@@ -366,7 +245,3 @@ class FastMultiHeadAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         y = F.dropout(weights, self.dropout, self.training) @ v
         return self.proj(y.transpose(1, 2).reshape(B, T, H * D)), weights
-
-
-#: The name the GPT literature uses for the decoder's attention (same class; ``causal=True``).
-CausalSelfAttention = FastMultiHeadAttention

@@ -13,17 +13,17 @@ this module reuses :class:`~scratchllm.model.gpt.TransformerBlock` with its atte
   vector that classification fine-tuning also uses) → 2 logits (is-next / random).
 
 The defaults follow the original BERT exactly — post-norm LayerNorm (eps 1e-12), exact (erf) GELU,
-learned absolute positions, an embedding LayerNorm — so :func:`from_hf_bert_state_dict` can load a
-Hugging Face ``BertForPreTraining`` and give the same logits. Switch ``norm_position="pre"`` for a
+learned absolute positions, an embedding LayerNorm — so :mod:`scratchllm.convert.hf_bert` can load a
+Hugging Face ``BertForPreTraining`` and give the same logits (fill-mask inference lives in
+:mod:`scratchllm.generate.fill_mask`). Switch ``norm_position="pre"`` for a
 variant that trains more easily without learning-rate warm-up.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,31 +31,24 @@ from torch import Tensor, nn
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import build_attn_mask
-from scratchllm.model.config import Activation, GPTConfig, Norm, NormPosition
+from scratchllm.model.config import Activation, BlockConfig, NormPosition
 from scratchllm.model.gpt import TransformerBlock
-from scratchllm.model.layers import block_config, init_transformer_weights, make_norm
+from scratchllm.model.layers import init_transformer_weights, make_norm, sum_aux_losses
 
 
 @dataclass
-class BertConfig:
-    # --- size (BERT-base is 30522 / 512 / 12 / 12 / 768) ---
-    vocab_size: int = 30522
+class BertConfig(BlockConfig):
+    """The block fields with BERT's defaults (BERT-base: 512 / 12 / 12 / 768, post-norm, erf GELU)
+    plus the vocabulary, segments and the pretraining objectives."""
+
     context_length: int = 512
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    #: FFN hidden width; None means 4 * n_embd.
-    ffn_hidden: int | None = None
-    #: number of segment ids ("token types"): 2 for sentence A / sentence B.
-    type_vocab_size: int = 2
     dropout: float = 0.1
-    bias: bool = True
-    # --- architecture switches (shared with the GPT blocks) ---
-    norm: Norm = "layernorm"
     norm_position: NormPosition = "post"
     norm_eps: float = 1e-12
     activation: Activation = "gelu_erf"
-    init_std: float = 0.02
+    vocab_size: int = 30522
+    #: number of segment ids ("token types"): 2 for sentence A / sentence B.
+    type_vocab_size: int = 2
     # --- pretraining objectives (read by the BERT pretraining task) ---
     #: masked language modelling on/off, and the fraction of tokens chosen for it.
     mlm: bool = True
@@ -63,21 +56,16 @@ class BertConfig:
     #: next-sentence prediction on/off.
     nsp: bool = True
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
+        super().validate()
+        if self.vocab_size < 1:
+            raise ScratchLLMError(f"invalid bert config: vocab_size must be >= 1 (got {self.vocab_size})")
         if self.type_vocab_size < 1:
             raise ScratchLLMError("invalid bert config: type_vocab_size must be >= 1")
         if not 0.0 < self.mask_prob < 1.0:
             raise ScratchLLMError(f"invalid bert config: mask_prob must be in (0, 1) (got {self.mask_prob})")
         if not (self.mlm or self.nsp):
             raise ScratchLLMError("invalid bert config: turn on at least one of mlm and nsp")
-        self.block_config()  # checks sizes, heads, dropout
-
-    def block_config(self) -> GPTConfig:
-        """The :class:`GPTConfig` the shared transformer blocks are built from."""
-        return block_config(self, vocab_size=self.vocab_size, pos_emb="learned")
 
 
 class BertOutput(NamedTuple):
@@ -97,20 +85,18 @@ class BertModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        gcfg = config.block_config()
         C = config.n_embd
         self.tok_emb = nn.Embedding(config.vocab_size, C)
         self.pos_emb = nn.Embedding(config.context_length, C)
         self.seg_emb = nn.Embedding(config.type_vocab_size, C)
-        self.emb_norm = make_norm(gcfg)
-        self.blocks = nn.ModuleList(TransformerBlock(gcfg, i) for i in range(config.n_layer))
-        for block in self.blocks:
-            block.attn.causal = False  # bidirectional: every token sees every (non-padding) token
+        self.emb_norm = make_norm(config)
+        # causal=False: bidirectional, every token sees every (non-padding) token
+        self.blocks = nn.ModuleList(TransformerBlock(config, i, causal=False) for i in range(config.n_layer))
         # Post-norm blocks already end in a norm; pre-norm stacks need one at the top.
-        self.final_norm = make_norm(gcfg) if config.norm_position == "pre" else nn.Identity()
+        self.final_norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.mlm_dense = nn.Linear(C, C)
         self.mlm_act = nn.GELU() if config.activation == "gelu_erf" else nn.GELU(approximate="tanh")
-        self.mlm_norm = make_norm(gcfg)
+        self.mlm_norm = make_norm(config)
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.pooler = nn.Linear(C, C)
         self.nsp_head = nn.Linear(C, 2)
@@ -164,8 +150,8 @@ class BertModel(nn.Module):
         return BertOutput(self.mlm_logits(hidden), self.nsp_head(self.pooled(hidden)), hidden)
 
     def aux_loss(self) -> Tensor:
-        """No auxiliary losses (the shared training code may ask every model for them)."""
-        return torch.zeros((), device=self.tok_emb.weight.device)
+        """Auxiliary losses of the last forward (non-zero only with Mixture-of-Experts blocks)."""
+        return sum_aux_losses(self)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -201,133 +187,3 @@ def bert_losses(
         metrics["nsp_loss"] = nsp.item()
         metrics["nsp_accuracy"] = (out.nsp_logits[keep].argmax(-1) == nsp_labels[keep]).float().mean().item()
     return total, metrics
-
-
-# ----------------------------------------------------------------------------- Hugging Face import
-
-
-def from_hf_bert_state_dict(sd: Mapping[str, Tensor], config: BertConfig) -> dict[str, Tensor]:
-    """Map a Hugging Face ``BertForPreTraining`` state dict onto this module's parameter names.
-
-    Hugging Face keeps separate ``query``/``key``/``value`` Linears; ours is one fused ``qkv``
-    (rows: all queries, then keys, then values), so the three are concatenated. Keys may carry the
-    ``bert.`` prefix (``BertForPreTraining``) or not (a bare ``BertModel``, which has no heads).
-    """
-
-    def get(key: str) -> Tensor:
-        for k in (f"bert.{key}", key):
-            if k in sd:
-                return sd[k]
-        raise ScratchLLMError(f"Hugging Face BERT state dict lacks {key!r}")
-
-    out: dict[str, Tensor] = {
-        "tok_emb.weight": get("embeddings.word_embeddings.weight"),
-        "pos_emb.weight": get("embeddings.position_embeddings.weight"),
-        "seg_emb.weight": get("embeddings.token_type_embeddings.weight"),
-        "emb_norm.weight": get("embeddings.LayerNorm.weight"),
-        "emb_norm.bias": get("embeddings.LayerNorm.bias"),
-        "pooler.weight": get("pooler.dense.weight"),
-        "pooler.bias": get("pooler.dense.bias"),
-    }
-    for i in range(config.n_layer):
-        p = f"encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-                [get(f"{p}attention.self.{n}.{kind}") for n in ("query", "key", "value")]
-            )
-            out[f"blocks.{i}.attn.proj.{kind}"] = get(f"{p}attention.output.dense.{kind}")
-            out[f"blocks.{i}.norm1.{kind}"] = get(f"{p}attention.output.LayerNorm.{kind}")
-            out[f"blocks.{i}.ffn.fc.{kind}"] = get(f"{p}intermediate.dense.{kind}")
-            out[f"blocks.{i}.ffn.proj.{kind}"] = get(f"{p}output.dense.{kind}")
-            out[f"blocks.{i}.norm2.{kind}"] = get(f"{p}output.LayerNorm.{kind}")
-    heads = {
-        "mlm_dense.weight": "cls.predictions.transform.dense.weight",
-        "mlm_dense.bias": "cls.predictions.transform.dense.bias",
-        "mlm_norm.weight": "cls.predictions.transform.LayerNorm.weight",
-        "mlm_norm.bias": "cls.predictions.transform.LayerNorm.bias",
-        "mlm_bias": "cls.predictions.bias",
-        "nsp_head.weight": "cls.seq_relationship.weight",
-        "nsp_head.bias": "cls.seq_relationship.bias",
-    }
-    for ours, theirs in heads.items():
-        if theirs in sd:
-            out[ours] = sd[theirs]
-    return out
-
-
-def bert_config_from_hf(hf_config: object) -> BertConfig:
-    """A :class:`BertConfig` equivalent to a Hugging Face ``BertConfig`` (absolute positions only)."""
-    act = getattr(hf_config, "hidden_act", "gelu")
-    acts: dict[str, Literal["gelu", "gelu_erf", "relu"]] = {
-        "gelu": "gelu_erf",
-        "gelu_new": "gelu",
-        "relu": "relu",
-    }
-    if act not in acts:
-        raise ScratchLLMError(f"unsupported Hugging Face BERT activation {act!r}")
-    return BertConfig(
-        vocab_size=hf_config.vocab_size,
-        context_length=hf_config.max_position_embeddings,
-        n_layer=hf_config.num_hidden_layers,
-        n_head=hf_config.num_attention_heads,
-        n_embd=hf_config.hidden_size,
-        ffn_hidden=hf_config.intermediate_size,
-        type_vocab_size=hf_config.type_vocab_size,
-        dropout=hf_config.hidden_dropout_prob,
-        norm_eps=hf_config.layer_norm_eps,
-        activation=acts[act],
-        norm_position="post",
-    )
-
-
-# ----------------------------------------------------------------------------- inference: fill-mask
-
-
-@torch.no_grad()
-def fill_mask_ids(
-    model: BertModel, ids: list[int], mask_id: int, *, top_k: int = 5
-) -> list[tuple[int, list[tuple[int, float]]]]:
-    """For every ``[MASK]`` in ``ids`` (a full sequence, ``[CLS] ... [SEP]``): its position and the
-    ``top_k`` most likely ``(token id, probability)`` fills."""
-    device = model.tok_emb.weight.device
-    logits = model(torch.tensor([ids], device=device)).mlm_logits[0]
-    out = []
-    for pos in [i for i, t in enumerate(ids) if t == mask_id]:
-        probs = torch.softmax(logits[pos].float(), dim=-1)
-        p, tok = probs.topk(min(top_k, probs.numel()))
-        out.append((pos, list(zip(tok.tolist(), p.tolist(), strict=True))))
-    return out
-
-
-def fill_mask(model: BertModel, tokenizer: object, text: str, *, top_k: int = 5) -> list[dict]:
-    """Fill the ``[MASK]`` tokens of ``text``. One dict per mask, in order: ``{"position",
-    "candidates": [{"token", "token_id", "probability", "text"}, ...]}`` where ``text`` is the input
-    with that mask replaced by the candidate (other masks left as they are)."""
-    from scratchllm.data.mlm import BertSpecialIds
-
-    special = BertSpecialIds.of(tokenizer)
-    body = tokenizer.encode(text)
-    if special.mask not in body:
-        raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
-    ids = [special.cls, *body, special.sep]
-    if len(ids) > model.config.context_length:
-        raise ScratchLLMError(
-            f"the text is {len(ids)} tokens with [CLS]/[SEP]; "
-            f"this model reads at most {model.config.context_length}"
-        )
-    results = []
-    for pos, cands in fill_mask_ids(model, ids, special.mask, top_k=top_k):
-        rows = []
-        for tok, p in cands:
-            filled = ids[1:-1]
-            filled[pos - 1] = tok
-            rows.append(
-                {
-                    "token": tokenizer.decode([tok]),
-                    "token_id": tok,
-                    "probability": p,
-                    "text": tokenizer.decode(filled),
-                }
-            )
-        results.append({"position": pos - 1, "candidates": rows})
-    return results

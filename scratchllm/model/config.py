@@ -20,9 +20,12 @@ Activation = Literal["gelu", "gelu_erf", "relu", "swiglu"]
 
 
 @dataclass
-class GPTConfig:
+class BlockConfig:
+    """Everything a transformer *block* reads: sizes, normalisation, activation, attention and FFN
+    options. GPT, BERT and the encoder-decoder configs extend it (with their own defaults), so all
+    three build their blocks from the same fields with the same meaning."""
+
     # --- size (the book's GPT_CONFIG_124M by default) ---
-    vocab_size: int = 50257
     context_length: int = 1024
     n_layer: int = 12
     n_head: int = 12
@@ -37,11 +40,7 @@ class GPTConfig:
     bias: bool = True
     #: bias on the query/key/value projection; None means "same as bias".
     qkv_bias: bool | None = None
-    #: share the token embedding matrix with the output head (GPT-2: yes).
-    tie_weights: bool = True
-    # --- architecture switches ---
-    pos_emb: PosEmb = "learned"
-    rope_base: float = 10000.0
+    # --- normalisation and activation ---
     norm: Norm = "layernorm"
     norm_position: NormPosition = "pre"
     norm_eps: float = 1e-5
@@ -84,19 +83,43 @@ class GPTConfig:
         def bad(msg: str) -> None:
             raise ScratchLLMError(f"invalid model config: {msg}")
 
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+        for name in ("context_length", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.n_embd % self.n_head:
             bad(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             bad(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.pos_emb == "rope" and self.head_dim % 2:
-            bad(f"RoPE needs an even head dimension (n_embd/n_head = {self.head_dim})")
+        if self.ffn_hidden is not None and self.ffn_hidden < 1:
+            bad(f"ffn_hidden must be >= 1 (got {self.ffn_hidden})")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"dropout must be in [0, 1) (got {self.dropout})")
+        if not self.norm_eps > 0:
+            bad(f"norm_eps must be > 0 (got {self.norm_eps})")
+        if not self.init_std > 0:
+            bad(f"init_std must be > 0 (got {self.init_std})")
         if self.n_experts < 0 or (self.n_experts and not 1 <= self.moe_top_k <= self.n_experts):
             bad(f"moe_top_k ({self.moe_top_k}) must be between 1 and n_experts ({self.n_experts})")
+
+
+@dataclass
+class GPTConfig(BlockConfig):
+    """A decoder-only language model: the block fields plus the vocabulary, positions and head."""
+
+    vocab_size: int = 50257
+    #: share the token embedding matrix with the output head (GPT-2: yes).
+    tie_weights: bool = True
+    pos_emb: PosEmb = "learned"
+    rope_base: float = 10000.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vocab_size < 1:
+            raise ScratchLLMError(f"invalid model config: vocab_size must be >= 1 (got {self.vocab_size})")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ScratchLLMError(
+                f"invalid model config: RoPE needs an even head dimension (n_embd/n_head = {self.head_dim})"
+            )
 
 
 # name -> {"model": GPTConfig overrides, "train": TrainConfig overrides, "description": str}

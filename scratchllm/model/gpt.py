@@ -22,18 +22,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model.attention import FastMultiHeadAttention, build_attn_mask
-from scratchllm.model.config import GPTConfig
+from scratchllm.model.attention import Attention, build_attn_mask
+from scratchllm.model.config import BlockConfig, GPTConfig
 from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.layers import (
+    FeedForward,
     alibi_slopes,
     init_transformer_weights,
-    make_ffn,
     make_norm,
-    residual,
     rope_cache,
     sinusoidal_table,
+    sum_aux_losses,
 )
+from scratchllm.model.moe import MoEFeedForward
+
+
+def make_ffn(config: BlockConfig) -> nn.Module:
+    """The block's feed-forward layer: the dense ``FeedForward``, or a Mixture-of-Experts layer
+    (:class:`~scratchllm.model.moe.MoEFeedForward`) when ``config.n_experts > 0``."""
+    return MoEFeedForward(config) if config.n_experts > 0 else FeedForward(config)
 
 
 class TransformerBlock(nn.Module):
@@ -45,22 +52,27 @@ class TransformerBlock(nn.Module):
       tricks.
     * **post-norm** (the original transformer, BERT): ``norm(x + f(x))``.
 
-    Both are :func:`~scratchllm.model.layers.residual`, shared with the seq2seq decoder block.
+    ``causal=False`` makes the attention bidirectional: the same block is BERT's and the
+    encoder-decoder's encoder block.
     """
 
-    def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
+    def __init__(self, config: BlockConfig, layer_idx: int = 0, *, causal: bool = True) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.dropout = config.dropout
         self.norm1 = make_norm(config)
-        self.attn = FastMultiHeadAttention.from_config(config, causal=True, layer_idx=layer_idx)
+        self.attn = Attention.from_config(config, causal=causal, layer_idx=layer_idx)
         self.norm2 = make_norm(config)
         # A Mixture-of-Experts layer is stored as `moe` so its parameter names say what it is.
-        self.is_moe = config.n_experts > 0
-        if self.is_moe:
+        if config.n_experts > 0:
             self.moe = make_ffn(config)
         else:
             self.ffn = make_ffn(config)
+
+    @property
+    def feed_forward(self) -> nn.Module:
+        """The FFN sub-layer, dense (``ffn``) or Mixture-of-Experts (``moe``)."""
+        return self.moe if hasattr(self, "moe") else self.ffn
 
     def forward(
         self,
@@ -72,11 +84,19 @@ class TransformerBlock(nn.Module):
     ) -> Tensor:
         p = self.dropout if self.training else 0.0
 
-        def attend(h: Tensor) -> Tensor:
-            return self.attn(h, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
+        def attn(h: Tensor) -> Tensor:
+            return F.dropout(self.attn(h, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache), p)
 
-        x = residual(x, attend, self.norm1, pre_norm=self.pre_norm, p=p)
-        return residual(x, self.moe if self.is_moe else self.ffn, self.norm2, pre_norm=self.pre_norm, p=p)
+        def ffn(h: Tensor) -> Tensor:
+            return F.dropout(self.feed_forward(h), p)
+
+        if self.pre_norm:
+            x = x + attn(self.norm1(x))
+            x = x + ffn(self.norm2(x))
+        else:  # post-norm: normalise the sum
+            x = self.norm1(x + attn(x))
+            x = self.norm2(x + ffn(x))
+        return x
 
 
 class GPTModel(nn.Module):
@@ -141,31 +161,56 @@ class GPTModel(nn.Module):
         ``only_last``: compute the output head for the last position only (generation needs
         nothing else, and the head is the biggest matmul of a small model).
         """
-        cfg = self.config
-        B, T = idx.shape
-        start = 0 if kv_cache is None else kv_cache.length
-        if start + T > cfg.context_length:
-            raise ScratchLLMError(
-                f"sequence of {start + T} tokens exceeds the model's context_length ({cfg.context_length}); "
-                "crop the input to the last context_length tokens"
-            )
-        key_padding = attention_mask
+        T = idx.shape[1]
+        start = self._start(idx, kv_cache)
+        key_padding = self._key_padding(idx, kv_cache, attention_mask)
+        x, rope = self._embed(idx, self._positions(idx, start, key_padding))
+        attn_mask = self._attn_mask(T, start + T, key_padding, x.dtype)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
         if kv_cache is not None:
-            kv_cache.check_room(T)
+            kv_cache.advance(T)
+        if only_last:
+            x = x[:, -1:]
+        return self.out_head(self.final_norm(x))
+
+    # The bookkeeping of forward, one small step each.
+    def _start(self, idx: Tensor, kv_cache: KVCache | None) -> int:
+        """Position of the first new token (the number of cached ones); checks the room left."""
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + idx.shape[1] > self.config.context_length:
+            raise ScratchLLMError(
+                f"sequence of {start + idx.shape[1]} tokens exceeds the model's context_length "
+                f"({self.config.context_length}); crop the input to the last context_length tokens"
+            )
+        if kv_cache is not None:
+            kv_cache.check_room(idx.shape[1])
+        return start
+
+    def _key_padding(
+        self, idx: Tensor, kv_cache: KVCache | None, attention_mask: Tensor | None
+    ) -> Tensor | None:
+        """``[B, cached + T]`` real-token mask over every key, or None when nothing is padded."""
+        if kv_cache is not None:
             if attention_mask is not None:
-                kv_cache.set_padding(attention_mask, T)
-            key_padding = kv_cache.key_padding(T)
-        elif attention_mask is not None and attention_mask.shape != idx.shape:
+                kv_cache.set_padding(attention_mask, idx.shape[1])
+            return kv_cache.key_padding(idx.shape[1])
+        if attention_mask is not None and attention_mask.shape != idx.shape:
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != idx shape {tuple(idx.shape)}"
             )
+        return attention_mask
 
-        # Positions: 0, 1, 2, ... — or, with padding, the number of real tokens before each one.
+    def _positions(self, idx: Tensor, start: int, key_padding: Tensor | None) -> Tensor:
+        """0, 1, 2, ... (``[T]``, shared by all rows) — or, with padding, the number of real tokens
+        before each one (``[B, T]``)."""
         if key_padding is None:
-            pos = torch.arange(start, start + T, device=idx.device)  # [T], shared by all rows
-        else:
-            pos = (key_padding.long().cumsum(dim=1) - 1).clamp(min=0)[:, start:]  # [B, T]
+            return torch.arange(start, start + idx.shape[1], device=idx.device)
+        return (key_padding.long().cumsum(dim=1) - 1).clamp(min=0)[:, start:]
 
+    def _embed(self, idx: Tensor, pos: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Token embeddings plus position information; RoPE returns its (cos, sin) for attention."""
+        cfg = self.config
         x = self.tok_emb(idx)
         rope = None
         if cfg.pos_emb == "learned":
@@ -179,48 +224,37 @@ class GPTModel(nn.Module):
             if pos.dim() == 2:  # per-row positions: [B, T, D] -> [B, 1, T, D] to broadcast over heads
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             rope = (cos, sin)
-
-        # One mask for all layers. Without padding or ALiBi none is needed: attention uses the
-        # kernel's built-in causal mask.
-        attn_mask = None
-        if key_padding is not None or cfg.pos_emb == "alibi":
-            attn_mask = build_attn_mask(
-                T,
-                start + T,
-                causal=True,
-                key_padding=key_padding,
-                alibi_slopes=self.alibi_slopes if cfg.pos_emb == "alibi" else None,
-                dtype=x.dtype,
-                device=idx.device,
-            )
-
         if self.training and cfg.dropout > 0:
             x = F.dropout(x, cfg.dropout)
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        if only_last:
-            x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        return x, rope
+
+    def _attn_mask(self, T: int, S: int, key_padding: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """One mask for all layers. Without padding or ALiBi none is needed: attention then uses the
+        kernel's built-in causal mask."""
+        alibi = self.config.pos_emb == "alibi"
+        if key_padding is None and not alibi:
+            return None
+        return build_attn_mask(
+            T,
+            S,
+            causal=True,
+            key_padding=key_padding,
+            alibi_slopes=self.alibi_slopes if alibi else None,
+            dtype=dtype,
+            device=self.tok_emb.weight.device,
+        )
 
     # ------------------------------------------------------------------ helpers
     def aux_loss(self) -> Tensor:
-        """Sum of the auxiliary losses (MoE load balancing, z-loss) of the last forward pass.
+        """Sum of the auxiliary losses (MoE load balancing, z-loss) of the last forward pass;
+        a zero scalar for dense models (see :func:`~scratchllm.model.layers.sum_aux_losses`)."""
+        return sum_aux_losses(self)
 
-        Any submodule may expose ``aux_loss`` (a tensor, or a method returning one, or None).
-        Dense models return a zero scalar, so training code can always add it.
-        """
-        total = torch.zeros((), device=self.tok_emb.weight.device)
-        for module in self.modules():
-            if module is self:
-                continue
-            value = getattr(module, "aux_loss", None)
-            if callable(value):
-                value = value()
-            if isinstance(value, Tensor):
-                total = total + value
-        return total
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """A Mixture-of-Experts step may route no token to some expert, leaving its weights without
+        a gradient; DDP must then look for unused parameters (a little slower, so only then)."""
+        return self.config.n_experts > 0
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters, a tied matrix counted once.

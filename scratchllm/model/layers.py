@@ -5,27 +5,25 @@ Read in this order:
 
 1. ``LayerNorm`` and ``RMSNorm`` — keep activations at a sane scale so deep stacks train.
 2. ``GELU`` — the smooth ReLU that GPT-2 uses (tanh approximation).
-3. ``FeedForward`` — the per-token MLP of every block (GELU/ReLU, or SwiGLU as in Llama), and
-   ``residual`` — how a block wraps each sub-layer (pre-norm or post-norm, dropout).
+3. ``FeedForward`` — the per-token MLP of every block (GELU/ReLU, or SwiGLU as in Llama).
 4. Positions — a sinusoidal table (the original transformer), rotary embeddings (RoPE), and
    ALiBi slopes. Learned absolute positions are just an ``nn.Embedding`` in ``gpt.py``.
 
-Everything here is configured by :class:`~scratchllm.model.config.GPTConfig`; the factories
-``make_norm`` and ``make_ffn`` turn a config into the right module.
+Everything here is configured by a :class:`~scratchllm.model.config.BlockConfig` (GPT, BERT and the
+encoder-decoder configs all are one); ``make_norm`` turns a config into the right norm.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.config import BlockConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +61,7 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
+def make_norm(config: BlockConfig, dim: int | None = None) -> nn.Module:
     """The normalisation layer that ``config.norm`` asks for (LayerNorm bias follows ``config.bias``)."""
     dim = config.n_embd if dim is None else dim
     if config.norm == "rmsnorm":
@@ -100,7 +98,7 @@ class FeedForward(nn.Module):
       computes both.
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: BlockConfig) -> None:
         super().__init__()
         hidden = config.hidden_dim
         self.activation = config.activation
@@ -124,46 +122,6 @@ class FeedForward(nn.Module):
         else:
             h = self.act(h)
         return self.proj(h)
-
-
-def make_ffn(config: GPTConfig) -> nn.Module:
-    """The block's feed-forward layer: the dense ``FeedForward``, or a Mixture-of-Experts layer
-    (:class:`scratchllm.model.moe.MoEFeedForward`) when ``config.n_experts > 0``.
-
-    The MoE module is imported lazily: dense models never need it.
-    """
-    if config.n_experts > 0:
-        from scratchllm.model.moe import MoEFeedForward
-
-        return MoEFeedForward(config)
-    return FeedForward(config)
-
-
-# The block-level fields that BERT's and the seq2seq model's configs share with GPTConfig (same
-# names, same meaning), so that their transformer blocks are the GPT's.
-BLOCK_FIELDS = (
-    "context_length",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "ffn_hidden",
-    "dropout",
-    "bias",
-    "norm",
-    "norm_position",
-    "norm_eps",
-    "activation",
-    "init_std",
-)
-
-
-def block_config(config: Any, **fields: Any) -> GPTConfig:
-    """The :class:`GPTConfig` a non-GPT model builds its shared blocks, norms and FFNs from: the
-    :data:`BLOCK_FIELDS` of ``config`` copied by name, plus ``fields`` (``vocab_size``, ``pos_emb``).
-    Building it also validates the sizes, heads and dropout."""
-    from scratchllm.model.config import GPTConfig
-
-    return GPTConfig(**{name: getattr(config, name) for name in BLOCK_FIELDS}, **fields)
 
 
 @torch.no_grad()
@@ -192,20 +150,23 @@ def init_transformer_weights(model: nn.Module, std: float, residual_std: float |
             hook(std, std if residual_std is None else residual_std)
 
 
-def residual(
-    x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: nn.Module, *, pre_norm: bool, p: float
-) -> Tensor:
-    """One residual sub-layer of a transformer block (attention, cross-attention or the FFN).
+def sum_aux_losses(model: nn.Module) -> Tensor:
+    """Sum of the auxiliary losses (MoE load balancing, z-loss) of ``model``'s last forward pass.
 
-    * **pre-norm** (GPT-2, most modern LLMs): ``x + dropout(f(norm(x)))`` — the residual stream is
-      never normalised, so gradients flow straight through a deep stack.
-    * **post-norm** (the original transformer, BERT): ``norm(x + dropout(f(x)))``.
-
-    ``p`` is the dropout probability (0.0 at inference).
+    Any submodule may expose ``aux_loss`` (a tensor, or a method returning one). Dense models
+    return a zero scalar, so training code can always add it to the main loss.
     """
-    if pre_norm:
-        return x + F.dropout(sublayer(norm(x)), p)
-    return norm(x + F.dropout(sublayer(x), p))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    total = torch.zeros((), device=device)
+    for module in model.modules():
+        if module is model:
+            continue
+        value = getattr(module, "aux_loss", None)
+        if callable(value):
+            value = value()
+        if isinstance(value, Tensor):
+            total = total + value
+    return total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.model.config import GPTConfig
+from scratchllm.model.config import BlockConfig
 from scratchllm.model.layers import FeedForward
 
 
@@ -51,7 +51,7 @@ class MoEFeedForward(nn.Module):
       logging how evenly the experts are used.
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: BlockConfig) -> None:
         super().__init__()
         self.n_experts = config.n_experts
         self.top_k = config.moe_top_k

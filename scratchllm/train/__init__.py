@@ -1,11 +1,11 @@
-"""Training: one loop for pretraining and every fine-tune.
+"""Training: one loop for pretraining and every fine-tune. *What* is trained — the data, the loss,
+the evaluation — is a task (:mod:`scratchllm.tasks`); this package is *how*.
 
 * :mod:`~scratchllm.train.config` — :class:`TrainConfig`, every knob of the loop;
-* :mod:`~scratchllm.train.task` — the ``Task``/``BatchSource`` protocols a task implements, and
-  :class:`~scratchllm.train.task.LanguageModelingTask` (GPT pretraining);
 * :mod:`~scratchllm.train.optim` — AdamW parameter groups and the learning-rate schedule;
 * :mod:`~scratchllm.train.loop` — :func:`train` itself;
-* :mod:`~scratchllm.train.checkpoint` / :mod:`~scratchllm.train.state` — saving and exact resume;
+* :mod:`~scratchllm.train.checkpoint` / :mod:`~scratchllm.train.state` — checkpoints and exact
+  resume (the run directory's layout itself is :mod:`scratchllm.runs`);
 * :mod:`~scratchllm.train.distributed` — DDP set-up; :mod:`~scratchllm.train.metrics` — metrics.jsonl
   and loss.png; :mod:`~scratchllm.train.pretrain` — what ``scratchllm train`` does.
 

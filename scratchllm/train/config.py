@@ -11,6 +11,7 @@ The defaults are sensible for a small GPT on a CPU; the GPT-2-sized recipes (lr 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +61,9 @@ class TrainConfig:
     save_interval: int = 500
     #: write a metrics.jsonl line (and refresh the progress bar) every this many steps.
     log_interval: int = 10
+    #: when stderr is not a terminal (a log file, CI, nohup): a plain progress line at most every
+    #: this many seconds instead of the bar; 0 turns those lines off.
+    progress_interval: float = 30.0
 
     # --- reproducibility and hardware ---
     seed: int = 1337
@@ -106,12 +110,18 @@ class TrainConfig:
             bad(f"context_length must be >= 1 (got {self.context_length})")
         if self.sample_interval is not None and self.sample_interval < 0:
             bad(f"sample_interval must be >= 0 (got {self.sample_interval})")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "spike_zscore", "progress_interval"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # NaN and inf would train garbage
+                bad(f"{name} must be a finite number (got {value})")
         if not self.lr > 0:
             bad(f"lr must be > 0 (got {self.lr})")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             bad(f"min_lr must be between 0 and lr (got {self.min_lr}, lr {self.lr})")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.spike_zscore < 0:
             bad("weight_decay, grad_clip and spike_zscore must be >= 0")
+        if self.progress_interval < 0:
+            bad(f"progress_interval must be >= 0 (got {self.progress_interval})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             bad(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
         if self.spike_window < 2:

@@ -19,32 +19,10 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.device import resolve_device
 
 if TYPE_CHECKING:
     import torch
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
-    """ "auto" picks cuda, then mps, then cpu; under DDP each rank gets its own GPU."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ScratchLLMError(
-                "device 'cuda' was requested but no CUDA GPU is available; use --device cpu"
-            )
-        return f"cuda:{local_rank}"
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ScratchLLMError("device 'mps' was requested but MPS is not available; use --device cpu")
-    return name
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """The one training loop: pretraining and every fine-tune run through :func:`train`.
 
-One optimizer step, in the order the code below performs it:
+One optimizer step (:func:`optimizer_step`), in the order the code performs it:
 
 1. set the learning rate for this step (a pure function of the step, :func:`~.optim.lr_at`);
 2. for each of ``grad_accum_steps`` micro-batches: fetch a batch from the task's
-   :class:`~.task.BatchSource`, compute the loss (``task.loss``), ``backward()`` on
-   ``loss / grad_accum_steps`` — gradients *add up* in ``.grad``, so K micro-batches of B make
+   :class:`~scratchllm.data.batches.BatchSource`, compute the loss (``task.loss``), ``backward()``
+   on ``loss / grad_accum_steps`` — gradients *add up* in ``.grad``, so K micro-batches of B make
    one step on a batch of K*B. Under DDP the gradient all-reduce is skipped (``no_sync``) on all
    but the last micro-batch, since only the final sum needs averaging across processes;
 3. measure the global gradient norm and clip it to ``grad_clip``;
@@ -14,15 +14,18 @@ One optimizer step, in the order the code below performs it:
    moments stay bit-identical — and counted. ``max_bad_steps`` bad steps in a row abort the run
    with exit code 3, keeping the last good checkpoint. An optional z-score test also skips
    isolated loss *spikes*;
-5. ``optimizer.step()`` and drop the gradients (``set_to_none``: frees memory, skips a memset);
-6. every so often: log (``metrics.jsonl``, progress bar), evaluate (val loss, perplexity, a
-   sample, ``best.safetensors``), save a checkpoint.
+5. ``optimizer.step()`` and drop the gradients (``set_to_none``: frees memory, skips a memset).
+
+Around the steps, at their intervals: log a line (``metrics.jsonl``, the progress bar, MFU),
+evaluate and sample (:func:`evaluate_and_sample`: val loss, a sample, ``best.safetensors``), save
+a checkpoint.
 
 **Exact resume.** A checkpoint stores the weights, the optimizer moments and a *trainer state*:
-the step, counters, the spike window, every random generator (python, numpy, torch CPU/CUDA —
-dropout draws from torch's) and the data cursor of every rank. Restoring all of it makes
-``k steps + resume + (N - k) steps`` bit-identical to ``N steps`` on the same machine. Samples at
-eval time draw from a *forked* generator so that printing samples never changes training.
+the :class:`LoopState` (step, counters, the spike window), every random generator (python,
+numpy, torch CPU/CUDA — dropout draws from torch's) and the data cursor of every rank. Restoring
+all of it makes ``k steps + resume + (N - k) steps`` bit-identical to ``N steps`` on the same
+machine. Samples at eval time draw from a *forked* generator so that printing samples never
+changes training.
 
 **Stopping.** SIGINT (Ctrl-C) or SIGTERM make the loop finish the current step, save a checkpoint
 and return (``TrainResult.interrupted``); a second Ctrl-C stops immediately.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import shutil
 import signal
 import threading
@@ -47,14 +51,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from scratchllm.config import to_dict
+from scratchllm.device import peak_rss_mb
 from scratchllm.errors import ScratchLLMError
+from scratchllm.runs import save_best, save_run_files
+from scratchllm.tasks.base import Task
 from scratchllm.train import checkpoint
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.distributed import init_distributed
-from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, peak_rss_mb, plot_losses
+from scratchllm.train.distributed import DistEnv, init_distributed
+from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, mfu, plot_losses
 from scratchllm.train.optim import build_optimizer, lr_at, set_lr
 from scratchllm.train.state import (
     capture_rng_state,
@@ -62,7 +70,6 @@ from scratchllm.train.state import (
     fingerprint_differences,
     restore_rng_state,
 )
-from scratchllm.train.task import Task
 
 #: Exit code of a run stopped because the loss/gradients stayed non-finite (documented in the README).
 EXIT_NON_FINITE = 3
@@ -70,7 +77,6 @@ EXIT_NON_FINITE = 3
 RUN_FILES = ("checkpoints", "model.safetensors", "best.safetensors", "metrics.jsonl", PLOT_FILE)
 #: At most one loss.png refresh per this many seconds during training (it is always drawn at the end).
 PLOT_EVERY_S = 60.0
-
 
 #: Evaluation results not worth a line on the terminal (they still go to metrics.jsonl).
 _NOT_SHOWN = ("tokens_per_s", "peak_rss_mb", "cuda_max_memory_mb", "tokens", "batches")
@@ -101,6 +107,79 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
+# ============================================================================ the loop's state
+@dataclass
+class LoopState:
+    """Everything the loop carries from one step to the next that a checkpoint must restore.
+
+    (The RNGs and the data cursor are saved beside it; see :meth:`Session.trainer_state`.)
+    """
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    skipped_steps: int = 0
+    consecutive_bad: int = 0
+    consecutive_spikes: int = 0
+    #: recent step losses, for the spike z-score.
+    spike_window: deque[float] = field(default_factory=deque)
+    #: wall-clock seconds of the earlier sessions of this run (before the last resume).
+    elapsed_before: float = 0.0
+
+    def to_dict(self, elapsed: float) -> dict[str, Any]:
+        """The JSON fields of ``trainer_state.json`` that belong to the loop."""
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": self.best_val_loss,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_bad": self.consecutive_bad,
+            "consecutive_spikes": self.consecutive_spikes,
+            "spike_window": list(self.spike_window),
+            "elapsed": elapsed,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], *, spike_window: int) -> LoopState:
+        return cls(
+            step=int(state["step"]),
+            tokens_seen=int(state.get("tokens_seen", 0)),
+            best_val_loss=state.get("best_val_loss"),
+            skipped_steps=int(state.get("skipped_steps", 0)),
+            consecutive_bad=int(state.get("consecutive_bad", 0)),
+            consecutive_spikes=int(state.get("consecutive_spikes", 0)),
+            spike_window=deque((float(x) for x in state.get("spike_window", [])), maxlen=spike_window),
+            elapsed_before=float(state.get("elapsed", 0.0)),
+        )
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    #: why the step was skipped ("non-finite", "loss spike (z=...)"), or None when it was taken.
+    skipped: str | None
+    #: some rank was asked to stop (SIGINT/SIGTERM).
+    stop_requested: bool
+    extra: dict[str, Any]
+
+
+@dataclass
+class _Window:
+    """What happened since the last log line (for its averages and tokens/s)."""
+
+    losses: list[float] = field(default_factory=list)
+    skipped: int = 0
+    tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    excluded: float = 0.0  # seconds spent in eval/sampling/saving since the window began
+    started: float = field(default_factory=time.perf_counter)
+
+
 # ============================================================================ small helpers
 class _StopFlag:
     """Set by SIGINT/SIGTERM; the loop checks it once per step (all ranks agree via all-reduce)."""
@@ -108,15 +187,22 @@ class _StopFlag:
     def __init__(self) -> None:
         self.reason: str | None = None
         self._previous: dict[int, Any] = {}
+        self._say: Callable[[str], None] | None = None
 
-    def install(self) -> None:
+    def install(self, say: Callable[[str], None] | None = None) -> None:
+        """Catch SIGINT/SIGTERM; ``say`` acknowledges a signal at once (a step may take a while)."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
+        self._say = say
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        first = self.reason is None
         self.reason = signal.Signals(signum).name
+        if first and self._say is not None:
+            again = "; press Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
+            self._say(f"{self.reason} received: stopping after this step, then saving a checkpoint{again}")
         # A second Ctrl-C should not wait for the checkpoint: give SIGINT back its usual meaning.
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
@@ -176,7 +262,7 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def _on_main(env: Any, fn: Callable[[], Any]) -> None:
+def _on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
     """Run ``fn`` on rank 0 only; if it raises there, every rank raises (nobody waits forever)."""
     error = None
     if env.is_main:
@@ -212,7 +298,446 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-# ============================================================================ the loop
+def _non_finite_error(session: Session, state: LoopState, what: str) -> ScratchLLMError:
+    """The one message for a run that cannot go on: what went wrong, which checkpoint survives."""
+    kept = checkpoint.find_resumable_checkpoint(session.run_dir)[0] if session.env.is_main else None
+    return ScratchLLMError(
+        f"training stopped at step {state.step}: {what}; "
+        + (f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved yet")
+        + " — try a lower lr, more warmup_steps or grad_clip",
+        exit_code=EXIT_NON_FINITE,
+    )
+
+
+# ============================================================================ one session of a run
+@dataclass
+class Session:
+    """The fixed parts of one training session (one process, from start or resume to stop)."""
+
+    model: torch.nn.Module
+    #: the model as it is called (``torch.compile`` and/or DDP around ``model``).
+    train_model: Any
+    task: Task
+    cfg: TrainConfig
+    run_dir: Path
+    env: DistEnv
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    source: Any
+    autocast: contextlib.AbstractContextManager
+    metrics: MetricsLogger
+    stop: _StopFlag
+    fingerprint: dict[str, Any]
+    say: Callable[[str], None]
+    t_start: float = field(default_factory=time.perf_counter)
+    #: model FLOPs per trained token (None when the model cannot estimate them).
+    flops_per_token: float | None = None
+
+    def elapsed(self, state: LoopState) -> float:
+        """Wall-clock seconds of the whole run, earlier sessions included."""
+        return state.elapsed_before + time.perf_counter() - self.t_start
+
+    def plot(self) -> None:
+        """Redraw ``loss.png`` from metrics.jsonl (rank 0)."""
+        plot_losses(
+            self.metrics.path, self.run_dir / PLOT_FILE, title=f"training curves: {self.run_dir.name}"
+        )
+
+    def trainer_state(self, state: LoopState) -> dict[str, Any]:
+        """The loop's side of a checkpoint (every rank's RNGs and data cursor, gathered)."""
+        return {
+            **state.to_dict(self.elapsed(state)),
+            "world_size": self.env.world_size,
+            "rng": self.env.gather_json(capture_rng_state()),
+            "data": self.env.gather_json(self.source.state_dict()),
+            "environment": self.fingerprint,
+            "train_config": to_dict(self.cfg),
+        }
+
+
+def _seed_everything(cfg: TrainConfig, env: DistEnv, device: torch.device) -> None:
+    """Seed every generator (a resumed run then overwrites them all with the saved states)."""
+    random.seed(cfg.seed + env.rank)
+    np.random.seed((cfg.seed + env.rank) % 2**32)
+    torch.manual_seed(cfg.seed + env.rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _restore(session: Session, *, allow_world_size_change: bool, echo_given: bool) -> LoopState:
+    """``--resume``: load the newest valid checkpoint into the model, optimizer, RNGs and data cursor."""
+    env, cfg, say = session.env, session.cfg, session.say
+    saved, ckpt_path, skipped = checkpoint.resume(session.run_dir, session.model, session.optimizer)
+    for why in skipped:
+        say(f"warning: skipped a damaged checkpoint: {why}")
+    saved_ws = int(saved.get("world_size", 1))
+    if saved_ws != env.world_size and not allow_world_size_change:
+        raise ScratchLLMError(
+            f"this run was trained with {saved_ws} process(es) and is resumed with {env.world_size}; "
+            "each process would read different data, so the result cannot match an uninterrupted run. "
+            "Pass --allow-world-size-change to continue anyway"
+        )
+    for diff in fingerprint_differences(saved.get("environment"), session.fingerprint):
+        msg = f"resume will not be bit-exact: {diff}"
+        if not echo_given:
+            warnings.warn(msg, ResumeWarning, stacklevel=3)
+        say(f"warning: {msg}")
+    state = LoopState.from_dict(saved, spike_window=cfg.spike_window)
+    rngs, datas = saved.get("rng") or [], saved.get("data") or []
+    if saved_ws == env.world_size and len(rngs) == env.world_size and len(datas) == env.world_size:
+        restore_rng_state(rngs[env.rank])
+        session.source.load_state_dict(datas[env.rank])
+    else:
+        # A deliberate world-size change: keep the data position (rank 0's), fresh dropout RNGs.
+        torch.manual_seed(cfg.seed + env.rank + 7919 * state.step)
+        session.source.load_state_dict(datas[0], strict=False)
+    session.metrics.truncate_after(state.step)
+    say(f"resumed from {ckpt_path} (step {state.step})")
+    if state.step >= cfg.max_steps:
+        say(f"the run already reached max_steps={cfg.max_steps}; raise it (--set max_steps=N) to train more")
+    return state
+
+
+def _wrap_for_speed(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> Any:
+    """``torch.compile`` (optional) and DistributedDataParallel (under torchrun) around the model."""
+    train_model: Any = model
+    if cfg.compile:
+        train_model = torch.compile(model)
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(
+            train_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
+        )
+    return train_model
+
+
+# ============================================================================ the step
+def optimizer_step(session: Session, state: LoopState) -> StepOutcome:
+    """Steps 1-5 of the module docstring: one optimizer step (or a skipped one), all ranks agreeing."""
+    cfg, env, device = session.cfg, session.env, session.device
+    lr = lr_at(state.step, cfg)
+    set_lr(session.optimizer, lr)
+
+    # ---- forward/backward over the micro-batches ----
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    extra: dict[str, Any] = {}
+    for micro in range(cfg.grad_accum_steps):
+        batch = _to_device(session.source.next_batch(), device)
+        tokens += _batch_tokens(batch)
+        last_micro = micro == cfg.grad_accum_steps - 1
+        sync = session.train_model.no_sync() if env.enabled and not last_micro else contextlib.nullcontext()
+        with sync:
+            with session.autocast:
+                loss, extra = session.task.loss(session.train_model, batch)
+            (loss / cfg.grad_accum_steps).backward()
+        loss_sum += loss.detach().float()
+    grad_norm = _grad_norm(session.params, cfg.grad_clip).to(device=device, dtype=torch.float32)
+
+    # ---- one sync per step: mean loss, "anything non-finite?", "stop requested?" ----
+    local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+    stats = torch.stack(
+        [
+            loss_sum / cfg.grad_accum_steps,
+            local_bad.float(),
+            torch.tensor(float(session.stop.reason is not None), device=device),
+            grad_norm,  # the same on every rank (DDP averaged the gradients)
+        ]
+    )
+    env.all_reduce_sum(stats)
+    step_loss, n_bad, n_stop, gnorm = stats.tolist()
+    step_loss /= env.world_size
+    gnorm /= env.world_size
+
+    # ---- decide: step, or skip (bad numbers / loss spike) ----
+    reason = None
+    window = state.spike_window
+    if n_bad > 0:
+        reason = "non-finite"
+    elif cfg.spike_zscore > 0 and len(window) >= min(10, cfg.spike_window):
+        mean = sum(window) / len(window)
+        std = math.sqrt(sum((x - mean) ** 2 for x in window) / (len(window) - 1))
+        z = (step_loss - mean) / max(std, 1e-8)
+        if z > cfg.spike_zscore and state.consecutive_spikes < cfg.max_bad_steps:
+            reason = f"loss spike (z={z:.1f})"
+    if reason is None:
+        session.optimizer.step()
+        state.consecutive_bad = state.consecutive_spikes = 0
+        window.append(step_loss)
+    else:
+        state.skipped_steps += 1
+        if reason == "non-finite":
+            state.consecutive_bad += 1
+        else:
+            state.consecutive_spikes += 1
+    session.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.tokens_seen += tokens * env.world_size
+    return StepOutcome(step_loss, gnorm, lr, tokens * env.world_size, reason, n_stop > 0, extra)
+
+
+# ============================================================================ evaluation and samples
+def evaluate_and_sample(
+    session: Session, state: LoopState, *, evaluate: bool, sample: bool
+) -> tuple[dict[str, float], str | None]:
+    """Val metrics (rank 0, eval mode, no grad) and a sample (from forked RNGs, so that printing it
+    never changes what training draws next). A new best ``val_loss`` writes ``best.safetensors``."""
+    model, env, cfg = session.model, session.env, session.cfg
+    scores: dict[str, float] = {}
+    text = None
+    if not env.is_main:
+        return scores, text
+    if evaluate and cfg.eval_steps > 0:
+        model.eval()  # dropout off; the plain model (no DDP wrapper: no collectives on one rank)
+        with torch.no_grad(), session.autocast:
+            scores = dict(session.task.evaluate(model, max_batches=cfg.eval_steps))
+        model.train()
+    if sample:
+        devices = [session.device.index or 0] if session.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), session.autocast, torch.no_grad():
+            torch.manual_seed(cfg.seed + state.step)
+            text = session.task.sample(model)
+        model.train()
+    val = scores.get("val_loss")
+    if val is not None and math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss):
+        state.best_val_loss = val
+        save_best(session.run_dir, model)
+    return scores, text
+
+
+def _report_eval(
+    session: Session, state: LoopState, result: TrainResult, scores: dict, text: str | None
+) -> None:
+    """Show an evaluation on the terminal and append it to metrics.jsonl (rank 0)."""
+    if not session.env.is_main:
+        return
+    if text is not None:
+        result.samples.append(text)
+        session.say(f"--- sample at step {state.step} ---\n{text}\n---")
+    if scores:
+        result.last_eval = scores
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float) and k not in _NOT_SHOWN
+        )
+        session.say(f"step {state.step}: {shown}")
+    if scores or text is not None:
+        session.metrics.log("eval", step=state.step, **scores, sample=text, elapsed=session.elapsed(state))
+
+
+def _save(session: Session, state: LoopState) -> Path | None:
+    """Commit a checkpoint on rank 0; every rank learns whether it worked."""
+    # A finite loss can still produce an update that overflows the weights; never let such weights
+    # replace the last good checkpoint. (All ranks hold the same weights.)
+    if not _all_finite(session.model.parameters()):
+        session.metrics.log(
+            "stop", step=state.step, reason="non-finite weights", elapsed=session.elapsed(state)
+        )
+        raise _non_finite_error(session, state, "the weights are no longer finite (an update overflowed)")
+    trainer_state = session.trainer_state(state)  # collective: every rank takes part
+    saved: list[Path] = []
+    _on_main(
+        session.env,
+        lambda: saved.append(
+            checkpoint.save_checkpoint(
+                session.run_dir,
+                step=state.step,
+                model=session.model,
+                optimizer=session.optimizer,
+                trainer_state=trainer_state,
+            )
+        ),
+    )
+    return saved[0] if saved else None
+
+
+# ============================================================================ progress and logs
+class Progress:
+    """What the user sees while training, and the ``train`` lines of metrics.jsonl.
+
+    On a terminal: a tqdm bar (loss, lr, tokens/s in its postfix). Anywhere else (a log file, CI,
+    ``nohup``): a plain line every ``cfg.progress_interval`` seconds, so a log never goes silent.
+    The window — what happened since the last ``train`` line — gives that line its averages.
+    """
+
+    def __init__(self, session: Session, state: LoopState, *, enabled: bool) -> None:
+        import sys
+
+        self.session, self.cfg = session, session.cfg
+        self.window = _Window()
+        self.train_tokens, self.train_seconds = 0, 0.0
+        self.final_loss: float | None = None
+        self.last_plot = self.last_line = time.perf_counter()
+        self.bar = None
+        self.lines = False
+        if enabled and session.env.is_main:
+            if sys.stderr.isatty():
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(
+                    total=self.cfg.max_steps,
+                    initial=min(state.step, self.cfg.max_steps),
+                    desc="train",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
+            else:
+                self.lines = self.cfg.progress_interval > 0
+
+    def step(self, state: LoopState, out: StepOutcome) -> None:
+        """Account for one optimizer step (skipped ones are logged as ``skip`` events)."""
+        w = self.window
+        w.tokens += out.tokens
+        w.extra = out.extra or w.extra
+        if out.skipped is None:
+            w.losses.append(out.loss)
+        else:
+            w.skipped += 1
+            self.session.metrics.log(
+                "skip",
+                step=state.step,
+                reason=out.skipped,
+                loss=out.loss,
+                grad_norm=out.grad_norm,
+                lr=out.lr,
+                elapsed=self.session.elapsed(state),
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, state: LoopState, out: StepOutcome) -> None:
+        """One ``train`` line in metrics.jsonl (means over the window, tokens/s, MFU)."""
+        session, w = self.session, self.window
+        seconds = max(time.perf_counter() - w.started - w.excluded, 1e-9)
+        tps = w.tokens / seconds
+        mean_loss = sum(w.losses) / len(w.losses) if w.losses else float("nan")
+        fields = {
+            "step": state.step,
+            "loss": mean_loss,
+            "lr": out.lr,
+            "grad_norm": out.grad_norm,
+            "tokens_per_s": round(tps, 1),
+            "tokens_seen": state.tokens_seen,
+            "elapsed": round(session.elapsed(state), 3),
+            "skipped": w.skipped,
+            "peak_rss_mb": peak_rss_mb(),
+            **{k: _as_float(v) for k, v in w.extra.items()},
+        }
+        if session.flops_per_token:
+            fields["mfu"] = mfu(session.flops_per_token * tps, session.device)
+        session.metrics.log("train", **fields)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{mean_loss:.4f}", lr=f"{out.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False
+            )
+        if self.lines and time.perf_counter() - self.last_line >= self.cfg.progress_interval:
+            self.last_line = time.perf_counter()
+            pct = 100 * state.step / self.cfg.max_steps
+            session.say(
+                f"step {state.step}/{self.cfg.max_steps} ({pct:.0f}%): loss {mean_loss:.4f}, "
+                f"lr {out.lr:.2e}, {tps:,.0f} tokens/s, {session.elapsed(state):.0f} s"
+            )
+        self.train_tokens += w.tokens
+        self.train_seconds += seconds
+        if w.losses:
+            self.final_loss = mean_loss
+        self.window = _Window()
+
+    def exclude(self, seconds: float) -> None:
+        """Time spent evaluating or saving: not training time, so not in tokens/s."""
+        self.window.excluded += seconds
+
+    def maybe_plot(self) -> None:
+        """Redraw loss.png during long runs (at most once per ``PLOT_EVERY_S``)."""
+        if self.session.env.is_main and time.perf_counter() - self.last_plot > PLOT_EVERY_S:
+            self.session.plot()
+            self.last_plot = time.perf_counter()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
+    """Training FLOPs per token from the model's own estimate, at the task's window length."""
+    estimate = getattr(model, "estimate_flops_per_token", None)
+    if estimate is None:
+        return None
+    return float(estimate(getattr(task, "context_length", None), training=True))
+
+
+def start_session(
+    model: torch.nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    arch: str,
+    tokenizer: Any,
+    resume: bool,
+    force: bool,
+    model_config: Any,
+    extra_config: dict[str, Any] | None,
+    allow_world_size_change: bool,
+    echo: Callable[[str], None] | None,
+) -> tuple[Session, LoopState]:
+    """Everything before the first step: processes, the run directory, seeds, the model on its
+    device, the optimizer and data, the resumed state, ``config.json``, the speed wrappers."""
+    env = init_distributed(cfg.device)
+    device = torch.device(env.device)
+    _on_main(env, lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
+    _seed_everything(cfg, env, device)
+    model.to(device)
+    model.train()
+    session = Session(
+        model=model,
+        train_model=model,
+        task=task,
+        cfg=cfg,
+        run_dir=run_dir,
+        env=env,
+        device=device,
+        optimizer=build_optimizer(model, cfg, device.type),
+        params=[p for p in model.parameters() if p.requires_grad],
+        source=task.train_batches(seed=cfg.seed, rank=env.rank, world_size=env.world_size),
+        autocast=_autocast(device, cfg),
+        metrics=MetricsLogger(run_dir, enabled=env.is_main),
+        stop=_StopFlag(),
+        fingerprint=env_fingerprint(device=device, world_size=env.world_size),
+        say=echo or (lambda msg: None),
+        flops_per_token=_flops_per_token(model, task),
+    )
+    if resume:
+        state = _restore(
+            session, allow_world_size_change=allow_world_size_change, echo_given=echo is not None
+        )
+    else:
+        state = LoopState(spike_window=deque(maxlen=cfg.spike_window))
+    _on_main(
+        env,
+        lambda: save_run_files(
+            run_dir,
+            None,
+            arch=arch,
+            model_config=model_config if model_config is not None else getattr(model, "config", None),
+            train_config=cfg,
+            tokenizer=tokenizer,
+            extra=extra_config,
+        ),
+    )
+    session.train_model = _wrap_for_speed(model, cfg, env, device)
+    return session, state
+
+
+def _due(step: int, interval: int | None) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+# ============================================================================ train()
 def train(
     model: torch.nn.Module,
     task: Task,
@@ -244,422 +769,91 @@ def train(
     Raises :class:`ScratchLLMError` for user errors, with ``exit_code`` 3 when the loss stayed
     non-finite for ``max_bad_steps`` consecutive steps.
     """
-    t_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    say = echo or (lambda msg: None)
-    env = init_distributed(cfg.device)
-    device = torch.device(env.device)
-    if model_config is None:
-        model_config = getattr(model, "config", None)
     if stop_at is not None and stop_at < 1:
         raise ScratchLLMError(f"stop_at must be >= 1 (got {stop_at})")
-
-    _on_main(env, lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
-
-    # --- seeds (a resumed run overwrites all of them with the saved states below) ---
-    import random
-
-    import numpy as np
-
-    random.seed(cfg.seed + env.rank)
-    np.random.seed((cfg.seed + env.rank) % 2**32)
-    torch.manual_seed(cfg.seed + env.rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere+
-        torch.backends.cudnn.allow_tf32 = True
-
-    model.to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, cfg, device.type)
-    source = task.train_batches(seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-
-    # --- state that a checkpoint carries ---
-    step = 0
-    tokens_seen = 0
-    best_val: float | None = None
-    skipped_total = 0
-    consecutive_bad = 0
-    consecutive_spikes = 0
-    spike_window: deque[float] = deque(maxlen=cfg.spike_window)
-    elapsed_before = 0.0
-    resumed_from: int | None = None
-    fingerprint = env_fingerprint(device=device, world_size=env.world_size)
-    metrics = MetricsLogger(run_dir, enabled=env.is_main)
-
-    if resume:
-        state, ckpt_path, skipped = checkpoint.resume(run_dir, model, optimizer)
-        for why in skipped:
-            say(f"warning: skipped a damaged checkpoint: {why}")
-        saved_ws = int(state.get("world_size", 1))
-        if saved_ws != env.world_size and not allow_world_size_change:
-            raise ScratchLLMError(
-                f"this run was trained with {saved_ws} process(es) and is resumed with {env.world_size}; "
-                "each process would read different data, so the result cannot match an uninterrupted run. "
-                "Pass --allow-world-size-change to continue anyway"
-            )
-        for diff in fingerprint_differences(state.get("environment"), fingerprint):
-            msg = f"resume will not be bit-exact: {diff}"
-            if echo is None:
-                warnings.warn(msg, ResumeWarning, stacklevel=2)
-            say(f"warning: {msg}")
-        step = int(state["step"])
-        resumed_from = step
-        tokens_seen = int(state.get("tokens_seen", 0))
-        best_val = state.get("best_val_loss")
-        skipped_total = int(state.get("skipped_steps", 0))
-        consecutive_bad = int(state.get("consecutive_bad", 0))
-        consecutive_spikes = int(state.get("consecutive_spikes", 0))
-        spike_window.extend(float(x) for x in state.get("spike_window", []))
-        elapsed_before = float(state.get("elapsed", 0.0))
-        rngs, datas = state.get("rng") or [], state.get("data") or []
-        if saved_ws == env.world_size and len(rngs) == env.world_size and len(datas) == env.world_size:
-            restore_rng_state(rngs[env.rank])
-            source.load_state_dict(datas[env.rank])
-        else:
-            # A deliberate world-size change: keep the data position (rank 0's), fresh dropout RNGs.
-            torch.manual_seed(cfg.seed + env.rank + 7919 * step)
-            try:
-                source.load_state_dict(datas[0], strict=False)  # type: ignore[call-arg]
-            except TypeError:
-                source.load_state_dict(datas[0])
-        metrics.truncate_after(step)
-        say(f"resumed from {ckpt_path} (step {step})")
-        if step >= cfg.max_steps:
-            say(
-                f"the run already reached max_steps={cfg.max_steps}; "
-                "raise it (--set max_steps=N) to train more"
-            )
-
-    _on_main(
-        env,
-        lambda: checkpoint.save_run_files(
-            run_dir,
-            None,
-            arch=arch,
-            model_config=model_config,
-            train_config=cfg,
-            tokenizer=tokenizer,
-            extra=extra_config,
-        ),
+    run_dir = Path(run_dir)
+    session, state = start_session(
+        model,
+        task,
+        cfg,
+        run_dir,
+        arch=arch,
+        tokenizer=tokenizer,
+        resume=resume,
+        force=force,
+        model_config=model_config,
+        extra_config=extra_config,
+        allow_world_size_change=allow_world_size_change,
+        echo=echo,
     )
-
-    # --- wrappers for speed and for several processes ---
-    train_model: Any = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if env.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # A Mixture-of-Experts step may route no token to some expert, leaving its weights without a
-        # gradient; DDP must then look for unused parameters (a little slower, so only then).
-        moe = getattr(getattr(model, "config", None), "n_experts", 0) > 0
-        train_model = DDP(
-            train_model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=moe,
-        )
-    autocast = _autocast(device, cfg)
-
-    # --- bookkeeping for logs ---
     result = TrainResult(
         run_dir=run_dir,
-        step=step,
-        tokens_seen=tokens_seen,
-        elapsed=elapsed_before,
+        step=state.step,
+        tokens_seen=state.tokens_seen,
+        elapsed=state.elapsed_before,
         tokens_per_s=0.0,
         final_loss=None,
-        best_val_loss=best_val,
-        skipped_steps=skipped_total,
-        resumed_from=resumed_from,
+        best_val_loss=state.best_val_loss,
+        skipped_steps=state.skipped_steps,
+        resumed_from=state.step if resume else None,
     )
-    window_losses: list[float] = []
-    window_skipped = 0
-    window_tokens = 0
-    window_extra: dict[str, Any] = {}
-    excluded = 0.0  # seconds spent in eval/sampling/saving since the last log (not training time)
-    last_log_t = time.perf_counter()
-    last_plot_t = time.perf_counter()
-    train_tokens_total, train_seconds_total = 0, 0.0
-    last_ckpt: Path | None = None
-    stop = _StopFlag()
-
-    bar = None
-    if env.is_main and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=min(step, cfg.max_steps),
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=None,  # off when stderr is not a terminal (logs, CI)
-        )
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_start
-
-    def trainer_state() -> dict[str, Any]:
-        """The loop's side of a checkpoint (every rank's RNGs and data cursor, gathered)."""
-        rngs = env.gather_json(capture_rng_state())
-        datas = env.gather_json(source.state_dict())
-        return {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "best_val_loss": best_val,
-            "skipped_steps": skipped_total,
-            "consecutive_bad": consecutive_bad,
-            "consecutive_spikes": consecutive_spikes,
-            "spike_window": list(spike_window),
-            "elapsed": elapsed(),
-            "world_size": env.world_size,
-            "rng": rngs,
-            "data": datas,
-            "environment": fingerprint,
-            "train_config": to_dict(cfg),
-        }
-
-    def save() -> Path | None:
-        """Commit a checkpoint on rank 0; every rank learns whether it worked."""
-        # A finite loss can still produce an update that overflows the weights; never let such
-        # weights replace the last good checkpoint. (All ranks hold the same weights.)
-        if not _all_finite(model.parameters()):
-            kept = checkpoint.find_resumable_checkpoint(run_dir)[0] if env.is_main else None
-            metrics.log("stop", step=step, reason="non-finite weights", elapsed=elapsed())
-            raise ScratchLLMError(
-                f"training stopped at step {step}: the weights are no longer finite (an update "
-                "overflowed); "
-                + (f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved yet")
-                + " — try a lower lr, more warmup_steps or grad_clip",
-                exit_code=EXIT_NON_FINITE,
-            )
-        state = trainer_state()  # collective: every rank takes part
-        saved: list[Path] = []
-        _on_main(
-            env,
-            lambda: saved.append(
-                checkpoint.save_checkpoint(
-                    run_dir, step=step, model=model, optimizer=optimizer, trainer_state=state
-                )
-            ),
-        )
-        return saved[0] if saved else None
-
-    def evaluate() -> dict[str, float]:
-        out: dict[str, float] = {}
-        if cfg.eval_steps > 0 and env.is_main:
-            model.eval()  # dropout off; the plain model (no DDP wrapper: no collectives on one rank)
-            with torch.no_grad(), autocast:
-                out = dict(task.evaluate(model, max_batches=cfg.eval_steps))
-            model.train()
-        return out
-
-    def sample() -> str | None:
-        if not env.is_main:
-            return None
-        # Fork the RNGs: drawing a sample must not change what training draws next.
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), autocast, torch.no_grad():
-            torch.manual_seed(cfg.seed + step)
-            text = task.sample(model)
-        model.train()
-        return text
-
-    stop.install()
+    shown = Progress(session, state, enabled=progress)
+    session.stop.install(session.say if session.env.is_main else None)
     try:
-        while step < cfg.max_steps:
-            lr = lr_at(step, cfg)
-            set_lr(optimizer, lr)
+        while state.step < cfg.max_steps:
+            out = optimizer_step(session, state)
+            result.history.append(out.loss)
+            shown.step(state, out)
+            if state.consecutive_bad >= cfg.max_bad_steps:
+                _stop_on_bad_steps(session, state)
+            final = state.step >= cfg.max_steps
+            stopping = out.stop_requested or (stop_at is not None and state.step >= stop_at)
+            if final or stopping or _due(state.step, cfg.log_interval):
+                shown.log(state, out)
 
-            # ---- forward/backward over the micro-batches ----
-            loss_sum = torch.zeros((), device=device)
-            step_tokens = 0
-            extra: dict[str, Any] = {}
-            for micro in range(cfg.grad_accum_steps):
-                batch = _to_device(source.next_batch(), device)
-                step_tokens += _batch_tokens(batch)
-                last_micro = micro == cfg.grad_accum_steps - 1
-                sync_ctx = (
-                    train_model.no_sync() if env.enabled and not last_micro else contextlib.nullcontext()
-                )
-                with sync_ctx:
-                    with autocast:
-                        loss, extra = task.loss(train_model, batch)
-                    (loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.detach().float()
-            grad_norm = _grad_norm(params, cfg.grad_clip)
-
-            # ---- one sync per step: mean loss, "anything non-finite?", "stop requested?" ----
-            grad_norm = grad_norm.to(device=device, dtype=torch.float32)
-            local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
-            stats = torch.stack(
-                [
-                    loss_sum / cfg.grad_accum_steps,
-                    local_bad.float(),
-                    torch.tensor(float(stop.reason is not None), device=device),
-                    grad_norm,  # the same on every rank (DDP averaged the gradients)
-                ]
+            t0 = time.perf_counter()
+            due_eval = cfg.eval_steps > 0 and (final or _due(state.step, cfg.eval_interval))
+            due_sample = (
+                due_eval
+                if cfg.sample_interval is None
+                else cfg.sample_interval > 0 and (final or _due(state.step, cfg.sample_interval))
             )
-            env.all_reduce_sum(stats)
-            step_loss, n_bad, n_stop, gnorm = stats.tolist()
-            step_loss /= env.world_size
-            gnorm /= env.world_size
-
-            # ---- decide: step, or skip (bad numbers / loss spike) ----
-            reason = None
-            if n_bad > 0:
-                reason = "non-finite"
-            elif cfg.spike_zscore > 0 and len(spike_window) >= min(10, cfg.spike_window):
-                mean = sum(spike_window) / len(spike_window)
-                std = math.sqrt(sum((x - mean) ** 2 for x in spike_window) / (len(spike_window) - 1))
-                z = (step_loss - mean) / max(std, 1e-8)
-                if z > cfg.spike_zscore and consecutive_spikes < cfg.max_bad_steps:
-                    reason = f"loss spike (z={z:.1f})"
-            if reason is None:
-                optimizer.step()
-                consecutive_bad = consecutive_spikes = 0
-                spike_window.append(step_loss)
-                window_losses.append(step_loss)
-                result.history.append(step_loss)
-            else:
-                skipped_total += 1
-                window_skipped += 1
-                result.history.append(step_loss)
-                if reason == "non-finite":
-                    consecutive_bad += 1
-                else:
-                    consecutive_spikes += 1
-                metrics.log(
-                    "skip",
-                    step=step + 1,
-                    reason=reason,
-                    loss=step_loss,
-                    grad_norm=gnorm,
-                    lr=lr,
-                    elapsed=elapsed(),
-                )
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += step_tokens * env.world_size
-            window_tokens += step_tokens * env.world_size
-            if extra:
-                window_extra = extra
-            if bar is not None:
-                bar.update(1)
-
-            if consecutive_bad >= cfg.max_bad_steps:
-                first = step - consecutive_bad + 1
-                kept = checkpoint.find_resumable_checkpoint(run_dir)[0] if env.is_main else None
-                metrics.log("stop", step=step, reason="non-finite", elapsed=elapsed())
-                raise ScratchLLMError(
-                    f"training stopped at step {step}: the loss or gradients were not finite for "
-                    f"{consecutive_bad} consecutive steps (steps {first}-{step}; max_bad_steps="
-                    f"{cfg.max_bad_steps}); "
-                    + (f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved yet")
-                    + " — try a lower lr, more warmup_steps or grad_clip",
-                    exit_code=EXIT_NON_FINITE,
-                )
-
-            final = step >= cfg.max_steps
-            stopping = n_stop > 0 or (stop_at is not None and step >= stop_at)
-
-            # ---- log ----
-            if step % cfg.log_interval == 0 or final or stopping:
-                now = time.perf_counter()
-                seconds = max(now - last_log_t - excluded, 1e-9)
-                tps = window_tokens / seconds
-                train_tokens_total += window_tokens
-                train_seconds_total += seconds
-                mean_loss = sum(window_losses) / len(window_losses) if window_losses else float("nan")
-                result.final_loss = mean_loss if window_losses else result.final_loss
-                fields = {
-                    "step": step,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "grad_norm": gnorm,
-                    "tokens_per_s": round(tps, 1),
-                    "tokens_seen": tokens_seen,
-                    "elapsed": round(elapsed(), 3),
-                    "skipped": window_skipped,
-                    "peak_rss_mb": peak_rss_mb(),
-                    **{k: _as_float(v) for k, v in window_extra.items()},
-                }
-                metrics.log("train", **fields)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False
-                    )
-                window_losses, window_skipped, window_tokens, excluded = [], 0, 0, 0.0
-                last_log_t = now
-
-            # ---- evaluate (+ sample, best weights) ----
-            t_extra = time.perf_counter()
-            due_eval = cfg.eval_steps > 0 and (
-                final or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0)
-            )
-            if cfg.sample_interval is None:  # with every evaluation
-                due_sample = due_eval
-            else:
-                due_sample = cfg.sample_interval > 0 and (final or step % cfg.sample_interval == 0)
-            if reason == "non-finite":
-                due_eval = due_sample = False  # the model is unchanged; evaluate after a good step
-            if due_eval or due_sample:
-                scores = evaluate() if due_eval else {}
-                text = sample() if due_sample else None
-                if env.is_main:
-                    if text is not None:
-                        result.samples.append(text)
-                        say(f"--- sample at step {step} ---\n{text}\n---")
-                    if scores:
-                        result.last_eval = scores
-                        val = scores.get("val_loss")
-                        if val is not None and math.isfinite(val) and (best_val is None or val < best_val):
-                            best_val = val
-                            checkpoint.save_best(run_dir, model)
-                        result.best_val_loss = best_val
-                        shown = ", ".join(
-                            f"{k} {v:.4f}"
-                            for k, v in scores.items()
-                            if isinstance(v, float) and k not in _NOT_SHOWN
-                        )
-                        say(f"step {step}: {shown}")
-                    if scores or text is not None:
-                        metrics.log(
-                            "eval",
-                            step=step,
-                            **{k: v for k, v in scores.items()},
-                            sample=text,
-                            elapsed=elapsed(),
-                        )
-                    if scores and time.perf_counter() - last_plot_t > PLOT_EVERY_S and not final:
-                        plot_losses(
-                            metrics.path, run_dir / PLOT_FILE, title=f"training curves: {run_dir.name}"
-                        )
-                        last_plot_t = time.perf_counter()
-
-            # ---- checkpoint ----
-            if final or stopping or (cfg.save_interval > 0 and step % cfg.save_interval == 0):
-                last_ckpt = save() or last_ckpt
-            excluded += time.perf_counter() - t_extra
+            if (due_eval or due_sample) and out.skipped != "non-finite":  # unchanged model: wait
+                scores, text = evaluate_and_sample(session, state, evaluate=due_eval, sample=due_sample)
+                _report_eval(session, state, result, scores, text)
+                if scores and not final:
+                    shown.maybe_plot()
+            if final or stopping or _due(state.step, cfg.save_interval):
+                result.checkpoint = _save(session, state) or result.checkpoint
+            shown.exclude(time.perf_counter() - t0)
 
             if stopping and not final:
-                result.interrupted = stop.reason or "stop_at"
-                metrics.log("stop", step=step, reason=result.interrupted, elapsed=elapsed())
+                result.interrupted = session.stop.reason or "stop_at"
+                session.metrics.log(
+                    "stop", step=state.step, reason=result.interrupted, elapsed=session.elapsed(state)
+                )
                 break
     finally:
-        stop.uninstall()
-        if bar is not None:
-            bar.close()
-        metrics.close()
+        session.stop.uninstall()
+        shown.close()
+        session.metrics.close()
 
-    if env.is_main:
-        plot_losses(metrics.path, run_dir / PLOT_FILE, title=f"training curves: {run_dir.name}")
-    result.step = step
-    result.tokens_seen = tokens_seen
-    result.elapsed = elapsed()
-    result.tokens_per_s = train_tokens_total / train_seconds_total if train_seconds_total else 0.0
-    result.best_val_loss = best_val
-    result.skipped_steps = skipped_total
-    result.checkpoint = last_ckpt
+    if session.env.is_main:
+        session.plot()
+    result.step, result.tokens_seen, result.elapsed = state.step, state.tokens_seen, session.elapsed(state)
+    result.tokens_per_s = shown.train_tokens / shown.train_seconds if shown.train_seconds else 0.0
+    result.final_loss, result.best_val_loss = shown.final_loss, state.best_val_loss
+    result.skipped_steps = state.skipped_steps
     return result
+
+
+def _stop_on_bad_steps(session: Session, state: LoopState) -> None:
+    """``max_bad_steps`` non-finite steps in a row: stop with exit code 3, the last good checkpoint kept."""
+    first = state.step - state.consecutive_bad + 1
+    session.metrics.log("stop", step=state.step, reason="non-finite", elapsed=session.elapsed(state))
+    raise _non_finite_error(
+        session,
+        state,
+        f"the loss or gradients were not finite for {state.consecutive_bad} consecutive steps "
+        f"(steps {first}-{state.step}; max_bad_steps={session.cfg.max_bad_steps})",
+    )

@@ -8,6 +8,12 @@ crash can at worst leave a torn *last* line, which :func:`read_metrics` ignores.
 the file is rewritten atomically without the events after the resumed step (they belonged to
 the lost future), so the curves stay continuous.
 
+Every ``train`` line also carries ``mfu``, the *model FLOPs utilisation*: the FLOPs the model's
+arithmetic needs per second at the measured tokens/s (``6N + 12 L C T`` per token, see
+``GPTModel.estimate_flops_per_token``) divided by the device's peak — a GPU's published dense
+bf16/fp32 peak, or on a CPU the fp32 matmul throughput measured once per process (so 100 % means
+"as fast as a big matmul on this machine").
+
 ``loss.png`` is re-drawn from that file with matplotlib (Agg, no display needed) and written
 atomically: at the end of training, and at an evaluation when a minute has passed since the last
 drawing (so short runs do not pay for plots they will redraw anyway).
@@ -15,25 +21,68 @@ drawing (so short runs do not pay for plots they will redraw anyway).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
-import resource
-import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from scratchllm.device import peak_rss_mb  # noqa: F401  (logged with every train line)
 from scratchllm.io import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
+#: Published dense peak FLOP/s (bf16 tensor cores; what training under autocast can reach).
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "L40": 181e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return round(kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024, 1)
+
+@functools.cache
+def peak_flops(device_type: str, device_name: str = "") -> float | None:
+    """The peak FLOP/s that MFU is measured against (None when unknown, e.g. MPS)."""
+    if device_type == "cuda":
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in device_name:
+                return value
+        return None
+    if device_type != "cpu":
+        return None
+    import torch
+
+    n = 512
+    g = torch.Generator().manual_seed(0)  # a private generator: training's random streams stay untouched
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return 2 * n**3 / best
+
+
+def mfu(achieved_flops: float, device: Any) -> float | None:
+    """Model FLOPs utilisation (0-1) of ``achieved_flops`` per second on ``device``."""
+    import torch
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = peak_flops(device.type, name)
+    return round(achieved_flops / peak, 4) if peak else None
 
 
 def _clean(value: Any) -> Any:

@@ -12,108 +12,37 @@ the model and the tokenizer that made the data can never disagree. On ``--resume
 plus --resume" works): the model config must not change (it would not fit the saved weights),
 train keys such as ``max_steps`` may.
 
-Architectures other than GPT plug in through :data:`TASK_FACTORIES`: a factory turns ``--data``
-and the resolved configs into a :class:`TaskSpec` (task, tokenizer, completed model config).
+Each architecture's record in :mod:`scratchllm.architectures` names its *task factory*, which turns
+``--data`` and the resolved configs into a :class:`~scratchllm.tasks.base.TaskSpec` (task,
+tokenizer, completed model config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tasks.base import TaskSpec
 from scratchllm.train.config import TrainConfig
-
-
-@dataclass
-class TaskSpec:
-    """What an architecture's task factory returns (see :data:`TASK_FACTORIES`)."""
-
-    task: Any
-    #: the tokenizer to save in the run directory (its vocabulary must fit the model).
-    tokenizer: Any
-    #: the model config, completed from the data (e.g. ``vocab_size``).
-    model_config: Any
-    #: extra top-level entries for the run's config.json (e.g. ``{"data": {...}}``).
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-#: arch -> "module:function" of its task factory::
-#:
-#:     factory(data: Path, model_config, train_config: TrainConfig, *, tokenizer=None) -> TaskSpec
-#:
-#: ``data`` is whatever ``--data`` names (shards dir, TSV file...). ``tokenizer`` is the run's own
-#: tokenizer on ``--resume`` (use it, so ids keep their meaning) and None for a new run. The factory
-#: returns the task, the tokenizer and the model config completed from the data; on resume the
-#: completed config must equal the saved one. Raise ScratchLLMError for bad data.
-TASK_FACTORIES: dict[str, str] = {
-    "gpt": "scratchllm.train.pretrain:language_modeling_task",
-    "bert": "scratchllm.train.tasks_family:bert_task",
-    "seq2seq": "scratchllm.train.tasks_family:seq2seq_task",
-}
-
-
-def language_modeling_task(
-    data: str | Path, model_config: Any, cfg: TrainConfig, *, tokenizer: Any = None
-) -> TaskSpec:
-    """GPT pretraining on ``scratchllm prepare`` shards: random windows to train, fixed ones to validate.
-
-    The model's ``vocab_size`` comes from the shards' ``meta.json``; on resume the shards must have
-    been made with the run's tokenizer.
-    """
-    from scratchllm.data.shards import check_window, load_shards
-    from scratchllm.train.task import LanguageModelingTask
-
-    shards = load_shards(data)
-    if tokenizer is not None:
-        shards.check_tokenizer(tokenizer)
-    else:
-        tokenizer = shards.load_tokenizer()
-    model_config = dataclasses.replace(model_config, vocab_size=shards.vocab_size)
-    ctx = cfg.context_length or model_config.context_length
-    if ctx > model_config.context_length:
-        raise ScratchLLMError(
-            f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
-        )
-    # Check both splits hold a window now, before the run directory is written (and, for val,
-    # before training for eval_interval steps only to fail at the first evaluation).
-    check_window(len(shards.train), ctx, f"{shards.path}/train.bin")
-    if cfg.eval_steps > 0:
-        check_window(len(shards.val), ctx, f"{shards.path}/val.bin")
-    task = LanguageModelingTask(
-        shards,
-        context_length=ctx,
-        batch_size=cfg.batch_size,
-        tokenizer=tokenizer,
-        sample_tokens=cfg.sample_tokens,
-    )
-    meta = shards.meta
-    extra = {
-        "data": {
-            "path": str(shards.path),
-            "tokenizer_sha256": meta.get("tokenizer_sha256"),
-            "train_tokens": meta.get("train_tokens"),
-            "val_tokens": meta.get("val_tokens"),
-        }
-    }
-    return TaskSpec(task=task, tokenizer=tokenizer, model_config=model_config, extra=extra)
 
 
 def make_task(
     arch: str, data: str | Path, model_config: Any, cfg: TrainConfig, *, tokenizer: Any = None
 ) -> TaskSpec:
-    spec = TASK_FACTORIES.get(arch)
-    if spec is None:
+    """The task that trains ``arch`` on ``data``: the registry's task factory for it."""
+    from scratchllm.architectures import get_architecture, trainable_names
+
+    factory = get_architecture(arch).task
+    if factory is None:
         raise ScratchLLMError(
-            f"'scratchllm train' cannot train architecture {arch!r} yet; "
-            f"available: {', '.join(TASK_FACTORIES)}"
+            f"'scratchllm train' cannot train architecture {arch!r} (fine-tuning makes it); "
+            f"available: {', '.join(trainable_names())}"
         )
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)(data, model_config, cfg, tokenizer=tokenizer)
+    return factory(data, model_config, cfg, tokenizer=tokenizer)
 
 
 @dataclass
@@ -172,9 +101,9 @@ def setup_pretraining(
     """Resolve configs, open and check the data, build the model and the task (nothing is written)."""
     import torch
 
+    from scratchllm.architectures import build_model, config_from_dict, get_architecture
     from scratchllm.config import from_dict, parse_set_args, resolve_configs
     from scratchllm.io import read_json
-    from scratchllm.model import architecture, build_model, config_from_dict
 
     out = Path(out)
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_set_args(overrides)
@@ -215,7 +144,7 @@ def setup_pretraining(
             run_tokenizer = load_tokenizer(out / "tokenizer.json")
     else:
         arch = arch or "gpt"
-        cfg_cls, _ = architecture(arch)
+        cfg_cls = get_architecture(arch).config
         resolved = resolve_configs(
             {"model": cfg_cls(), "train": TrainConfig()},
             preset=_preset_sections(preset, cfg_cls),

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from scratchllm.cli.main import main
+from scratchllm.load import load_model
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
+from scratchllm.runs import save_run_files
 from scratchllm.tokenizer.gpt2 import load_gpt2_dir
-from scratchllm.train.checkpoint import load_model, save_run_files
 
 
 def ids(seed: int = 0) -> torch.Tensor:

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.model.bert import (
-    BertConfig,
-    BertModel,
-    bert_config_from_hf,
-    bert_losses,
-    from_hf_bert_state_dict,
-)
+from scratchllm.convert.hf_bert import bert_config_from_hf, from_hf_bert_state_dict
+from scratchllm.model.bert import BertConfig, BertModel, bert_losses
 
 
 def tiny_config(**kw) -> BertConfig:

@@ -146,7 +146,8 @@ def test_seq2seq_tsv_train_and_translate(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("arch", ["bert", "seq2seq"])
 def test_family_runs_load_back(tmp_path, arch) -> None:
-    from scratchllm.train.checkpoint import load_model, save_run_files
+    from scratchllm.load import load_model
+    from scratchllm.runs import save_run_files
     from scratchllm.train.pretrain import setup_pretraining
 
     data = "default" if arch == "bert" else "dates"

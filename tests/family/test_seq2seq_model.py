@@ -6,16 +6,10 @@ import torch
 
 from scratchllm.data import mlm
 from scratchllm.data import seq2seq as s2s
-from scratchllm.model.seq2seq import (
-    Seq2SeqConfig,
-    Seq2SeqTransformer,
-    beam_search,
-    cross_attention_map,
-    greedy_decode,
-    plot_cross_attention,
-    translate,
-)
+from scratchllm.generate.seq2seq import beam_search, cross_attention_map, greedy_decode, translate
+from scratchllm.model.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from scratchllm.tokenizer import CharTokenizer
+from scratchllm.visualize import plot_cross_attention
 
 
 def date_tokenizer() -> CharTokenizer:
@@ -95,7 +89,8 @@ def test_cross_attention_weights_and_png(tmp_path) -> None:
 
 def test_tiny_seq2seq_learns_dates_above_chance() -> None:
     """A few hundred steps on a 1-layer model: far better than chance on held-out dates."""
-    from scratchllm.train.tasks_family import SeededBatches, Seq2SeqTask
+    from scratchllm.data.batches import SeededBatches
+    from scratchllm.tasks.seq2seq import Seq2SeqTask
 
     torch.manual_seed(3)
     tok = date_tokenizer()

@@ -16,8 +16,8 @@ import torch
 
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
+from scratchllm.runs import save_run_files
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train.checkpoint import save_run_files
 
 #: Fast settings for every test run (CPU, frequent enough evals to exercise them).
 FAST = ["device=cpu", "batch_size=16", "lr=3e-3", "eval_interval=10", "eval_steps=2", "log_interval=2"]

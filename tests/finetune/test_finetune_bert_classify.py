@@ -11,11 +11,12 @@ import torch
 from scratchllm.data.mlm import BERT_SPECIAL_TOKENS, BertSpecialIds, with_special_tokens
 from scratchllm.errors import ScratchLLMError
 from scratchllm.finetune.common import select_trainable
-from scratchllm.finetune.models import BertClassifier, classifier_from_base
+from scratchllm.load import load_model
 from scratchllm.model.bert import BertConfig, BertModel
+from scratchllm.model.finetuned import BertClassifier, classifier_from_base
 from scratchllm.model.lora import LoRAConfig
+from scratchllm.runs import save_run_files
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train.checkpoint import load_model, save_run_files
 
 
 def _tiny_bert(seed: int = 0, **kw) -> BertModel:
@@ -126,8 +127,9 @@ def test_bert_classify_refuses_lora_and_resumes(bert_base, cls_files, tmp_path, 
     assert rc == 2 and "LoRA fine-tuning is for GPT" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "lora").exists()
 
-    from scratchllm.finetune.classify import finetune_classify, load_classification_data
+    from scratchllm.finetune.classify import finetune_classify
     from scratchllm.finetune.common import resolve_train_config
+    from scratchllm.tasks.classify import load_classification_data
 
     data = load_classification_data(cls_files / "data.csv")
     cfg = resolve_train_config(overrides=["device=cpu", "batch_size=16", "max_steps=4", "save_interval=2"])

@@ -9,11 +9,11 @@ import torch
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.finetune.common import select_trainable
-from scratchllm.finetune.models import classifier_from_base
+from scratchllm.load import load_model
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.finetuned import classifier_from_base
 from scratchllm.model.gpt import GPTModel
 from scratchllm.model.lora import LoRAConfig
-from scratchllm.train.checkpoint import load_model
 
 
 def _tiny_gpt(seed: int = 0) -> GPTModel:
@@ -148,8 +148,9 @@ def test_bad_files_give_one_line_errors(tmp_path, cli, cls_files, files, extra, 
 
 
 def test_classify_resume_continues_the_run(cls_files, tmp_path):
-    from scratchllm.finetune.classify import finetune_classify, load_classification_data
+    from scratchllm.finetune.classify import finetune_classify
     from scratchllm.finetune.common import resolve_train_config
+    from scratchllm.tasks.classify import load_classification_data
 
     data = load_classification_data(cls_files / "data.csv")
     overrides = ["device=cpu", "batch_size=16", "max_steps=4", "save_interval=2"]

@@ -8,8 +8,9 @@ import json
 import torch
 
 from scratchllm.data.instruction import get_template
-from scratchllm.finetune.instruct import chat, generate_responses
-from scratchllm.train.checkpoint import load_model
+from scratchllm.generate.chat import chat
+from scratchllm.generate.engine import generate_responses
+from scratchllm.load import load_model
 
 
 def test_instruct_end_to_end(inst_files, tmp_path, cli, fast_set, monkeypatch):
@@ -81,7 +82,7 @@ def test_chat_streams_what_generate_returns(inst_files):
 
 def test_prompt_masking_changes_the_loss(inst_files, tmp_path):
     from scratchllm.data.instruction import encode_instructions, load_instruction_records
-    from scratchllm.finetune.instruct import InstructionTask
+    from scratchllm.tasks.instruct import InstructionTask
 
     loaded = load_model(inst_files / "base")
     records = load_instruction_records(inst_files / "val.json")

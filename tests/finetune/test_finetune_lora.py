@@ -9,12 +9,15 @@ import torch
 
 from scratchllm.data.instruction import get_template
 from scratchllm.finetune.common import resolve_train_config
-from scratchllm.finetune.instruct import finetune_instruct, load_instruction_data
-from scratchllm.finetune.models import lora_model_from_base
+from scratchllm.finetune.instruct import finetune_instruct
+from scratchllm.load import load_model
 from scratchllm.model.config import GPTConfig
+from scratchllm.model.finetuned import lora_model_from_base
 from scratchllm.model.gpt import GPTModel
 from scratchllm.model.lora import LoRAConfig, LoRALinear
-from scratchllm.train.checkpoint import load_model, read_safetensors, save_run_files
+from scratchllm.runs import save_run_files
+from scratchllm.tasks.instruct import load_instruction_data
+from scratchllm.weights import read_safetensors
 
 
 def _gpt(seed: int = 0, tie: bool = True) -> GPTModel:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchllm.finetune.metrics import (
+from scratchllm.evaluate.metrics import (
     classification_metrics,
     exact_match,
     format_confusion,

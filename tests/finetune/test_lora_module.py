@@ -6,17 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from scratchllm.adapters import AdapterInfo, load_adapter, save_adapter
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.lora import (
-    AdapterInfo,
     LoRAConfig,
     LoRALinear,
     apply_lora,
     base_fingerprint,
     count_parameters,
-    load_adapter,
     merge_lora,
-    save_adapter,
 )
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.model.attention import (
+from scratchllm.model.attention import Attention, build_attn_mask
+from scratchllm.model.layers import alibi_slopes, apply_rope, rope_cache
+from scratchllm.model.teaching import (
     CausalAttention,
-    FastMultiHeadAttention,
     MultiHeadAttention,
     SelfAttention,
-    build_attn_mask,
     simplified_self_attention,
 )
-from scratchllm.model.layers import alibi_slopes, apply_rope, rope_cache
 
 
 def test_simplified_self_attention_is_weighted_average():
@@ -38,7 +37,7 @@ def test_causal_attention_matches_single_head_mha():
     assert torch.allclose(sa(x[0])[-1], ca(x)[0, -1], atol=1e-6)
 
 
-def _copy_book_to_fast(book: MultiHeadAttention, fast: FastMultiHeadAttention) -> None:
+def _copy_book_to_fast(book: MultiHeadAttention, fast: Attention) -> None:
     with torch.no_grad():
         fast.qkv.weight.copy_(torch.cat([book.W_query.weight, book.W_key.weight, book.W_value.weight]))
         fast.qkv.bias.copy_(torch.cat([book.W_query.bias, book.W_key.bias, book.W_value.bias]))
@@ -50,7 +49,7 @@ def _copy_book_to_fast(book: MultiHeadAttention, fast: FastMultiHeadAttention) -
 def test_readable_and_fast_multihead_agree(need_weights):
     torch.manual_seed(1)
     book = MultiHeadAttention(32, 32, context_length=10, dropout=0.0, num_heads=4, qkv_bias=True)
-    fast = FastMultiHeadAttention(32, 4, bias=True)
+    fast = Attention(32, 4, bias=True)
     _copy_book_to_fast(book, fast)
     x = torch.randn(3, 10, 32)
     out = fast(x, need_weights=need_weights)
@@ -64,7 +63,7 @@ def test_readable_and_fast_multihead_agree(need_weights):
 
 def test_bidirectional_mode_and_padding_mask():
     torch.manual_seed(2)
-    attn = FastMultiHeadAttention(16, 2, causal=False)
+    attn = Attention(16, 2, causal=False)
     x = torch.randn(2, 5, 16)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     y = attn(x, mask)
@@ -81,8 +80,8 @@ def test_bidirectional_mode_and_padding_mask():
 
 def test_grouped_query_attention_equals_repeated_heads():
     torch.manual_seed(3)
-    gqa = FastMultiHeadAttention(32, 4, n_kv_head=2, bias=False)
-    mha = FastMultiHeadAttention(32, 4, bias=False)
+    gqa = Attention(32, 4, n_kv_head=2, bias=False)
+    mha = Attention(32, 4, bias=False)
     q, k, v = gqa.qkv.weight.split([32, 16, 16])
     D = 8
     # Each kv head serves 2 consecutive query heads: repeat its rows.
@@ -121,7 +120,7 @@ def test_alibi_slopes_and_mask():
 
 def test_cross_attention_uses_context_for_keys_and_values():
     torch.manual_seed(4)
-    attn = FastMultiHeadAttention(16, 2, causal=False)
+    attn = Attention(16, 2, causal=False)
     x, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
     y, w = attn(x, context=ctx, need_weights=True)
     assert y.shape == (2, 3, 16) and w.shape == (2, 2, 3, 5)

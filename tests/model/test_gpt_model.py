@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from scratchllm.architectures import build_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import build_model
 from scratchllm.model.config import PRESETS, GPTConfig
 from scratchllm.model.gpt import GPTModel, lm_loss
 

@@ -11,8 +11,8 @@ from scratchllm.cli.main import main
 from scratchllm.generate import TextStreamer
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
+from scratchllm.runs import save_run_files
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train.checkpoint import save_run_files
 
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 

@@ -14,8 +14,9 @@ import shutil
 import pytest
 import torch
 
+from scratchllm import runs
+from scratchllm.architectures import build_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import build_model
 from scratchllm.model.config import GPTConfig
 from scratchllm.train import checkpoint as ckpt
 
@@ -33,7 +34,7 @@ def pristine(tmp_path_factory):
     """A run with checkpoints at steps 1 and 2 whose weights differ (so we can tell them apart)."""
     run = tmp_path_factory.mktemp("pristine") / "run"
     m1 = _model(1)
-    ckpt.save_run_files(run, m1, arch="gpt", model_config=CFG)
+    runs.save_run_files(run, m1, arch="gpt", model_config=CFG)
     for step in (1, 2):
         m = _model(step)
         opt = torch.optim.AdamW(m.parameters())

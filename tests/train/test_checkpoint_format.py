@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from scratchllm import load, runs
+from scratchllm import weights as weights_io
+from scratchllm.architectures import build_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import build_model
 from scratchllm.model.config import GPTConfig
 from scratchllm.tokenizer import CharTokenizer
 from scratchllm.train import checkpoint as ckpt
@@ -61,7 +63,7 @@ def make_run(tmp_path: Path, steps=(1, 2)) -> tuple[Path, torch.nn.Module, torch
     run = tmp_path / "run"
     model, opt = trained_pair()
     tok = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,")
-    ckpt.save_run_files(run, model, arch="gpt", model_config=CFG, tokenizer=tok, train_config={"lr": 0.01})
+    runs.save_run_files(run, model, arch="gpt", model_config=CFG, tokenizer=tok, train_config={"lr": 0.01})
     for s in steps:
         ckpt.save_checkpoint(run, step=s, model=model, optimizer=opt, trainer_state={"sampler": {"pos": s}})
     return run, model, opt
@@ -110,13 +112,13 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 
 def test_tied_weights_are_stored_once(tmp_path):
     model = tiny_model()
-    ckpt.save_weights(tmp_path / "w.safetensors", model)
-    tensors, meta = ckpt.read_safetensors(tmp_path / "w.safetensors")
+    weights_io.save_weights(tmp_path / "w.safetensors", model)
+    tensors, meta = weights_io.read_safetensors(tmp_path / "w.safetensors")
     assert "out_head.weight" not in tensors and "tok_emb.weight" in tensors
     assert json.loads(meta["scratchllm_aliases"]) == {"out_head.weight": "tok_emb.weight"}
     untied = tiny_model(cfg=GPTConfig(**{**CFG.__dict__, "tie_weights": False}))
-    ckpt.save_weights(tmp_path / "u.safetensors", untied)
-    assert "out_head.weight" in ckpt.read_safetensors(tmp_path / "u.safetensors")[0]
+    weights_io.save_weights(tmp_path / "u.safetensors", untied)
+    assert "out_head.weight" in weights_io.read_safetensors(tmp_path / "u.safetensors")[0]
 
 
 def test_rng_capture_restore_covers_every_generator():
@@ -156,7 +158,7 @@ def test_jsonable_rejects_objects():
 # ----------------------------------------------------------------------------- load_model
 def test_load_model_from_every_kind_of_path(tmp_path):
     run, model, _ = make_run(tmp_path)
-    ckpt.save_best(run, model)
+    runs.save_best(run, model)
     cases = {
         run: "run directory",
         run / "checkpoints" / "step-00000002": "checkpoint step 2",
@@ -164,7 +166,7 @@ def test_load_model_from_every_kind_of_path(tmp_path):
         run / "model.safetensors": "weights file",
     }
     for path, source in cases.items():
-        loaded = ckpt.load_model(path)
+        loaded = load.load_model(path)
         assert loaded.source.startswith(source), loaded.source
         assert loaded.arch == "gpt" and loaded.config["model"]["n_embd"] == 16
         assert isinstance(loaded.tokenizer, CharTokenizer)
@@ -173,24 +175,20 @@ def test_load_model_from_every_kind_of_path(tmp_path):
     # A checkpoint copied elsewhere on its own is still loadable (it carries its config).
     alone = tmp_path / "elsewhere" / "step-00000002"
     shutil.copytree(run / "checkpoints" / "step-00000002", alone)
-    assert same_weights(model, ckpt.load_model(alone).model)
+    assert same_weights(model, load.load_model(alone).model)
 
 
 def test_load_model_hf_dir_delegates_or_says_why(tmp_path, monkeypatch):
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16}))
-    import sys
-    import types
-
-    fake = types.ModuleType("scratchllm.convert.hf_gpt2")
-    fake.load_hf_gpt2 = lambda path, device: ckpt.LoadedModel(
+    fake = lambda path, device: runs.LoadedModel(  # noqa: E731
         None, None, "gpt", {}, f"Hugging Face GPT-2 directory {path}"
     )
-    monkeypatch.setitem(sys.modules, "scratchllm.convert.hf_gpt2", fake)
-    assert ckpt.load_model(hf).source.startswith("Hugging Face GPT-2 directory")
+    monkeypatch.setattr(load, "load_hf_gpt2", fake)
+    assert load.load_model(hf).source.startswith("Hugging Face GPT-2 directory")
     (hf / "model.safetensors").write_bytes(b"")  # naming its weights file means the directory
-    assert ckpt.load_model(hf / "model.safetensors").source == f"Hugging Face GPT-2 directory {hf}"
+    assert load.load_model(hf / "model.safetensors").source == f"Hugging Face GPT-2 directory {hf}"
 
 
 @pytest.mark.parametrize(
@@ -218,7 +216,7 @@ def test_load_model_errors_are_one_clear_line(tmp_path, damage, message):
     elif damage == "shape":
         (run / "config.json").write_text(json.dumps(dict(cfg, model=dict(cfg["model"], vocab_size=50))))
     elif damage == "missing_key":
-        tensors, meta = ckpt.read_safetensors(weights)
+        tensors, meta = weights_io.read_safetensors(weights)
         del tensors["final_norm.bias"]
         from safetensors.torch import save_file
 
@@ -236,13 +234,13 @@ def test_load_model_errors_are_one_clear_line(tmp_path, damage, message):
     elif damage == "not_json":
         (run / "config.json").write_text("{not json")
     with pytest.raises(ScratchLLMError, match=message) as info:
-        ckpt.load_model(run)
+        load.load_model(run)
     assert "\n" not in str(info.value)
 
 
 def test_load_model_missing_path(tmp_path):
     with pytest.raises(ScratchLLMError, match="model not found"):
-        ckpt.load_model(tmp_path / "nope")
+        load.load_model(tmp_path / "nope")
 
 
 def test_optimizer_mismatch_names_the_parameter(tmp_path):
@@ -253,7 +251,7 @@ def test_optimizer_mismatch_names_the_parameter(tmp_path):
     with pytest.raises(ScratchLLMError, match="different set of trainable parameters"):
         ckpt.load_optimizer_from(
             torch.optim.AdamW(other.parameters()),
-            *ckpt.read_safetensors(path / "optimizer.safetensors"),
+            *weights_io.read_safetensors(path / "optimizer.safetensors"),
             "optimizer.safetensors",
         )
     with pytest.raises(ScratchLLMError, match="holds AdamW state but this run uses SGD"):
@@ -265,7 +263,7 @@ def test_keep_prunes_only_after_commit_and_ignores_temp(tmp_path):
     model, opt = trained_pair()
     for s in (10, 20, 30, 40):
         ckpt.save_checkpoint(tmp_path, step=s, model=model, optimizer=opt, trainer_state={}, keep=3)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [20, 30, 40]
+    assert [s for s, _ in runs.list_checkpoints(tmp_path)] == [20, 30, 40]
     orphan = tmp_path / "checkpoints" / ".tmp-step-00000050-1234"
     orphan.mkdir()
     (orphan / "model.safetensors").write_bytes(b"half")
@@ -275,7 +273,7 @@ def test_keep_prunes_only_after_commit_and_ignores_temp(tmp_path):
     assert path.name == "step-00000040" and skipped == []
     ckpt.save_checkpoint(tmp_path, step=50, model=model, optimizer=opt, trainer_state={})
     assert not orphan.exists() and not half_latest.exists()  # leftovers of a killed save: cleaned
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [40, 50]
+    assert [s for s, _ in runs.list_checkpoints(tmp_path)] == [40, 50]
 
 
 def test_resuming_from_older_checkpoint_replaces_the_abandoned_timeline(tmp_path):
@@ -284,7 +282,7 @@ def test_resuming_from_older_checkpoint_replaces_the_abandoned_timeline(tmp_path
         ckpt.save_checkpoint(tmp_path, step=s, model=model, optimizer=opt, trainer_state={}, keep=5)
     # Pretend step 3 was damaged: resume from 2, then the new run saves step 3 (and 2.5 -> 3 again).
     ckpt.save_checkpoint(tmp_path, step=2, model=model, optimizer=opt, trainer_state={"again": True}, keep=5)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
+    assert [s for s, _ in runs.list_checkpoints(tmp_path)] == [1, 2]
     assert ckpt.read_trainer_state(tmp_path / "checkpoints" / "step-00000002")["again"] is True
 
 
@@ -346,10 +344,10 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path):
             ckpt.save_checkpoint(run, step=2, model=model, optimizer=opt, trainer_state={})
         assert str(run / "checkpoints" / "step-00000002") in str(info.value)
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001"]
-        ckpt.verify_checkpoint(run / "checkpoints" / "step-00000001")
+        runs.verify_checkpoint(run / "checkpoints" / "step-00000001")
         (mnt / "filler").unlink()
         ckpt.save_checkpoint(run, step=2, model=model, optimizer=opt, trainer_state={})  # room again
-        assert [s for s, _ in ckpt.list_checkpoints(run)] == [1, 2]
+        assert [s for s, _ in runs.list_checkpoints(run)] == [1, 2]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -415,11 +413,11 @@ def test_planted_pickle_payload_never_runs(tmp_path, target, fix_manifest):
             step_dir, tiny_model(), torch.optim.AdamW(tiny_model().parameters())
         ),
         "resume": lambda: ckpt.resume(run, tiny_model(), torch.optim.AdamW(tiny_model().parameters())),
-        "load_model(checkpoint)": lambda: ckpt.load_model(step_dir),
+        "load_model(checkpoint)": lambda: load.load_model(step_dir),
     }
     if target in ("model.safetensors", "config.json"):
         (run / target).write_bytes(payload)
-        attempts["load_model(run)"] = lambda: ckpt.load_model(run)
+        attempts["load_model(run)"] = lambda: load.load_model(run)
     # Which loaders read the planted file (with a fixed manifest, the others rightly succeed).
     readers = {
         "model.safetensors": set(attempts),
@@ -446,7 +444,7 @@ def test_wrapped_models_save_plain_names(tmp_path):
 
     model, opt = trained_pair()
     path = ckpt.save_checkpoint(tmp_path, step=1, model=Wrapper(model), optimizer=opt, trainer_state={})
-    tensors, _ = ckpt.read_safetensors(path / "model.safetensors")
+    tensors, _ = weights_io.read_safetensors(path / "model.safetensors")
     assert "tok_emb.weight" in tensors and not any(k.startswith("module.") for k in tensors)
     fresh = tiny_model(seed=5)
     ckpt.load_checkpoint(path, Wrapper(fresh), torch.optim.AdamW(fresh.parameters(), lr=1e-2))
@@ -459,7 +457,7 @@ def test_manifest_must_match_directory_and_cover_every_file(tmp_path):
     # A checkpoint renamed to another step is not trusted.
     shutil.copytree(ck / "step-00000002", ck / "step-00000003")
     with pytest.raises(ScratchLLMError, match="manifest.json is for step 2"):
-        ckpt.verify_checkpoint(ck / "step-00000003")
+        runs.verify_checkpoint(ck / "step-00000003")
     shutil.rmtree(ck / "step-00000003")
     # A file the loader reads but the manifest does not cover is refused.
     manifest = json.loads((ck / "step-00000002" / "manifest.json").read_text())
@@ -476,7 +474,7 @@ def test_checkpoint_outside_a_run_uses_only_its_own_files(tmp_path):
     shutil.copytree(run / "checkpoints" / "step-00000001", alone)
     # An unrelated tokenizer two levels up must not be picked up as this model's tokenizer.
     CharTokenizer.train("xyz").save(tmp_path / "a" / "tokenizer.json")
-    loaded = ckpt.load_model(alone)
+    loaded = load.load_model(alone)
     assert loaded.tokenizer is None and same_weights(model, loaded.model)
 
 
@@ -495,9 +493,9 @@ def test_cuda_rng_and_weights_round_trip(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 4, dtype=torch.long, device="cuda")).sum().backward()
     opt.step()
-    ckpt.save_run_files(tmp_path, None, arch="gpt", model_config=CFG)
+    runs.save_run_files(tmp_path, None, arch="gpt", model_config=CFG)
     path = ckpt.save_checkpoint(tmp_path, step=1, model=model, optimizer=opt, trainer_state={})
-    loaded = ckpt.load_model(path, device="cuda")
+    loaded = load.load_model(path, device="cuda")
     assert next(loaded.model.parameters()).is_cuda and same_weights(model, loaded.model)
     fresh = tiny_model(seed=3).cuda()
     fresh_opt = torch.optim.AdamW(fresh.parameters())

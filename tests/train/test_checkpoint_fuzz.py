@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scratchllm import weights as ckpt
 from scratchllm.errors import ScratchLLMError
-from scratchllm.train import checkpoint as ckpt
 
 
 def fuzz(n: int) -> settings:

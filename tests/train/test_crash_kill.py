@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchllm import load, runs, weights
 from scratchllm.train import checkpoint as ckpt
 
 DRIVER = Path(__file__).with_name("crash_driver.py")
@@ -131,19 +132,19 @@ def reference(zygote, data_dir, tmp_path_factory) -> Path:
 
 
 def _assert_same_final_state(run: Path, reference: Path) -> None:
-    a, _ = ckpt.read_safetensors(run / "model.safetensors")
-    b, _ = ckpt.read_safetensors(reference / "model.safetensors")
+    a, _ = weights.read_safetensors(run / "model.safetensors")
+    b, _ = weights.read_safetensors(reference / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"weights differ in {k}"
-    final = ckpt.step_dir_name(MAX_STEPS)
-    oa, _ = ckpt.read_safetensors(run / "checkpoints" / final / "optimizer.safetensors")
-    ob, _ = ckpt.read_safetensors(reference / "checkpoints" / final / "optimizer.safetensors")
+    final = runs.step_dir_name(MAX_STEPS)
+    oa, _ = weights.read_safetensors(run / "checkpoints" / final / "optimizer.safetensors")
+    ob, _ = weights.read_safetensors(reference / "checkpoints" / final / "optimizer.safetensors")
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
 
 
 def _newest_step(run: Path) -> int:
-    ckpts = ckpt.list_checkpoints(run)
+    ckpts = runs.list_checkpoints(run)
     return ckpts[-1][0] if ckpts else 0
 
 
@@ -178,8 +179,8 @@ def test_sigkill_at_random_instants_then_resume_is_bit_exact(zygote, data_dir, r
         # (a kill leaves at most an ignored .tmp- directory behind).
         path, skipped = ckpt.find_resumable_checkpoint(run)
         assert path is not None and skipped == [], f"kill #{kills}: {skipped}"
-        assert ckpt.load_model(path).source.startswith("checkpoint step")
-        ckpt.read_safetensors(path / "optimizer.safetensors")
+        assert load.load_model(path).source.startswith("checkpoint step")
+        weights.read_safetensors(path / "optimizer.safetensors")
         state = ckpt.read_trainer_state(path)
         assert state["step"] >= last
         last = state["step"]
@@ -206,7 +207,7 @@ def test_sigterm_saves_current_step_and_exits_0(zygote, data_dir, reference, tmp
     assert f"saved a checkpoint at step {step}" in log
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
     path, skipped = ckpt.find_resumable_checkpoint(run)
-    assert path.name == ckpt.step_dir_name(step) and skipped == []
+    assert path.name == runs.step_dir_name(step) and skipped == []
     # ... and continuing from there is indistinguishable from never having stopped.
     rc, log = zygote.run(data_dir, run, "--resume")
     assert rc == 0, log

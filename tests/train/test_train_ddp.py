@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchllm import weights
 from scratchllm.errors import ScratchLLMError
-from scratchllm.train import checkpoint
+from scratchllm.tasks.lm import LanguageModelingTask
 from scratchllm.train.loop import train
 from scratchllm.train.metrics import read_metrics
-from scratchllm.train.task import LanguageModelingTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train_loop import make_cfg, make_model, make_shards, same_weights  # noqa: E402
@@ -64,7 +64,7 @@ def test_ddp_step_equals_single_process_with_the_global_batch(ddp_runs, tmp_path
     finally:
         torch.set_num_threads(threads)
     ddp = make_model(seed=7, dropout=0.0)
-    checkpoint.load_weights(ddp_runs / "equiv" / "model.safetensors", ddp)
+    weights.load_weights(ddp_runs / "equiv" / "model.safetensors", ddp)
     init = make_model(dropout=0.0).state_dict()
     assert not same_weights(ddp.state_dict(), init)  # it did train
     for (name, p), q in zip(ref.state_dict().items(), ddp.state_dict().values()):
@@ -76,7 +76,7 @@ def test_ddp_step_equals_single_process_with_the_global_batch(ddp_runs, tmp_path
 
 def test_nan_on_one_rank_skips_the_step_on_every_rank(ddp_runs):
     model = make_model(seed=7, dropout=0.0)
-    checkpoint.load_weights(ddp_runs / "nan" / "model.safetensors", model)
+    weights.load_weights(ddp_runs / "nan" / "model.safetensors", model)
     assert same_weights(model.state_dict(), make_model(dropout=0.0).state_dict())
     skips = [e for e in read_metrics(ddp_runs / "nan" / "metrics.jsonl") if e["event"] == "skip"]
     assert [(e["step"], e["reason"]) for e in skips] == [(1, "non-finite")]

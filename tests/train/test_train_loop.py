@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from scratchllm import runs
+from scratchllm.data.batches import LMBatches
 from scratchllm.data.shards import Shards
+from scratchllm.device import unwrap
 from scratchllm.errors import ScratchLLMError
 from scratchllm.model.config import GPTConfig
 from scratchllm.model.gpt import GPTModel
+from scratchllm.tasks.lm import LanguageModelingTask
 from scratchllm.train import checkpoint
 from scratchllm.train import loop as loop_module
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.loop import train
 from scratchllm.train.metrics import read_metrics
-from scratchllm.train.task import LanguageModelingTask, LMBatches, unwrap
 
 VOCAB = 23
 N_STEPS = 10
@@ -287,7 +290,7 @@ def test_populated_dir_needs_resume_or_force(shards, straight, tmp_path):
     assert (run / "model.safetensors").read_bytes() == before
     cfg = make_cfg(max_steps=1, eval_steps=0)
     train(make_model(), LanguageModelingTask(shards, 16, 4), cfg, run, progress=False, force=True)
-    assert [p.name for _, p in checkpoint.list_checkpoints(run)] == ["step-00000001"]
+    assert [p.name for _, p in runs.list_checkpoints(run)] == ["step-00000001"]
     with pytest.raises(ScratchLLMError, match="nothing to resume|does not exist"):
         train(make_model(), LanguageModelingTask(shards, 16, 4), cfg, tmp_path / "none", resume=True)
 

@@ -23,9 +23,9 @@ def worker(rank: int, out: str, port: int) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
     torch.set_num_threads(1)
+    from scratchllm.tasks.lm import LanguageModelingTask
     from scratchllm.train.distributed import DistEnv, shutdown_distributed
     from scratchllm.train.loop import train
-    from scratchllm.train.task import LanguageModelingTask
 
     out_dir = Path(out)
     shards = make_shards(out_dir)

@@ -1,4 +1,4 @@
-"""Measuring a model: loss and perplexity, speed, memory (and, for classifiers, accuracy & co.).
+"""Measuring a language model: loss and perplexity (of a whole text, or of responses only), speed, memory.
 
 **Loss and perplexity.** The validation loss is the mean cross-entropy of next-token predictions
 on text the model never trained on. Perplexity is ``exp(loss)``: the number of tokens the model
@@ -7,7 +7,7 @@ is, on average, "as unsure as a uniform choice among". A model that knows nothin
 Losses are only comparable between models that share a tokenizer (a BPE token carries more text
 than a character, so its loss is naturally higher).
 
-The windows are fixed (:class:`~scratchllm.data.shards.SequentialWindowSampler`), so two
+The windows are fixed (:class:`~scratchllm.data.batches.SequentialWindowSampler`), so two
 checkpoints evaluated with the same settings are measured on exactly the same tokens.
 """
 
@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:
-    import torch
+    from scratchllm.data.instruction import EncodedInstruction
 
 
 def memory_stats(device: Any = "cpu") -> dict[str, float]:
     """Peak memory so far: resident set size of the process, and CUDA allocations when on a GPU."""
-    from scratchllm.train.metrics import peak_rss_mb
+    from scratchllm.device import peak_rss_mb
 
     out = {"peak_rss_mb": peak_rss_mb()}
     if str(device).startswith("cuda"):
@@ -58,7 +61,7 @@ def evaluate_lm(
     """
     import torch
 
-    from scratchllm.data.shards import SequentialWindowSampler
+    from scratchllm.data.batches import SequentialWindowSampler
     from scratchllm.model.gpt import lm_loss
 
     sampler = SequentialWindowSampler(
@@ -92,3 +95,37 @@ def evaluate_lm(
         "batches": batches,
         **memory_stats(device),
     }
+
+
+@torch.no_grad()
+def response_loss(
+    model: Any,
+    examples: Sequence[EncodedInstruction],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    progress: Callable[[Any], Any] | None = None,
+) -> float:
+    """Mean cross-entropy per *response* token (prompts masked) — exp of it is the perplexity."""
+    import torch.nn.functional as F
+
+    from scratchllm.data.batches import fixed_batches
+    from scratchllm.data.instruction import collate_instruction
+    from scratchllm.device import model_device
+
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    total, count = 0.0, 0
+    batches = fixed_batches(examples, batch_size, max_batches)
+    for chunk in progress(batches) if progress else batches:
+        b = collate_instruction(chunk, pad_id, mask_prompt=True)
+        logits = model(b["input_ids"].to(device)).float()
+        targets = b["targets"].to(device)
+        total += F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int((targets != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,10 +1,10 @@
 """The fine-tuned models: a GPT with LoRA adapters, and a GPT or a BERT with a classification head.
 
 Both are small subclasses of :class:`~scratchllm.model.gpt.GPTModel` registered as architectures
-(``gpt-lora`` and ``gpt-classifier`` in :data:`scratchllm.model.ARCHITECTURES`). Their configs
+(``gpt-lora`` and ``gpt-classifier`` in :data:`scratchllm.architectures.ARCHITECTURES`). Their configs
 extend :class:`~scratchllm.model.config.GPTConfig` with what the surgery needs (LoRA rank, scale,
 targets; number of classes and label names), so a fine-tuned run directory holds everything to
-rebuild the model and :func:`scratchllm.train.checkpoint.load_model` — and therefore ``--resume``,
+rebuild the model and :func:`scratchllm.load.load_model` — and therefore ``--resume``,
 ``generate``, ``eval`` — work on it unchanged.
 
 Parameter names stay the GPT's names: LoRA adds ``*.lora_A``/``*.lora_B`` next to the weights it
@@ -215,7 +215,7 @@ class BertClassifier(BertModel):
 
     def text_format(self, tokenizer: Any) -> TextFormat:
         """``[CLS] text [SEP]`` padded with ``[PAD]``, as BERT saw its sentences in pretraining."""
-        from scratchllm.data.mlm import BertSpecialIds
+        from scratchllm.tokenizer.specials import BertSpecialIds
 
         special = BertSpecialIds.of(tokenizer)
         return TextFormat((special.cls,), (special.sep,), special.pad)

@@ -1,4 +1,4 @@
-"""Scores for fine-tuned models: classification metrics, exact match and ROUGE-L.
+"""Metrics: classification scores, exact match, ROUGE-L, BLEU.
 
 Plain Python on lists — no torch — so they are easy to read, test and reuse.
 
@@ -14,6 +14,8 @@ Generated text
     longest common subsequence (LCS) of words between a response and its reference: precision is
     ``LCS / len(response)``, recall ``LCS / len(reference)``, and the score is their F1. Unlike
     n-gram overlap it rewards words that appear in the same order even with gaps between them.
+    *BLEU* (Papineni et al., 2002; computed by ``sacrebleu``, the reference implementation) is the
+    geometric mean of 1- to 4-gram precisions times a brevity penalty, 0-100.
 """
 
 from __future__ import annotations
@@ -130,3 +132,37 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[
     em = sum(exact_match(p, r) for p, r in zip(predictions, references)) / n
     rl = sum(rouge_l(p, r)["f1"] for p, r in zip(predictions, references)) / n
     return {"exact_match": em, "rouge_l": rl, "n": n}
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], *, char_level: bool = False) -> float:
+    """sacrebleu's corpus BLEU (0-100); character n-grams when ``char_level`` (short outputs like dates
+    have too few words for word BLEU to say anything)."""
+    import sacrebleu
+
+    if not hyps:
+        return 0.0
+    return float(
+        sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="char" if char_level else "13a").score
+    )
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning ``a`` into ``b``."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def character_error_rate(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus character error rate: total edit distance / total reference characters (0 is perfect;
+    it can exceed 1 when outputs are much longer than the references)."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} outputs but {len(refs)} references")
+    chars = sum(len(r) for r in refs)
+    if chars == 0:
+        return 0.0 if all(not h for h in hyps) else 1.0
+    return sum(edit_distance(h, r) for h, r in zip(hyps, refs)) / chars

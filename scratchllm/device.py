@@ -1,0 +1,106 @@
+"""Where computation runs and who is running it: the one home for device and rank helpers.
+
+* :func:`resolve_device` turns ``--device auto|cpu|cuda|cuda:N|mps`` into a concrete device name,
+  with a one-line error when the device is not there;
+* :func:`rank`, :func:`world_size`, :func:`is_main_process` read the process's place in a
+  ``torchrun`` launch from the environment (``RANK``, ``WORLD_SIZE``), so code that only needs to
+  know "am I rank 0?" (printing, writing result files) does not need the process group;
+* :func:`peak_rss_mb` reports the process's peak memory;
+* :func:`unwrap` and :func:`model_device` see through the wrappers training puts around a model
+  (DistributedDataParallel, ``torch.compile``).
+
+Nothing here imports torch at module import time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import TYPE_CHECKING, Any
+
+from scratchllm.errors import ScratchLLMError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(name: str | None = "auto", local_rank: int = 0) -> str:
+    """``"auto"`` picks cuda, then mps, then cpu; ``"cuda"`` becomes ``cuda:<local_rank>`` (under
+    torchrun every process gets its own GPU). Unknown or unavailable devices are one-line errors."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ScratchLLMError(
+                f"device {name!r} was requested but no CUDA GPU is available; use --device cpu"
+            )
+        if name == "cuda":
+            return f"cuda:{local_rank}"
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ScratchLLMError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return name
+    if name == "mps":
+        if not mps_ok:
+            raise ScratchLLMError("device 'mps' was requested but MPS is not available; use --device cpu")
+        return name
+    if name != "cpu":
+        raise ScratchLLMError(f"unknown device {name!r}; use {DEVICE_CHOICES}")
+    return name
+
+
+def rank() -> int:
+    """This process's global rank under torchrun (0 in a plain single-process run)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes torchrun started (1 in a plain run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that prints, writes files and scores test sets."""
+    return rank() == 0
+
+
+def unwrap(model: Any) -> Any:
+    """The plain model inside DistributedDataParallel (``.module``) / torch.compile (``._orig_mod``).
+
+    Their ``state_dict`` keys carry a ``module.`` / ``_orig_mod.`` prefix and their attributes
+    hide the model's own methods; files always hold the plain names, and tasks call the plain
+    model's methods (``aux_loss``, ``loss``) through this.
+    """
+    while True:
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None or inner is model:
+            return model
+        model = inner
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    import torch
+
+    for p in unwrap(model).parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024, 1)

@@ -1,0 +1,69 @@
+"""The sampler: how one next token is chosen from a row of logits.
+
+Greedy (``temperature=0``: always the most likely), or sampling after dividing the logits by a
+*temperature* (< 1 sharper, > 1 flatter), optionally restricted to the *top-k* most likely tokens
+and/or to the smallest set whose probability mass reaches *top-p* (nucleus sampling). The three
+compose, in that order — the same pipeline the ``explain decoding`` topic and the playground show.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from scratchllm.errors import ScratchLLMError
+
+
+# ---------------------------------------------------------------------------------------------
+def check_sampling_args(
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
+    """Raise :class:`ScratchLLMError` for sampling settings that make no sense."""
+    if max_new_tokens is not None and max_new_tokens <= 0:
+        raise ScratchLLMError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+    if not temperature >= 0:  # also rejects NaN
+        raise ScratchLLMError(f"temperature must be >= 0 (got {temperature}); use 0 for greedy decoding")
+    if top_k is not None and top_k < 1:
+        raise ScratchLLMError(f"top_k must be >= 1 (got {top_k})")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ScratchLLMError(f"top_p must be in (0, 1] (got {top_p})")
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set the logits of tokens outside the top-k / the top-p nucleus to -inf (``[B, V]``)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach p: what remains is the
+        # smallest set with mass >= p (the most likely token always survives).
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Choose one token per row from ``logits`` ``[B, V]`` -> ``[B]``.
+
+    ``temperature == 0`` is greedy (argmax; top-k/top-p are irrelevant then). Otherwise:
+    scale by 1/temperature, keep the top-k, keep the top-p nucleus, softmax, draw.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,88 @@
+"""The task protocol, the task-factory contract and the helpers every task shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from scratchllm.errors import ScratchLLMError
+
+if TYPE_CHECKING:
+    import torch
+
+    from scratchllm.data.batches import BatchSource
+
+
+@runtime_checkable
+class Task(Protocol):
+    """See :mod:`scratchllm.tasks` for what each method promises."""
+
+    def train_batches(self, *, seed: int, rank: int, world_size: int) -> BatchSource: ...
+
+    def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+    def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]: ...
+
+    def sample(self, model: Any) -> str | None: ...
+
+
+@dataclass
+class TaskSpec:
+    """What a task factory returns: the task and what the run directory must record about it."""
+
+    task: Any
+    #: the tokenizer to save in the run directory (its vocabulary must fit the model).
+    tokenizer: Any
+    #: the model config, completed from the data (e.g. ``vocab_size``).
+    model_config: Any
+    #: extra top-level entries for the run's config.json (e.g. ``{"data": {...}}``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``factory(data, model_config, train_config, *, tokenizer=None) -> TaskSpec``.
+#:
+#: ``data`` is whatever ``--data`` names (shards dir, text file, pairs file...). ``tokenizer`` is
+#: the run's own tokenizer on ``--resume`` (use it, so ids keep their meaning) and None for a new
+#: run. The factory returns the task, the tokenizer and the model config completed from the data;
+#: on resume the completed config must equal the saved one. Bad data raises ScratchLLMError —
+#: before anything is written, since factories run before the run directory is created.
+TaskFactory = Callable[..., TaskSpec]
+
+
+def train_context(model_config: Any, train_config: Any) -> int:
+    """Tokens per training window: the train config's ``context_length``, else the model's."""
+    ctx = train_config.context_length or model_config.context_length
+    if ctx > model_config.context_length:
+        raise ScratchLLMError(
+            f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
+        )
+    return ctx
+
+
+def read_text_data(data: str | Path, *, what: str) -> tuple[str, str]:
+    """``--data`` as text: ``default`` (the embedded corpus), a text file, or a directory of ``*.txt``.
+
+    Returns ``(text, description of the source)``. Prepared token shards are refused with a hint:
+    models that read sentences (BERT) need the text itself.
+    """
+    from scratchllm.data.corpus import default_corpus
+    from scratchllm.io import read_text
+
+    if str(data) == "default":
+        return default_corpus(), "default corpus"
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            if (path / "train.bin").is_file():
+                raise ScratchLLMError(
+                    f"{path} holds prepared token shards; {what} needs sentences, so give the text file "
+                    "itself (or --data default)"
+                )
+            raise ScratchLLMError(f"no .txt files in {path}; give a text file or --data default")
+        return "\n\n".join(read_text(f, "training text") for f in files), str(path)
+    if not path.exists():
+        raise ScratchLLMError(f"training text not found: {path} (give a .txt file, a directory or 'default')")
+    return read_text(path, "training text"), str(path)

@@ -1,0 +1,136 @@
+"""BERT pretraining: masked language modelling (MLM) and next-sentence prediction (NSP)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchllm.data import mlm as mlm_data
+from scratchllm.data.batches import SeededBatches
+from scratchllm.device import unwrap
+from scratchllm.evaluate.bert import bert_forward, evaluate_mlm, mlm_batch
+from scratchllm.tasks.base import TaskSpec, read_text_data, train_context
+from scratchllm.tokenizer.base import Tokenizer
+
+
+class BertPretrainingTask:
+    """MLM and/or NSP pretraining (see :mod:`scratchllm.data.mlm`).
+
+    ``evaluate`` reports ``val_loss`` (MLM + NSP), ``perplexity`` (of the MLM loss),
+    ``masked_token_accuracy`` and ``nsp_accuracy`` on fixed held-out batches
+    (:func:`scratchllm.evaluate.bert.evaluate_mlm`).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train_docs: list[list[str]],
+        val_docs: list[list[str]],
+        *,
+        context_length: int,
+        batch_size: int,
+        mlm: bool = True,
+        nsp: bool = True,
+        mask_prob: float = 0.15,
+    ) -> None:
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.special = mlm_data.BertSpecialIds.of(tokenizer)
+        self.mlm, self.nsp = mlm, nsp
+
+        def examples(docs: list[list[str]]) -> mlm_data.PretrainingExamples:
+            ids = [[tokenizer.encode(s) for s in doc] for doc in docs]
+            return mlm_data.PretrainingExamples(
+                ids,
+                special=self.special,
+                vocab_size=tokenizer.vocab_size,
+                context_length=context_length,
+                mlm=mlm,
+                nsp=nsp,
+                mask_prob=mask_prob,
+            )
+
+        self.train_examples, self.val_examples = examples(train_docs), examples(val_docs)
+
+    def train_batches(self, *, seed: int, rank: int = 0, world_size: int = 1) -> SeededBatches:
+        return SeededBatches(
+            lambda rng: mlm_batch(self.train_examples, self.batch_size, rng), seed=seed, rank=rank
+        )
+
+    def loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, metrics = bert_forward(model, dict(batch), mlm=self.mlm, nsp=self.nsp)
+        keep = ("masked_token_accuracy", "nsp_accuracy")
+        return loss + unwrap(model).aux_loss(), {k: v for k, v in metrics.items() if k in keep}
+
+    def evaluate(self, model: Any, *, max_batches: int) -> dict[str, float]:
+        return evaluate_mlm(
+            model,
+            self.val_examples,
+            batch_size=self.batch_size,
+            max_batches=max_batches,
+            mlm=self.mlm,
+            nsp=self.nsp,
+        )
+
+    def sample(self, model: Any) -> str | None:
+        """Mask every 6th character/token of a held-out sentence and show what the model fills in."""
+        if not self.mlm:
+            return None
+        from scratchllm.generate.fill_mask import fill_mask_ids
+
+        model.eval()
+        sentence = self.val_examples.docs[0][0][: self.val_examples.context_length - 2]
+        masked = [self.special.mask if k % 6 == 3 else t for k, t in enumerate(sentence)]
+        filled = fill_mask_ids(
+            unwrap(model), [self.special.cls, *masked, self.special.sep], self.special.mask
+        )
+        ids = [self.special.cls, *masked, self.special.sep]
+        for pos, cands in filled:
+            ids[pos] = cands[0][0]
+        dec = self.tokenizer.decode
+        return f"masked: {dec(masked)}\nfilled: {dec(ids[1:-1])}\nreal:   {dec(sentence)}"
+
+
+def split_documents_for_eval(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Hold out ~10 % of the documents (at least one) for evaluation; split sentences if only one."""
+    if len(docs) == 1:
+        sents = docs[0]
+        cut = max(2, len(sents) // 10)
+        return [sents[:-cut]], [sents[-cut:]]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, len(docs) // 10)
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
+
+
+def bert_task(
+    data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None
+) -> TaskSpec:
+    """BERT pretraining from text (``default``, a ``.txt`` file or a directory of them).
+
+    Documents are separated by blank lines; ~10 % of them are held out. Without a run tokenizer a
+    char tokenizer is built from the text; ``[PAD] [CLS] [SEP] [MASK]`` are appended to it.
+    """
+    from scratchllm.tokenizer import CharTokenizer
+
+    text, source = read_text_data(data, what="BERT")
+    docs = mlm_data.split_documents(text)
+    tok = mlm_data.with_special_tokens(tokenizer or CharTokenizer.train(text), mlm_data.BERT_SPECIAL_TOKENS)
+    model_config = replace(model_config, vocab_size=tok.vocab_size)
+    train_docs, val_docs = split_documents_for_eval(docs, seed=0)
+    task = BertPretrainingTask(
+        tok,
+        train_docs,
+        val_docs,
+        context_length=train_context(model_config, cfg),
+        batch_size=cfg.batch_size,
+        mlm=model_config.mlm,
+        nsp=model_config.nsp,
+        mask_prob=model_config.mask_prob,
+    )
+    extra = {"data": {"source": source, "train_documents": len(train_docs), "val_documents": len(val_docs)}}
+    return TaskSpec(task=task, tokenizer=tok, model_config=model_config, extra=extra)

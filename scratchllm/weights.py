@@ -1,0 +1,259 @@
+"""Model weights on disk: safetensors files, validated before anything is loaded.
+
+**Why nothing is pickled.** ``torch.save`` pickles, and unpickling runs arbitrary code chosen by
+whoever wrote the file. Weights go to safetensors (a JSON header plus raw bytes). Before the
+safetensors library sees a file, its header is validated here (:func:`read_safetensors_header`),
+so a truncated or malformed file becomes one clear :class:`ScratchLLMError` naming what is wrong.
+
+**Tied weights are stored once.** GPT-2's output head *is* its token embedding; the file keeps one
+copy and records the alias, and loading fills the tied name back in.
+
+This module knows nothing about run directories (:mod:`scratchllm.runs`) or training state
+(:mod:`scratchllm.train.checkpoint`); both build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from scratchllm.device import unwrap
+from scratchllm.errors import ScratchLLMError
+from scratchllm.io import atomic_write_bytes
+
+#: Version of the files this package writes (weights metadata, config.json, manifests).
+FORMAT_VERSION = 1
+
+
+# dtype name in the header -> (torch dtype name, bytes per element)
+_DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "F64": ("float64", 8),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+}
+#: The safetensors library refuses headers above 100 MB; so do we, before allocating anything.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def check_safetensors_header(header_bytes: bytes, data_len: int, what: str = "file") -> dict[str, Any]:
+    """Parse and check a safetensors JSON header against the size of the data that follows it.
+
+    Returns the header dict. Raises :class:`ScratchLLMError` unless the header is a JSON object
+    whose tensors have known dtypes, non-negative integer shapes, and byte ranges that match their
+    shapes and tile the data section exactly (no gaps, no overlaps, nothing missing) — the same
+    rules the safetensors format specifies, checked here so that the error message can say which.
+    """
+
+    def bad(msg: str) -> ScratchLLMError:
+        return ScratchLLMError(f"{what} is not a valid safetensors file: {msg}")
+
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise bad("its header is not valid JSON (damaged or not a safetensors file)") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
+        raise bad("its __metadata__ is not a string-to-string map")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name!r} has no description")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPES:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has a malformed shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise bad(f"tensor {name!r} has malformed data_offsets {offsets!r}")
+        if offsets[1] - offsets[0] != math.prod(shape) * _DTYPES[dtype][1]:
+            raise bad(
+                f"tensor {name!r} has {offsets[1] - offsets[0]} bytes but shape {shape} needs more or less"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            raise bad(f"tensor {name!r} starts at byte {begin}, expected {pos} (overlapping or gapped data)")
+        pos = end
+    if pos != data_len:
+        if pos > data_len:
+            raise bad(f"it is truncated: the header describes {pos} data bytes, the file holds {data_len}")
+        raise bad(f"the header describes {pos} data bytes but the file holds {data_len}")
+    return header
+
+
+def read_safetensors_header(path: str | os.PathLike, what: str | None = None) -> dict[str, Any]:
+    """Read and validate the header of a safetensors file (see :func:`check_safetensors_header`)."""
+    path = Path(path)
+    what = what or str(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size < 8:
+                raise ScratchLLMError(f"{what} is not a valid safetensors file: truncated to {size} bytes")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER_BYTES or n > size - 8:
+                raise ScratchLLMError(
+                    f"{what} is not a valid safetensors file: header length {n} does not fit the "
+                    f"file size {size} (truncated or damaged)"
+                )
+            header_bytes = f.read(n)
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{what} not found") from None
+    except IsADirectoryError:
+        raise ScratchLLMError(f"{what} is a directory, not a safetensors file") from None
+    except OSError as err:
+        raise ScratchLLMError(f"cannot read {what}: {err.strerror or err}") from None
+    return check_safetensors_header(header_bytes, size - 8 - n, what)
+
+
+def parse_safetensors_bytes(data: bytes, what: str = "data") -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate an in-memory safetensors blob and return (tensors, metadata)."""
+    if len(data) < 8:
+        raise ScratchLLMError(f"{what} is not a valid safetensors file: truncated to {len(data)} bytes")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or n > len(data) - 8:
+        raise ScratchLLMError(
+            f"{what} is not a valid safetensors file: header length {n} does not fit the size {len(data)}"
+        )
+    header = check_safetensors_header(data[8 : 8 + n], len(data) - 8 - n, what)
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as err:  # the library's own checks; our header check should have caught it
+        raise ScratchLLMError(f"{what} is not a valid safetensors file ({err})") from None
+    return tensors, dict(header.get("__metadata__") or {})
+
+
+def read_safetensors(
+    path: str | os.PathLike, what: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load a safetensors file as CPU tensors after validating it: returns (tensors, metadata)."""
+    path = Path(path)
+    what = what or str(path)
+    header = read_safetensors_header(path, what)
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise ScratchLLMError(f"{what} is not a valid safetensors file ({err})") from None
+    return tensors, dict(header.get("__metadata__") or {})
+
+
+def _dedup_state_dict(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Drop tensors that share memory with an earlier one (tied weights), remembering the alias.
+
+    The tied GPT-2 head ``out_head.weight`` *is* ``tok_emb.weight``; storing it twice would waste
+    space, and safetensors refuses shared tensors anyway. ``aliases`` maps the dropped name to the
+    kept one so loading can fill it back in.
+    """
+    kept: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen.setdefault(key, name)
+        kept[name] = t.detach().cpu().contiguous()
+    return kept, aliases
+
+
+def weights_to_bytes(model: Any, metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise a model's ``state_dict`` to safetensors bytes, tied tensors stored once."""
+    from safetensors.torch import save
+
+    tensors, aliases = _dedup_state_dict(unwrap(model).state_dict())
+    meta = {"format": "pt", "scratchllm_format_version": str(FORMAT_VERSION), **(metadata or {})}
+    if aliases:
+        meta["scratchllm_aliases"] = json.dumps(aliases, sort_keys=True)
+    return save(tensors, metadata=meta)
+
+
+def load_weights_into(model: Any, tensors: dict[str, Any], metadata: dict[str, str], what: str) -> None:
+    """Copy ``tensors`` into ``model`` after checking names and shapes, naming any mismatch.
+
+    Tied parameters (aliases) may be missing from the file: they are the same Parameter as the
+    one they are tied to, so loading that one loads both.
+    """
+    import torch
+
+    model = unwrap(model)
+    expected = model.state_dict()
+    aliases: dict[str, str] = {}
+    if metadata.get("scratchllm_aliases"):
+        try:
+            aliases = dict(json.loads(metadata["scratchllm_aliases"]))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise ScratchLLMError(f"{what}: its alias table is not valid JSON") from None
+    # Tensors that share memory in the model need to be present only once.
+    _, model_aliases = _dedup_state_dict(expected)
+    full = dict(tensors)
+    for name, target in {**model_aliases, **aliases}.items():
+        if name not in full and target in full:
+            full[name] = full[target]
+    missing = [k for k in expected if k not in full]
+    unexpected = [k for k in full if k not in expected]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ScratchLLMError(
+            f"{what} does not match the model: tensor {missing[0]!r} is missing{more}; "
+            "was it saved from a different architecture or config?"
+        )
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise ScratchLLMError(
+            f"{what} does not match the model: unexpected tensor {unexpected[0]!r}{more}; "
+            "was it saved from a different architecture or config?"
+        )
+    for name, ref in expected.items():
+        got = full[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise ScratchLLMError(
+                f"{what} does not match the model: tensor {name!r} has shape {list(got.shape)} "
+                f"in the file but {list(ref.shape)} in the model"
+            )
+    with torch.no_grad():
+        model.load_state_dict(full, strict=True)
+
+
+def save_weights(path: str | os.PathLike, model: Any, *, metadata: dict[str, str] | None = None) -> None:
+    """Write a model's weights to one safetensors file, atomically (temp + fsync + rename)."""
+    atomic_write_bytes(path, weights_to_bytes(model, metadata))
+
+
+def load_weights(path: str | os.PathLike, model: Any) -> None:
+    """Load a safetensors file written by :func:`save_weights` into an already built ``model``."""
+    tensors, metadata = read_safetensors(path)
+    load_weights_into(model, tensors, metadata, str(path))
