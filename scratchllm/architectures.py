@@ -61,6 +61,12 @@ class Architecture:
     is_classifier: bool = False
     #: it carries LoRA adapters that ``scratchllm lora merge`` can fold in.
     has_lora: bool = False
+    #: pretrained by masked-token prediction (+ next-sentence prediction): ``fill-mask``; ``eval``
+    #: reports masked-token and NSP accuracy.
+    masked_lm: bool = False
+    #: maps a source text to a target text (encoder-decoder): ``translate``; ``eval`` decodes and
+    #: reports exact match, character error rate and BLEU.
+    translates: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -88,6 +94,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             task=bert_task,
             family="bert",
             classifier_base=True,
+            masked_lm=True,
         ),
         Architecture(
             "seq2seq",
@@ -97,6 +104,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             description="encoder-decoder transformer (Attention Is All You Need)",
             task=seq2seq_task,
             family="seq2seq",
+            translates=True,
         ),
         Architecture(
             "gpt-lora",

@@ -21,6 +21,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.specials import (  # noqa: F401  (re-exported: the data's vocabulary)
@@ -49,6 +50,18 @@ def split_documents(text: str) -> list[list[str]]:
         if sentences:
             docs.append(sentences)
     return docs
+
+
+def split_documents_for_eval(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Hold out ~10 % of the documents (at least one) for evaluation; split sentences if only one."""
+    if len(docs) == 1:
+        sents = docs[0]
+        cut = max(2, len(sents) // 10)
+        return [sents[:-cut]], [sents[-cut:]]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, len(docs) // 10)
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
 
 
 # ----------------------------------------------------------------------------- masking
@@ -141,6 +154,29 @@ class PretrainingExamples:
             raise ScratchLLMError("no sentences found in the BERT training text")
         self.special, self.vocab_size, self.context_length = special, vocab_size, context_length
         self.mlm, self.nsp, self.mask_prob = mlm, nsp, mask_prob
+
+    @classmethod
+    def from_text(
+        cls,
+        documents: Sequence[Sequence[str]],
+        tokenizer: Any,
+        *,
+        context_length: int,
+        mlm: bool = True,
+        nsp: bool = True,
+        mask_prob: float = 0.15,
+    ) -> PretrainingExamples:
+        """Examples from documents of sentence *strings*, encoded with ``tokenizer`` (which must hold
+        BERT's special tokens: :func:`with_special_tokens`)."""
+        return cls(
+            [[tokenizer.encode(s) for s in doc] for doc in documents],
+            special=BertSpecialIds.of(tokenizer),
+            vocab_size=tokenizer.vocab_size,
+            context_length=context_length,
+            mlm=mlm,
+            nsp=nsp,
+            mask_prob=mask_prob,
+        )
 
     def example(self, rng: random.Random) -> PretrainingExample:
         sp = self.special
