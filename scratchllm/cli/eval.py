@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, print_json, require_positive
+from scratchllm.cli.common import add_json_arg, add_model_arg, print_json, require_positive
 
 # Enough windows for a steady estimate (over 130k predictions at context 32, 4M at 1024) while
 # keeping a large validation split from taking hours; every batch size scores the same ones.
@@ -41,7 +41,7 @@ DEFAULT_MAX_WINDOWS = 4096
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     add_model_arg(p, required=False, help="the model: run dir, checkpoint, .safetensors or HF GPT-2 dir")
-    p.add_argument("--data", required=True, help="what the model reads (see above)")
+    p.add_argument("--data", required=True, help="what the model reads (see below)")
     p.add_argument(
         "--task",
         choices=("auto", "lm", "mlm", "seq2seq", "classify", "choice", "instruct"),
@@ -121,7 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="examples per batch (default: the run's, or 8)"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    add_seed_arg(p, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the few-shot examples and of --perturb (default 0)"
+    )
     add_json_arg(p)
 
 
