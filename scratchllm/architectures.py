@@ -61,6 +61,8 @@ class Architecture:
     is_classifier: bool = False
     #: it carries LoRA adapters that ``scratchllm lora merge`` can fold in.
     has_lora: bool = False
+    #: the preset ``scratchllm train --arch NAME`` uses without ``--preset`` (laptop-sized).
+    default_preset: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -73,6 +75,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="generate",
             description="decoder-only language model (GPT-2 and its variants)",
             task=language_modeling_task,
+            default_preset="small",
             generates_text=True,
             kv_cache=True,
             exports_to_hf=True,
@@ -86,6 +89,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="fill-mask",
             description="encoder-only model pretrained by masked LM + next-sentence prediction",
             task=bert_task,
+            default_preset="bert-small",
             family="bert",
             classifier_base=True,
         ),
@@ -96,6 +100,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="translate",
             description="encoder-decoder transformer (Attention Is All You Need)",
             task=seq2seq_task,
+            default_preset="seq2seq-small",
             family="seq2seq",
         ),
         Architecture(

@@ -38,8 +38,9 @@ def _save(fig: Any, path: str | Path) -> None:
 
 
 def _label(tokenizer: Any, token_id: int) -> str:
-    text = tokenizer.token_text(int(token_id))
-    return text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣") or "∅"
+    text = tokenizer.token_text(int(token_id)).replace(" ", "␣")
+    # Control characters have no glyph in the plot's font: show them escaped (\n, \x01, ...).
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "∅"
 
 
 def attention_maps(model: Any, ids: list[int], layer: int | None = None) -> tuple[Any, int]:

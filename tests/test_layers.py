@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scratchllm"
 #: lowest first; a name is a subpackage or a top-level module of scratchllm.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"io", "config", "device"},
+    {"io", "config", "device", "progress"},
     {"tokenizer"},
     {"data"},
     {"model"},

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json, require_positive
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_threads_arg,
+    apply_threads,
+    load_model_for,
+    print_json,
+    require_positive,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,9 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", required=True, help="text with one or more [MASK] tokens")
     p.add_argument("--top-k", type=int, default=5, help="candidates to show per mask (default 5)")
     add_json_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
 
     require_positive(args, "top_k")

@@ -16,7 +16,14 @@ import argparse
 import sys
 import time
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, load_model_for, print_json
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_seed_arg,
+    load_model_for,
+    print_json,
+    unescape,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample only within the top-p probability mass")
     p.add_argument(
-        "--stop", action="append", default=[], metavar="STR", help="stop when this text appears (repeatable)"
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="stop when this text appears (repeatable; escapes like \\n and \\t are understood)",
     )
     p.add_argument(
         "--int8", action="store_true", help="int8 weights: faster CPU generation, tiny quality cost"
@@ -66,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Check every argument before the (possibly slow) model load.
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    args.stop = [unescape(s) for s in args.stop]
     device = resolve_device(args.device)
     if args.int8 and device != "cpu":
         raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
@@ -120,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         eos_id=eot,
         generator=generator,
+        vocab_size=tok.vocab_size,
     ):
         n_new += 1
         if eot is not None and token == eot:

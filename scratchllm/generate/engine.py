@@ -78,6 +78,7 @@ def stream(
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
     on_full: str = "slide",
+    vocab_size: int | None = None,
 ) -> Iterator[Tensor | int]:
     """Yield new tokens as they are generated.
 
@@ -85,7 +86,9 @@ def stream(
     ``[B, T]`` batch (yields ``[B]`` tensors; ``attention_mask`` marks left padding, see
     :func:`pad_left`). A row ends after it produced ``eos_id`` (one id or several) or when
     ``stop(row_generated_ids)`` returns True; finished rows then repeat their last token, and the
-    iterator ends when every row has finished or after ``max_new_tokens`` steps.
+    iterator ends when every row has finished or after ``max_new_tokens`` steps. ``vocab_size``
+    limits the choice to ids the tokenizer can decode (a model's embedding table may be padded
+    beyond its tokenizer, e.g. to a multiple of 64 for faster matmuls).
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if on_full not in ("slide", "stop"):
@@ -125,7 +128,11 @@ def stream(
         )
         for _ in range(max_new_tokens):
             token = sample_next(
-                logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                logits[:, -1, :vocab_size],
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
             )
             if B > 1 or eos.numel():
                 token = torch.where(done, seq[:, n - 1], token)  # finished rows stand still
@@ -171,6 +178,7 @@ def generate(
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
     on_full: str = "slide",
+    vocab_size: int | None = None,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` tokens; return prompt + new tokens.
 
@@ -192,6 +200,7 @@ def generate(
             generator=generator,
             attention_mask=attention_mask,
             on_full=on_full,
+            vocab_size=vocab_size,
         )
     )
     new = torch.stack(steps, dim=1) if steps else batch[:, :0]
@@ -240,6 +249,7 @@ def generate_responses(
             eos_id=eot,
             attention_mask=mask.to(device),
             on_full="stop",
+            vocab_size=tokenizer.vocab_size,
         )
         for row in full[:, idx.shape[1] :].tolist():
             if eot in row:
