@@ -97,8 +97,15 @@ def setup_pretraining(
     seed: int | None = None,
     device: str | None = None,
     resume: bool = False,
+    tokenizer: str | Path | Any = None,
 ) -> PretrainSetup:
-    """Resolve configs, open and check the data, build the model and the task (nothing is written)."""
+    """Resolve configs, open and check the data, build the model and the task (nothing is written).
+
+    ``tokenizer`` (a path :func:`~scratchllm.tokenizer.load_tokenizer` reads, or a tokenizer) is the
+    vocabulary a BERT or seq2seq run builds on instead of characters; for a GPT it must be the
+    one the shards were made with. On ``--resume`` the run keeps its own ``tokenizer.json``, and a
+    ``tokenizer`` given again must be the one the run started from.
+    """
     import torch
 
     from scratchllm.architectures import build_model, config_from_dict, get_architecture
@@ -110,6 +117,11 @@ def setup_pretraining(
     if "vocab_size" in overrides or "model.vocab_size" in overrides:
         raise ScratchLLMError("vocab_size comes from the data (its tokenizer); remove --set vocab_size")
 
+    user_tokenizer = tokenizer
+    if isinstance(tokenizer, (str, Path)):
+        from scratchllm.tokenizer import load_tokenizer
+
+        user_tokenizer = load_tokenizer(tokenizer)
     run_tokenizer = None
     if resume:
         cfg_path = out / "config.json"
@@ -140,9 +152,19 @@ def setup_pretraining(
             )
         if (out / "tokenizer.json").is_file():
             from scratchllm.tokenizer import load_tokenizer
+            from scratchllm.tokenizer.specials import extends
 
             run_tokenizer = load_tokenizer(out / "tokenizer.json")
+            # The run's tokenizer is the given one itself, or it plus the family's special tokens.
+            if user_tokenizer is not None and not extends(run_tokenizer, user_tokenizer):
+                raise ScratchLLMError(
+                    f"--tokenizer {tokenizer} is not the tokenizer the run in {out} was trained with "
+                    "(its tokenizer.json); resume without --tokenizer, the run keeps its own"
+                )
+        else:
+            run_tokenizer = user_tokenizer
     else:
+        run_tokenizer = user_tokenizer
         arch = arch or "gpt"
         cfg_cls = get_architecture(arch).config
         resolved = resolve_configs(
