@@ -29,6 +29,7 @@ from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, loa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     add_model_arg(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text to continue ('' starts from <|endoftext|>)")
