@@ -1,9 +1,13 @@
 """Fill [MASK] tokens with a BERT model: the top-k candidates for every mask.
 
+One [MASK] stands for one token of the model's tokenizer: a character for a char-level BERT, a
+word (or a piece of a rare one) for a BERT trained with --tokenizer on BPE. With byte-level BPE
+the space before a [MASK] belongs to the word that fills it ("my good [MASK]" -> " lord").
+
 examples:
   scratchllm train --arch bert --data default --out runs/bert
   scratchllm fill-mask --model runs/bert --text "The [MASK]ame of the function"
-  scratchllm fill-mask --model runs/bert --text "The cat sat on the [MASK]" --top-k 3 --json
+  scratchllm fill-mask --model runs/bert-bpe --text "Good morrow, my good [MASK]." --top-k 3 --json
 """
 
 from __future__ import annotations

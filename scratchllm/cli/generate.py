@@ -4,10 +4,19 @@ The continuation is streamed to the terminal as tokens arrive. Greedy with --tem
 otherwise sampling, optionally limited by --top-k and/or --top-p. Generation stops after
 --max-new-tokens, at <|endoftext|>, or at any --stop string (which is not printed).
 
+Several outputs: --num-samples N continues each prompt N times and --prompt-file FILE reads one
+prompt per line (blank lines skipped; '-' reads stdin). All rows (prompts x samples, up to
+--batch-size at a time) are decoded together, left-padded in one batch: one forward pass per
+step for all of them. Each output is printed when the batch is done, under a header; with --json
+each is one JSON object per line (prompt_index, sample_index, prompt, text, tokens, new_tokens,
+stop_reason, ...).
+
 examples:
   scratchllm generate --model runs/demo --prompt "The meaning of"
   scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --temperature 0.8 --top-k 40 --seed 1
   scratchllm generate --model gpt2-hf/ --prompt "Hello" --temperature 0 --int8 --json
+  scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --num-samples 4 --seed 1
+  scratchllm generate --model runs/shakespeare --prompt-file prompts.txt --num-samples 2 --json > out.jsonl
 """
 
 from __future__ import annotations
@@ -27,8 +36,22 @@ from scratchllm.cli.common import (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     add_model_arg(p)
-    p.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue ('' starts from <|endoftext|>)")
+    source.add_argument(
+        "--prompt-file", metavar="FILE", help="one prompt per line (blank lines skipped; '-' = stdin)"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=None, metavar="N", help="outputs per prompt (default 1)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="rows (prompts x samples) decoded together at most (default 64)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most (default 200)")
     p.add_argument(
         "--temperature", type=float, default=0.8, help="0 = greedy; <1 sharper, >1 wilder (default 0.8)"
@@ -78,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     # Check every argument before the (possibly slow) model load.
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     args.stop = [unescape(s) for s in args.stop]
+    prompts = read_prompts(args)  # None: one prompt, streamed
+
     device = resolve_device(args.device)
     if args.int8 and device != "cpu":
         raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
@@ -97,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         model = quantize_int8(model) if args.int8 else relayout_for_decoding(model)
 
     eot = tok.special_tokens.get("<|endoftext|>")
+    if prompts is not None:
+        return run_many(args, prompts, model, tok, eot, source=loaded.source, device=device)
+
     prompt_ids = tok.encode(args.prompt)  # a char tokenizer raises a clear error for unknown characters
     if not prompt_ids:
         if eot is None:
@@ -166,4 +194,105 @@ def run(args: argparse.Namespace) -> int:
         out.write(rest + "\n")
         out.flush()
         print(f"[{n_new} tokens, {n_new / elapsed:.1f} tokens/s, stop: {reason}]", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- several outputs
+
+
+def read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of a multi-output run (--prompt-file and/or --num-samples), else None."""
+    from scratchllm.cli.common import require_positive
+    from scratchllm.errors import ScratchLLMError
+
+    require_positive(args, "num_samples", "batch_size")
+    if args.prompt_file is None:
+        return None if args.num_samples is None else [args.prompt]
+    if args.prompt_file == "-":
+        text = sys.stdin.read()
+    else:
+        from scratchllm.io import read_text
+
+        text = read_text(args.prompt_file, "prompt file")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ScratchLLMError(f"{args.prompt_file} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def run_many(
+    args: argparse.Namespace, prompts: list[str], model, tok, eot: int | None, *, source: str, device: str
+) -> int:
+    """Every prompt x --num-samples, decoded in left-padded batches; printed when done."""
+    import dataclasses
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generate import generate_many
+
+    n_samples = args.num_samples or 1
+    ctx = model.config.context_length
+    ids: list[list[int]] = []
+    for k, prompt in enumerate(prompts):
+        encoded = tok.encode(prompt)
+        if not encoded:
+            if eot is None:
+                raise ScratchLLMError(
+                    f"prompt {k} is empty and the tokenizer has no <|endoftext|> to start from"
+                )
+            encoded = [eot]
+        if len(encoded) > ctx and not args.json:
+            print(
+                f"note: prompt {k} has {len(encoded)} tokens; only the last {ctx} are used", file=sys.stderr
+            )
+        ids.append(encoded)
+    if args.temperature == 0 and n_samples > 1 and not args.json:
+        print(
+            f"note: --temperature 0 is greedy: the {n_samples} samples of a prompt are the same",
+            file=sys.stderr,
+        )
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    rows = len(ids) * n_samples
+    batches = -(-rows // args.batch_size)
+    t0 = time.perf_counter()
+    outputs = generate_many(
+        model,
+        tok,
+        ids,
+        args.max_new_tokens,
+        num_samples=n_samples,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop=args.stop,
+        eos_id=eot,
+        generator=generator,
+        batch_size=args.batch_size,
+        progress=lambda b: tqdm(b, desc="batches", unit="batch", disable=None if batches > 1 else True),
+    )
+    elapsed = time.perf_counter() - t0
+    total = sum(o.new_tokens for o in outputs)
+    for o in outputs:
+        if args.json:
+            record = {**dataclasses.asdict(o), "prompt": prompts[o.prompt_index], "model": source}
+            record["int8"] = bool(args.int8)
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            print(
+                f"--- prompt {o.prompt_index}, sample {o.sample_index} "
+                f"({o.new_tokens} tokens, stop: {o.stop_reason}) ---"
+            )
+            print(prompts[o.prompt_index] + o.text)
+    sys.stdout.flush()
+    if not args.json:
+        rate = f", {total / elapsed:,.1f} tokens/s" if elapsed > 0 else ""
+        print(
+            f"[{len(outputs)} outputs in {batches} batch(es): {total:,} tokens in {elapsed:.1f} s{rate}]",
+            file=sys.stderr,
+        )
     return 0

@@ -17,6 +17,8 @@ examples:
   scratchllm train --data data/shakespeare --out runs/shakespeare --preset char-shakespeare --resume
   scratchllm train --data data/d --out runs/r --preset tiny --set max_steps=500 --set lr=3e-4
   torchrun --nproc_per_node 2 -m scratchllm train --data data/d --out runs/ddp --preset tiny
+  scratchllm train --arch bert --data book.txt --tokenizer bpe.json --out runs/bert --preset tiny
+  scratchllm train --arch seq2seq --data pairs.tsv --tokenizer bpe.json --out runs/s2s
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared data directory (train.bin, val.bin, meta.json)")
     add_out_arg(p, help="run directory to create (or continue with --resume)")
     p.add_argument("--arch", default=None, help="architecture: gpt (default), bert, seq2seq")
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="bert/seq2seq: build on this trained tokenizer (a 'scratchllm tokenizer train' JSON file, "
+        "a GPT-2 vocabulary directory or a run) instead of characters; the family's special tokens "
+        "are appended. gpt: must be the tokenizer of --data",
+    )
     add_config_args(p)
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint"
@@ -140,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         resume=args.resume,
         check_memory=not args.yes,
+        tokenizer=args.tokenizer,
     )
     echo = make_echo(args.quiet or args.json)
     if args.preset is None and setup.preset is not None:

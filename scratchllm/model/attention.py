@@ -161,12 +161,15 @@ class Attention(nn.Module):
         kv_cache: KVCache | None = None,
         need_weights: bool = False,
         context: Tensor | None = None,
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[B, T, C]`` -> ``[B, T, C]`` (and the weights when ``need_weights``).
 
         ``context`` ``[B, S, C]``: cross-attention (the encoder-decoder's decoder) — queries come
         from ``x``, keys and values from ``context``, using the query rows and the key/value rows
         of the same fused ``qkv`` weight. Build such a layer with ``causal=False``.
+        ``context_kv``: the same, with the context's keys and values already computed by
+        :meth:`context_kv` (incremental decoding computes them once per source, not once per step).
 
         Masks — give one or neither:
 
@@ -178,14 +181,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         # [B, T, (H + 2 Hkv) * D] -> [B, H + 2 Hkv, T, D] -> q, k, v: views, no copy.
-        if context is None:
+        cross = context is not None or context_kv is not None
+        if not cross:
             q, k, v = self.qkv(x).view(B, T, H + 2 * Hkv, D).transpose(1, 2).split([H, Hkv, Hkv], dim=1)
         else:
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(x, w[: H * D], None if b is None else b[: H * D])
             q = q.view(B, T, H, D).transpose(1, 2)
-            kv = F.linear(context, w[H * D :], None if b is None else b[H * D :])
-            k, v = kv.view(B, context.shape[1], 2 * Hkv, D).transpose(1, 2).split([Hkv, Hkv], dim=1)
+            k, v = context_kv if context_kv is not None else self.context_kv(context)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
@@ -201,7 +204,7 @@ class Attention(nn.Module):
                     causal=self.causal,
                     key_padding=key_padding_mask,
                     device=x.device,
-                    self_visible=context is None,
+                    self_visible=not cross,
                 )
             elif self.causal and T == S:
                 is_causal = True  # the fast path: the kernel knows the mask is triangular
@@ -224,6 +227,16 @@ class Attention(nn.Module):
             enable_gqa=Hkv != H,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of ``context`` ``[B, S, C]``: ``[B, n_kv_head, S, D]`` each
+        (the key/value rows of the fused ``qkv`` weight applied to the context)."""
+        B, S, _ = context.shape
+        Hq, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        w, b = self.qkv.weight, self.qkv.bias
+        kv = F.linear(context, w[Hq * D :], None if b is None else b[Hq * D :])
+        k, v = kv.view(B, S, 2 * Hkv, D).transpose(1, 2).split([Hkv, Hkv], dim=1)
+        return k, v
 
     def _attention_with_weights(
         self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool

@@ -12,9 +12,17 @@ same position; ``mask`` remembers which cached positions are padding so attentio
 
 With grouped-query attention (``n_kv_head < n_head``) the cache holds only the shared key/value
 heads, which is exactly why GQA makes long-context inference cheaper.
+
+The encoder-decoder uses the same class twice per decoding batch: one cache that grows by a token
+per step for the decoder's self-attention, and one filled once (:meth:`KVCache.of_fixed`) with the
+cross-attention keys/values of the encoder's output, which never change while the target is
+written. Beam search keeps, drops and duplicates hypotheses between steps: :meth:`KVCache.reorder`
+moves the cached rows along with them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -104,6 +112,41 @@ class KVCache:
         self.length = length
         if self.mask is not None:  # positions written from now on are real unless told otherwise
             self.mask[:, length:] = True
+
+    # --- beam search and encoder-decoders -----------------------------------------------------
+    def reorder(self, rows: Tensor | Sequence[int]) -> None:
+        """Row ``i`` becomes a copy of old row ``rows[i]``, for every layer (and the padding mask).
+
+        Beam search calls this after each step with the beam each surviving hypothesis came from:
+        rows may repeat (a beam split in two) or vanish (a beam dropped), so the batch may grow or
+        shrink. The written positions and ``length`` stay as they are.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, rows)
+        self.batch = int(rows.numel())
+
+    @classmethod
+    def of_fixed(cls, keys: Sequence[Tensor], values: Sequence[Tensor]) -> KVCache:
+        """A cache already holding keys/values that will not grow: one ``[B, n_kv_head, S, head_dim]``
+        pair per layer (an encoder-decoder's cross-attention over the encoder's output, computed
+        once per source). Read it with :meth:`layer_kv`; it is full (``length == max_len == S``)."""
+        if not keys or len(keys) != len(values):
+            raise ValueError("of_fixed needs one key and one value tensor per layer")
+        B, n_kv_head, S, head_dim = keys[0].shape
+        cache = cls(len(keys), B, S, n_kv_head, head_dim, dtype=keys[0].dtype, device=keys[0].device)
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            cache.k[layer] = k
+            cache.v[layer] = v
+        cache.advance(S)
+        return cache
+
+    def layer_kv(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The keys and values of ``layer`` written so far, ``[B, n_kv_head, length, head_dim]``
+        each (views: reading them writes nothing)."""
+        return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
 
     @property
     def nbytes(self) -> int:

@@ -52,7 +52,7 @@ import base64
 import heapq
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import regex
@@ -503,14 +503,13 @@ class BPETokenizer(Tokenizer):
         return self._vocab_size
 
     # ---------------------------------------------------------------- the reference encoder
-    def encode_reference(self, text: str) -> list[int]:
-        """Pure-Python encoder: split out specials, pre-tokenise, BPE each piece (cached)."""
-        ids: list[int] = []
+    def _encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of each special token and each pre-token of ``text``, one list per piece."""
         text = clean_text(text)
         segments = self._special_re.split(text) if self._special_re else [text]
         for k, segment in enumerate(segments):
             if k % 2 == 1:  # the splitter's capture group puts specials at odd positions
-                ids.append(self.special_tokens[segment])
+                yield [self.special_tokens[segment]]
                 continue
             for word in self._regex.findall(segment):
                 piece = word.encode("utf-8")
@@ -519,8 +518,20 @@ class BPETokenizer(Tokenizer):
                     cached = [self.ranks[p] for p in bpe_encode_piece(piece, self.ranks)]
                     if len(self._cache) < 100_000:
                         self._cache[piece] = cached
-                ids.extend(cached)
-        return ids
+                yield list(cached)
+
+    def encode_reference(self, text: str) -> list[int]:
+        """Pure-Python encoder: split out specials, pre-tokenise, BPE each piece (cached)."""
+        return [i for ids in self._encode_pieces(text) for i in ids]
+
+    def encode_words(self, text: str) -> list[list[int]]:
+        """One word per pre-token (``" the"``, ``"'s"``, ``","``) and per special token."""
+        return list(self._encode_pieces(text))
+
+    @property
+    def space_joins_next_word(self) -> bool:
+        # Ask the pattern itself: GPT-2's and GPT-4's keep " a" in one piece; a custom one may not.
+        return len(self._regex.findall(" a")) == 1
 
     def decode_bytes_reference(self, ids: Sequence[int]) -> bytes:
         self.check_ids(ids)

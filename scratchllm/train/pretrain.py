@@ -104,6 +104,7 @@ def setup_pretraining(
     resume: bool = False,
     use_default_preset: bool = True,
     check_memory: bool = True,
+    tokenizer: str | Path | Any = None,
 ) -> PretrainSetup:
     """Resolve configs, open and check the data, build the model and the task (nothing is written).
 
@@ -112,6 +113,10 @@ def setup_pretraining(
     (GPT-2 small for a GPT). ``PretrainSetup.preset`` says which preset was used.
     ``check_memory`` refuses, before any weight is allocated, a run whose estimated peak memory
     exceeds what the machine has free (:mod:`scratchllm.train.estimate`).
+    ``tokenizer`` (a path :func:`~scratchllm.tokenizer.load_tokenizer` reads, or a tokenizer) is the
+    vocabulary a BERT or seq2seq run builds on instead of characters; for a GPT it must be the
+    one the shards were made with. On ``--resume`` the run keeps its own ``tokenizer.json``, and a
+    ``tokenizer`` given again must be the one the run started from.
     """
     import torch
 
@@ -125,6 +130,11 @@ def setup_pretraining(
     if "vocab_size" in overrides or "model.vocab_size" in overrides:
         raise ScratchLLMError("vocab_size comes from the data (its tokenizer); remove --set vocab_size")
 
+    user_tokenizer = tokenizer
+    if isinstance(tokenizer, (str, Path)):
+        from scratchllm.tokenizer import load_tokenizer
+
+        user_tokenizer = load_tokenizer(tokenizer)
     run_tokenizer = None
     cfg_path = out / "config.json"
     if resume and not cfg_path.is_file() and holds_a_run(out):
@@ -159,9 +169,19 @@ def setup_pretraining(
             )
         if (out / "tokenizer.json").is_file():
             from scratchllm.tokenizer import load_tokenizer
+            from scratchllm.tokenizer.specials import extends
 
             run_tokenizer = load_tokenizer(out / "tokenizer.json")
+            # The run's tokenizer is the given one itself, or it plus the family's special tokens.
+            if user_tokenizer is not None and not extends(run_tokenizer, user_tokenizer):
+                raise ScratchLLMError(
+                    f"--tokenizer {tokenizer} is not the tokenizer the run in {out} was trained with "
+                    "(its tokenizer.json); resume without --tokenizer, the run keeps its own"
+                )
+        else:
+            run_tokenizer = user_tokenizer
     else:
+        run_tokenizer = user_tokenizer
         arch = arch or "gpt"
         record = get_architecture(arch)
         cfg_cls = record.config
