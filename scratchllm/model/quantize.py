@@ -182,6 +182,11 @@ def _load_cpp_kernel() -> str | None:
         return f"{type(err).__name__}: {lines[-1][:300]}"
 
 
+@functools.cache
+def _cpp_linear():  # the op's overload, looked up once (``torch.ops`` lookups cost microseconds)
+    return torch.ops.scratchllm_int8.linear_packed.default
+
+
 def cpp_kernel_error() -> str | None:
     """None if the C++ kernel is usable here (building it if needed), else the reason it is not."""
     return _load_cpp_kernel()
@@ -256,8 +261,11 @@ class Int8Linear(nn.Module):
         return self.int8_weight().float() * self.scales[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
+        # Decoding calls this ~50 times per token with one row: every Python step here counts
+        # (it is written to skip conversions that would be no-ops).
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
         if self.kernel == "fp32":
             y = F.linear(x2, self.weight, self.bias)
         elif x2.shape[0] > SMALL_M:  # many rows (a prompt, an eval batch): compute-bound, use matmul
@@ -266,15 +274,15 @@ class Int8Linear(nn.Module):
             if self.k16 != self.in_features:
                 x2 = F.pad(x2, (0, self.k16 - self.in_features))
             if self.kernel == "cpp":
-                y = torch.ops.scratchllm_int8.linear_packed(
-                    x2.contiguous(), self.packed, self.scales, self.bias, self.out_features
-                )
+                y = _cpp_linear()(x2.contiguous(), self.packed, self.scales, self.bias, self.out_features)
             else:
                 y = torch.ops.aten._weight_int8pack_mm(
                     x2.to(torch.bfloat16), self.weight_int8, self.scales_bf16
                 )
                 y = y.float() if self.bias is None else y.float() + self.bias
-        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
