@@ -17,6 +17,10 @@ examples:
   scratchllm generate --model gpt2-hf/ --prompt "Hello" --temperature 0 --int8 --json
   scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --num-samples 4 --seed 1
   scratchllm generate --model runs/shakespeare --prompt-file prompts.txt --num-samples 2 --json > out.jsonl
+  scratchllm generate --model gpt2-hf/ --prompt "Hello" --int8 --int8-kernel int8pack
+
+--int8 picks the fastest int8 kernel for this machine by a quick measurement the first time
+(cached in ~/.cache/scratchllm; the first use also compiles scratchllm's C++ kernel, ~30 s).
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--int8", action="store_true", help="int8 weights: faster CPU generation, tiny quality cost"
     )
     p.add_argument(
+        "--int8-kernel",
+        default="auto",
+        choices=["auto", "cpp", "int8pack", "fp32"],
+        help="with --int8: auto (default: the fastest here, measured once and cached), cpp "
+        "(scratchllm's C++ kernel), int8pack (PyTorch's), fp32 (rounded weights in fp32)",
+    )
+    p.add_argument(
         "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
     )
     add_seed_arg(p)
@@ -106,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.int8 and device != "cpu":
         raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
+    if args.int8_kernel != "auto" and not args.int8:
+        raise ScratchLLMError("--int8-kernel needs --int8")
 
     loaded = load_model_for(
         args.model,
@@ -115,11 +128,22 @@ def run(args: argparse.Namespace) -> int:
     )
     tok = loaded.tokenizer
     model = loaded.model
+    kernel = None
     if device == "cpu":
-        from scratchllm.model.quantize import quantize_int8, relayout_for_decoding
+        from scratchllm.model import quantize as q8
 
         # This model only generates: use the faster CPU layouts (see scratchllm.model.quantize).
-        model = quantize_int8(model) if args.int8 else relayout_for_decoding(model)
+        if args.int8:
+            if args.int8_kernel in ("auto", "cpp") and not args.json and not q8.cpp_kernel_is_built():
+                print("note: compiling scratchllm's int8 kernel for this CPU (once, ~30 s)", file=sys.stderr)
+            if args.int8_kernel == "cpp" and (why := q8.cpp_kernel_error()) is not None:
+                raise ScratchLLMError(
+                    f"--int8-kernel cpp is unavailable here ({why}); use --int8-kernel auto"
+                )
+            model = q8.quantize_int8(model, kernel=args.int8_kernel)
+            kernel = q8.kernel_in_use(model)
+        else:
+            model = q8.relayout_for_decoding(model)
 
     eot = tok.special_tokens.get("<|endoftext|>")
     if prompts is not None:
@@ -186,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             "tokens_per_s": round(n_new / elapsed, 2) if elapsed > 0 else None,
             "model": loaded.source,
             "int8": bool(args.int8),
+            "int8_kernel": kernel,
         }
         if note:
             result["note"] = note
