@@ -42,6 +42,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "fill-mask": ("fill_mask", "fill [MASK] tokens with a BERT model"),
     "translate": ("translate", "run an encoder-decoder (seq2seq) model on text"),
     "compare": ("compare", "train several architecture variants on one budget and compare them"),
+    "sweep": ("sweep", "scaling laws: train a ladder of sizes per compute budget and fit L(N, D)"),
 }
 
 
