@@ -33,6 +33,8 @@ from scratchllm.cli.common import (
     add_json_arg,
     add_model_arg,
     add_seed_arg,
+    add_threads_arg,
+    apply_threads,
     load_model_for,
     print_json,
     unescape,
@@ -83,29 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
     )
     add_seed_arg(p)
+    add_threads_arg(p)
     add_json_arg(p)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    from scratchllm.errors import ScratchLLMError
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ScratchLLMError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ScratchLLMError(f"unknown --device {name!r}; use auto, cpu, cuda or mps")
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from scratchllm.device import resolve_device
+
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import TextStreamer, check_sampling_args, stream
 
