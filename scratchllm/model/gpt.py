@@ -151,6 +151,7 @@ class GPTModel(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         only_last: bool = False,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
         """Token ids ``[B, T]`` -> logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``only_last``).
 
@@ -162,6 +163,8 @@ class GPTModel(nn.Module):
         positions as the same prompt unpadded.
         ``only_last``: compute the output head for the last position only (generation needs
         nothing else, and the head is the biggest matmul of a small model).
+        ``logits_at``: ``[B]`` positions, one per row: the head only there (``[B, 1, vocab]``), for
+        right-padded rows whose last real tokens sit in different columns.
         """
         T = idx.shape[1]
         if kv_cache is not None and kv_cache.per_row:
@@ -175,7 +178,9 @@ class GPTModel(nn.Module):
             x = block(x, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if only_last:
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
+        elif only_last:
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 

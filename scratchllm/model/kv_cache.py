@@ -23,7 +23,9 @@ prompt chunk to ``rows(b, b + 1)``. Each new token sits at its row's position ``
 and sees exactly its row's keys ``0 .. lengths[b] + t`` (the model builds that mask), so a row's
 result does not depend on which other rows share the batch. Rows that are in the range but should
 not move (a free slot, a prompt half-prefilled) are left out of ``advancing``: their write lands
-just past their valid keys, where the next real write overwrites it.
+just past their valid keys, where the next real write overwrites it. ``advancing`` may also count
+tokens per row: prompts of different lengths prefilled together, right-padded to one width, each
+advance by their own length (the padding's keys land past it, like an idle row's).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class KVCache:
         self.mask: Tensor | None = None
         #: per-row mode: ``[B]`` positions written in each row (None: the rows share ``length``).
         self.lengths: Tensor | None = torch.zeros(batch, dtype=torch.long, device=device) if per_row else None
-        #: per-row mode: ``[B]`` bool, the rows the next forward pass advances (None: all).
+        #: per-row mode: ``[B]`` bool, the rows the next forward pass advances (None: all), or
+        #: ``[B]`` integers, how many of the new tokens each row keeps (right-padded prompts).
         self.advancing: Tensor | None = None
         #: per-row mode: how many key positions the current forward pass sees, max(lengths) + T.
         self.span = 0
@@ -150,8 +153,10 @@ class KVCache:
         if self.lengths is not None:
             if self.advancing is None:
                 self.lengths += n
-            else:
+            elif self.advancing.dtype == torch.bool:
                 self.lengths += n * self.advancing.to(self.lengths.dtype)
+            else:
+                self.lengths += self.advancing.to(self.lengths.dtype).clamp(0, n)
             return
         self.length += n
 
@@ -168,7 +173,8 @@ class KVCache:
         """A view of rows ``start .. end - 1`` sharing this cache's buffers and lengths (no copy).
 
         A forward pass through the view writes into this cache; ``advancing`` (``[end - start]``
-        bool) names the rows whose length moves afterwards (None: all of them).
+        bool) names the rows whose length moves afterwards (None: all of them), or (integers) how
+        many tokens each row advances by.
         """
         if self.lengths is None:
             raise ValueError("rows() is for per-row caches (make_kv_cache(..., per_row=True))")

@@ -419,39 +419,76 @@ class Engine:
 
     # ------------------------------------------------------------------ 3. prefill
     def _prefill(self) -> None:
+        """Up to ``prefill_chunk`` prompt tokens this step. Prompts in neighbouring slots go through
+        one forward pass together (right-padded to the longest chunk); a prompt that wants the
+        logits of every position (``echo`` with logprobs) goes alone."""
         budget = self.prefill_chunk
-        for req in list(self._running):
-            r = req.request
-            if req.prefilled >= len(r.prompt_ids) or budget <= 0:
-                continue
+        todo = sorted(
+            (r for r in self._running if r.prefilled < len(r.request.prompt_ids)),
+            key=lambda r: r.choices[0].slot,
+        )
+        groups: list[list[tuple[_Req, int]]] = []
+        for req in todo:
+            if budget <= 0:
+                break
+            take = min(len(req.request.prompt_ids) - req.prefilled, budget)
+            budget -= take
+            last = groups[-1] if groups else None
+            if (
+                last is not None
+                and req.request.prompt_logprobs is None
+                and last[0][0].request.prompt_logprobs is None
+                and last[-1][0].choices[0].slot + 1 == req.choices[0].slot
+                and self._fits(last, req, take)
+            ):
+                last.append((req, take))
+            else:
+                groups.append([(req, take)])
+        for group in groups:
             try:
-                budget -= self._prefill_chunk(req, budget)
+                self._prefill_group(group)
             except Exception as err:  # e.g. a numerical failure in one request's sampling
-                self._fail(req, f"internal error: {type(err).__name__}: {err}", "internal_error")
-                self._drop(req)
+                for req, _ in group:
+                    self._fail(req, f"internal error: {type(err).__name__}: {err}", "internal_error")
+                    self._drop(req)
 
-    def _prefill_chunk(self, req: _Req, budget: int) -> int:
+    def _fits(self, group: list[tuple[_Req, int]], req: _Req, take: int) -> bool:
+        """Right-padding to the widest chunk must leave every row of the group inside its slot."""
+        width = max(take, *(t for _, t in group))
+        return all(r.prefilled + width <= self.cache.max_len for r, _ in [*group, (req, take)])
+
+    def _prefill_group(self, group: list[tuple[_Req, int]]) -> None:
+        first_slot = group[0][0].choices[0].slot
+        width = max(t for _, t in group)
+        tokens = torch.zeros(len(group), width, dtype=torch.long)
+        for row, (req, take) in enumerate(group):
+            ids = req.request.prompt_ids[req.prefilled : req.prefilled + take]
+            tokens[row, :take] = torch.tensor(ids, dtype=torch.long)
+        takes = torch.tensor([t for _, t in group], device=self.device)
+        view = self.cache.rows(first_slot, first_slot + len(group), takes)
+        want_all = group[0][0].request.prompt_logprobs is not None  # then the group is that one request
+        if want_all:
+            logits = self.model(tokens.to(self.device), kv_cache=view)
+        else:
+            logits = self.model(tokens.to(self.device), kv_cache=view, logits_at=takes - 1)
+        for row, (req, take) in enumerate(group):
+            start = req.prefilled
+            req.prefilled += take
+            if want_all:
+                self._prompt_logprobs(req, logits[row], start, req.prefilled)
+            if req.prefilled == len(req.request.prompt_ids):
+                self._prefilled(req, logits[row, take - 1 if want_all else 0])
+
+    def _prefilled(self, req: _Req, last: torch.Tensor) -> None:
+        """The whole prompt is in: every choice starts from its last logits."""
         r = req.request
         first = req.choices[0]
-        start, end = req.prefilled, min(len(r.prompt_ids), req.prefilled + budget)
-        chunk = torch.tensor([r.prompt_ids[start:end]], dtype=torch.long, device=self.device)
-        want_all = r.prompt_logprobs is not None
-        logits = self.model(
-            chunk, kv_cache=self.cache.rows(first.slot, first.slot + 1), only_last=not want_all
-        )
-        req.prefilled = end
-        if want_all:
-            self._prompt_logprobs(req, logits[0], start, end)
-        if end < len(r.prompt_ids):
-            return end - start
-        # The whole prompt is in: every choice starts from its last logits.
         if req.prompt_streamer is not None:
             req.prompt_streamer.finish()
             pieces = req.prompt_streamer.take_tokens()
             for info, piece in zip(req.prompt_infos, pieces):
                 info.text = piece
             req.emit(PromptLogprobs(req.prompt_infos, req.prompt_streamer.text))
-        last = logits[0, -1]
         for choice in req.choices[1:]:
             self.cache.copy_row(first.slot, choice.slot)
         for choice in req.choices:
@@ -460,7 +497,6 @@ class Engine:
             else:
                 self._accept(req, choice, last)
         self._after_tokens(req)
-        return end - start
 
     def _prompt_logprobs(self, req: _Req, logits: torch.Tensor, start: int, end: int) -> None:
         """Token j of the prompt is predicted by the logits at position j - 1."""

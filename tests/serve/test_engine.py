@@ -63,6 +63,20 @@ def test_requests_joining_at_different_steps_match_greedy_alone(char_model_parts
     assert engine.slots_in_use == 0 and engine.cache.lengths.tolist() == [0, 0, 0, 0]
 
 
+def test_prompts_prefilled_together_match_greedy_alone(char_model_parts):
+    """Six prompts of different lengths arrive at once: prefilled in one right-padded pass (and in
+    chunks, with a small budget), then decoded together."""
+    model, tok, _ = char_model_parts
+    for chunk in (512, 9):
+        engine = Engine(model, tok, max_batch=8, prefill_chunk=chunk)
+        events = [collect(engine, greedy(tok, p, 15)) for p in PROMPTS]
+        run_all(engine)
+        for prompt, ev in zip(PROMPTS, events):
+            ids = tok.encode(prompt)
+            ref = generate(model, ids, 15, temperature=0)[len(ids) :].tolist()
+            assert finishes(ev)[0].text == tok.decode(ref), (chunk, prompt)
+
+
 def test_n_choices_seeds_and_batch_independent_sampling(char_model_parts):
     model, tok, _ = char_model_parts
     ids = tok.encode("User: hello\nAssistant:")
