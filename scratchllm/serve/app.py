@@ -558,6 +558,17 @@ def create_app(state: AppState) -> FastAPI:
                 h.cancel()
         return out
 
+    def respond(
+        obj: str, rid: str, created: int, choices: list, out: dict[str, Any], t0: float
+    ) -> JSONResponse:
+        """A whole (non-streamed) completion object."""
+        metrics.latency.observe(time.monotonic() - t0)
+        body = {"id": rid, "object": obj, "created": created, "model": settings.model_name}
+        body["system_fingerprint"] = _fingerprint()
+        body["choices"] = choices
+        body["usage"] = _usage(out["prompt_tokens"], out["completion_tokens"])
+        return JSONResponse(body)
+
     def gone_response() -> Response:
         metrics.outcomes.labels("client_disconnected").inc()
         return Response(status_code=499)
@@ -610,18 +621,7 @@ def create_app(state: AppState) -> FastAPI:
                     "finish_reason": entry["reason"],
                 }
             )
-        metrics.latency.observe(time.monotonic() - t0)
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": settings.model_name,
-                "system_fingerprint": _fingerprint(),
-                "choices": choices,
-                "usage": _usage(out["prompt_tokens"], out["completion_tokens"]),
-            }
-        )
+        return respond("chat.completion", rid, created, choices, out, t0)
 
     async def chat_stream(
         request: Request,
@@ -755,18 +755,7 @@ def create_app(state: AppState) -> FastAPI:
                     "finish_reason": entry["reason"],
                 }
             )
-        metrics.latency.observe(time.monotonic() - t0)
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": settings.model_name,
-                "system_fingerprint": _fingerprint(),
-                "choices": choices,
-                "usage": _usage(out["prompt_tokens"], out["completion_tokens"]),
-            }
-        )
+        return respond("text_completion", rid, created, choices, out, t0)
 
     async def completion_stream(
         request: Request,

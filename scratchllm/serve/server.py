@@ -134,8 +134,9 @@ def serve(
             super().handle_exit(sig, frame)
             # SIGTERM is the normal way to stop a service: finish gracefully and exit 0 (uvicorn
             # would re-raise it afterwards). Ctrl-C is still re-raised: the CLI exits 130.
-            if sig == signal.SIGTERM and self._captured_signals and self._captured_signals[-1] == sig:
-                self._captured_signals.pop()
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and captured and captured[-1] == sig:
+                captured.pop()
 
         async def shutdown(self, sockets: Any = None) -> None:
             # Running requests end now (503 / a mid-stream error) rather than keep the exit waiting.
