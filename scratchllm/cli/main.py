@@ -38,6 +38,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a model: classification or instruction following (LoRA too)"),
     "classify": ("classify", "classify text with a fine-tuned classifier"),
     "chat": ("chat", "chat interactively with an instruction-tuned model"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching)"),
     "lora": ("lora", "LoRA adapters: merge an adapter into its base model"),
     "fill-mask": ("fill_mask", "fill [MASK] tokens with a BERT model"),
     "translate": ("translate", "run an encoder-decoder (seq2seq) model on text"),

@@ -36,14 +36,18 @@ def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> Ten
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
-def alibi_bias(slopes: Tensor, T: int, S: int) -> Tensor:
+def alibi_bias(slopes: Tensor, T: int, S: int, query_pos: Tensor | None = None) -> Tensor:
     """ALiBi's additive score bias ``[H, T, S]``: ``-slope * (query position - key position)``.
 
     Only the lower triangle matters (the causal mask removes the rest), where the distance is >= 0.
-    Queries are the last T of the S positions, as in :func:`causal_mask`.
+    Queries are the last T of the S positions, as in :func:`causal_mask` — or, with ``query_pos``
+    ``[B, T]``, at their own positions per row (the bias is then ``[B, H, T, S]``).
     """
-    q_pos = torch.arange(S - T, S, device=slopes.device)
     k_pos = torch.arange(S, device=slopes.device)
+    if query_pos is not None:
+        distance = (query_pos.to(slopes.device)[:, :, None] - k_pos).clamp(min=0)  # [B, T, S]
+        return -slopes[None, :, None, None] * distance[:, None]
+    q_pos = torch.arange(S - T, S, device=slopes.device)
     distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # [T, S]
     return -slopes[:, None, None] * distance
 
@@ -58,6 +62,7 @@ def build_attn_mask(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     self_visible: bool = True,
+    query_pos: Tensor | None = None,
 ) -> Tensor | None:
     """Combine causality, padding and ALiBi into one mask for ``scaled_dot_product_attention``.
 
@@ -69,7 +74,21 @@ def build_attn_mask(
     A padding query would otherwise have *no* key to attend to (all -inf -> NaN after softmax), so
     in self-attention every query is always allowed to see itself; outputs at padding positions
     are never used. (Cross-attention passes ``self_visible=False``: there, key s is not query s.)
+
+    ``query_pos`` ``[B, T]`` (a per-row KV cache, where every row has its own length): query t of
+    row b sits at key position ``query_pos[b, t]`` and sees keys ``0 .. query_pos[b, t]`` — keys
+    beyond belong to no one yet (or to a longer row) and are hidden. The mask is then additive
+    ``[B, 1 or H, T, S]``.
     """
+    if query_pos is not None:
+        if not causal or key_padding is not None:
+            raise ValueError("query_pos describes causal self-attention over unpadded rows")
+        query_pos = query_pos.to(device)
+        allowed = (torch.arange(S, device=device) <= query_pos[:, :, None])[:, None]  # [B, 1, T, S]
+        if alibi_slopes is None:  # additive (0 / -inf): the CPU kernels take it faster than a bool mask
+            return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+        bias = alibi_bias(alibi_slopes.to(device), T, S, query_pos).to(dtype)  # [B, H, T, S]
+        return bias.masked_fill(~allowed, float("-inf"))
     if key_padding is None and alibi_slopes is None:
         if not causal or T == 1:
             return None
