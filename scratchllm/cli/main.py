@@ -41,6 +41,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "fill-mask": ("fill_mask", "fill [MASK] tokens with a BERT model"),
     "translate": ("translate", "run an encoder-decoder (seq2seq) model on text"),
     "compare": ("compare", "train several architecture variants on one budget and compare them"),
+    "explain": ("explain", "see each idea (attention, BPE, sampling, LoRA...) work on real numbers"),
 }
 
 

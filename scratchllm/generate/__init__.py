@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from scratchllm.generate.engine import generate, generate_responses, pad_left, stream
-from scratchllm.generate.sampling import check_sampling_args, filter_logits, sample_next
+from scratchllm.generate.sampling import check_sampling_args, filter_logits, next_token_probs, sample_next
 from scratchllm.generate.streaming import StopFn, StopStrings, TextStreamer, settled, truncate_at_stop
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "filter_logits",
     "generate",
     "generate_responses",
+    "next_token_probs",
     "pad_left",
     "sample_next",
     "settled",

@@ -52,7 +52,7 @@ import base64
 import heapq
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import regex
@@ -332,12 +332,22 @@ def learn_merges_naive(word_counts: dict[bytes, int], n_tokens: int) -> list[byt
     return vocab
 
 
-def learn_merges(word_counts: dict[bytes, int], n_tokens: int, *, progress: bool = False) -> list[bytes]:
+def learn_merges(
+    word_counts: dict[bytes, int],
+    n_tokens: int,
+    *,
+    progress: bool = False,
+    on_merge: Callable[[bytes, bytes, int, int], None] | None = None,
+) -> list[bytes]:
     """The incremental trainer: same result as :func:`learn_merges_naive`, touching only what changes.
 
     State: ``words`` (token ids per distinct word) with their counts, ``pair_counts`` (weighted by
     word counts), ``where`` (pair → indices of words that contain it; may hold stale entries,
     which merge to nothing) and a heap of ``(-count, left bytes, right bytes, a, b)``.
+
+    ``on_merge(left, right, count, token_id)`` is called for every merge as it happens (``count``:
+    how often the pair occurred; ``token_id``: the id of ``left + right``, an existing one when
+    those bytes already were a token) — ``scratchllm explain bpe`` replays training with it.
     """
     from tqdm import tqdm
 
@@ -369,6 +379,8 @@ def learn_merges(word_counts: dict[bytes, int], n_tokens: int, *, progress: bool
             new_id = index[new] = len(vocab)
             vocab.append(new)
             bar.update(1)
+        if on_merge is not None:
+            on_merge(vocab[a], vocab[b], count, new_id)
         touched: set[tuple[int, int]] = set()
         for wi in where.pop((a, b)):
             merged = _merge_and_update(words[wi], a, b, new_id, freqs[wi], pair_counts, touched)
