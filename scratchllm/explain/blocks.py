@@ -406,6 +406,22 @@ def prenorm(ctx: Context) -> Explanation:
     )
     s.value("pre-norm", grads["pre"], cols=cols).value("post-norm", grads["post"], cols=cols)
     s.value("max / min over blocks", {p: max(v) / min(v) for p, v in grads.items()})
+
+    if (path := ctx.figure_path("prenorm")) is not None:
+        from scratchllm.visualize import pyplot
+
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for pos in ("pre", "post"):
+            axes[0].plot(range(L), stream[pos], marker="o", label=f"{pos}-norm")
+            axes[1].plot(range(L), grads[pos], marker="o", label=f"{pos}-norm")
+        axes[0].set_title("residual stream RMS after each block")
+        axes[1].set_title("gradient norm per block (initialisation)")
+        axes[1].set_yscale("log")
+        for ax in axes:
+            ax.set_xlabel("block")
+            ax.legend()
+        save_picture(exp, fig, path, "pre-norm vs post-norm: stream scale and gradients by depth")
     return exp
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any
 
 import torch
 
-from scratchllm.explain.context import Context, encode_checked, save_picture
+from scratchllm.explain.context import Context, encode_checked, one_thread, save_picture
 from scratchllm.explain.result import Explanation
 from scratchllm.explain.tokens import pieces
 
@@ -262,14 +263,16 @@ def kv_cache(ctx: Context) -> Explanation:
 
     timings: dict[str, list[float]] = {"without cache": [], "with cache": []}
     outs = {}
-    for _ in range(3):  # interleaved repeats; the median is reported
-        for name in timings:
-            t0 = time.perf_counter()
-            if name == "without cache":
-                outs[name] = _uncached(model, idx, n_new)
-            else:
-                outs[name] = generate(model, ids, n_new, temperature=0)
-            timings[name].append(time.perf_counter() - t0)
+    threads = contextlib.nullcontext() if ctx.loaded is not None else one_thread()
+    with threads:
+        for _ in range(3):  # interleaved repeats; the median is reported
+            for name in timings:
+                t0 = time.perf_counter()
+                if name == "without cache":
+                    outs[name] = _uncached(model, idx, n_new)
+                else:
+                    outs[name] = generate(model, ids, n_new, temperature=0)
+                timings[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in timings.items()}
     per_token = {k: 1000 * v / n_new for k, v in med.items()}
     work_uncached = sum(len(ids) + i for i in range(n_new))

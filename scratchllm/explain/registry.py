@@ -9,6 +9,7 @@ architecture record (:mod:`scratchllm.architectures` — asked, never compared b
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -308,7 +309,14 @@ def run_topic(
         tokenizer_path=str(tokenizer) if tokenizer is not None else None,
     )
     t0 = time.perf_counter()
-    result = topic.function()(ctx)
+    explainer = topic.function()  # imports the topic's module (and torch, when it needs it)
+    if loaded is None and "torch" in sys.modules:
+        from scratchllm.explain.context import one_thread
+
+        with one_thread():  # tiny models: one thread is fastest, and much faster on a busy machine
+            result = explainer(ctx)
+    else:
+        result = explainer(ctx)
     result.seconds = time.perf_counter() - t0
     if out is None and ctx.pictures:
         result.note(f"pictures: {', '.join(ctx.pictures)} — add --out DIR to write them")

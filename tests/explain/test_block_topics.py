@@ -119,6 +119,7 @@ def test_prenorm_stream_and_gradients(explain) -> None:
     assert close(step.values["post-norm RMS"], [1.0] * 8, tol=1e-3)
     grads = exp.find("Gradient norm per block at initialisation").values
     assert all(v > 0 for v in grads["pre-norm"] + grads["post-norm"])
+    assert (exp.out_dir / "prenorm.png").is_file()
 
 
 def test_weight_tying_counts(explain) -> None:
