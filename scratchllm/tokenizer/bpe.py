@@ -118,6 +118,9 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
     with or without the cut. Yields ``(chunk, ends_at_safe_cut)``; chunks that end at a safe cut
     can be concatenated in any order without changing their pre-tokens. Cutting lets us count
     repeated chunks once (corpora repeat lines a lot) and spread the regex work over processes.
+    Every such chunk starts with a non-whitespace character — except possibly the first one of
+    the text, which is therefore never marked safe when it starts with whitespace (placed after
+    another chunk's final newline, "\n" + " x" would pre-tokenise differently).
     """
     global _WS
     if _WS is None:
@@ -128,7 +131,8 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
     for i in range(len(lines) - 1):
         line, nxt = lines[i], lines[i + 1]
         if line and nxt and line[-1] not in ws and nxt[0] not in ws:
-            yield "\n".join(lines[start : i + 1]) + "\n", True
+            chunk = "\n".join(lines[start : i + 1]) + "\n"
+            yield chunk, chunk[0] not in ws
             start = i + 1
     tail = "\n".join(lines[start:])
     if tail:
