@@ -60,7 +60,7 @@ class Context:
     out_dir: Path | None = None
     seed: int = 0
     force: bool = False
-    #: ``--preset`` for the topics that describe a configuration (gpt, weight-tying, scaling, lora).
+    #: ``--preset`` for the topics that describe a configuration (gpt, weight-tying, scaling).
     preset: str | None = None
     #: ``--tokenizer``: one more tokenizer for the tokenization topic (e.g. a GPT-2 directory).
     tokenizer_path: str | None = None
@@ -107,7 +107,10 @@ class Context:
 
     # ------------------------------------------------------------------ pictures
     def figure_path(self, name: str) -> Path | None:
-        """``OUT/NAME.png`` when ``--out`` was given (never overwriting without ``--force``), else None."""
+        """``OUT/NAME.png`` when ``--out`` was given (never overwriting without ``--force``), else None.
+
+        Names start with the topic's name (``attention``, ``attention-model``): that is how
+        :func:`~scratchllm.explain.registry.run_topic` refuses an occupied ``--out`` up front."""
         self.pictures.append(f"{name}.png")
         if self.out_dir is None:
             return None
@@ -119,7 +122,8 @@ class Context:
 
 
 def encode_checked(tokenizer: Any, text: str, context_length: int | None = None) -> list[int]:
-    """``tokenizer.encode(text)`` with one-line errors for empty or too-long input."""
+    """``tokenizer.encode(text)``, a one-line error when it is empty, cropped to the last
+    ``context_length`` tokens (what the model can read)."""
     ids = tokenizer.encode(text)
     if not ids:
         raise ScratchLLMError("the text has no tokens; give some text with --text")

@@ -298,6 +298,13 @@ def run_topic(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise ScratchLLMError(f"--out {out} exists and is not a directory")
+    if out is not None and out.is_dir() and not force:
+        # Every picture of a topic is named TOPIC.png or TOPIC-*.png: refuse before any work is done.
+        taken = sorted(p.name for p in (*out.glob(f"{name}.png"), *out.glob(f"{name}-*.png")))
+        if taken:
+            raise ScratchLLMError(
+                f"{out / taken[0]} already exists; choose another --out or pass --force to overwrite"
+            )
     ctx = Context(
         loaded=loaded,
         model_path=model_path,

@@ -155,3 +155,11 @@ def test_topics_run_on_a_users_model(capsys, runs, topic) -> None:
 def test_every_topic_has_an_explainer_function() -> None:
     for topic in TOPICS.values():
         assert callable(topic.function()), topic.name
+
+
+def test_an_occupied_out_is_refused_before_anything_is_written(capsys, tmp_path) -> None:
+    (tmp_path / "residual-13-layers.png").write_bytes(b"mine")
+    rc, out, err = run_cli(capsys, "residual", "--out", str(tmp_path))
+    assert rc == 2 and out == "" and "residual-13-layers.png already exists" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["residual-13-layers.png"]  # nothing new
+    assert (tmp_path / "residual-13-layers.png").read_bytes() == b"mine"
