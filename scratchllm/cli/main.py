@@ -44,6 +44,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "translate": ("translate", "run an encoder-decoder (seq2seq) model on text"),
     "compare": ("compare", "train several architecture variants on one budget and compare them"),
     "sweep": ("sweep", "scaling laws: train a ladder of sizes per compute budget and fit L(N, D)"),
+    "explain": ("explain", "see each idea (attention, BPE, sampling, LoRA...) work on real numbers"),
 }
 
 

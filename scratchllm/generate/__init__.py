@@ -21,7 +21,7 @@ from scratchllm.generate.engine import (
     pad_left,
     stream,
 )
-from scratchllm.generate.sampling import check_sampling_args, filter_logits, sample_next
+from scratchllm.generate.sampling import check_sampling_args, filter_logits, next_token_probs, sample_next
 from scratchllm.generate.streaming import StopFn, StopStrings, TextStreamer, settled, truncate_at_stop
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "generate",
     "generate_many",
     "generate_responses",
+    "next_token_probs",
     "pad_left",
     "sample_next",
     "settled",

@@ -68,8 +68,7 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
-    probs = torch.softmax(logits, dim=-1)
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -111,3 +110,12 @@ def token_logprobs(logits: Tensor, token: int, top: int = 0) -> tuple[float, lis
         return chosen, []
     values, ids = torch.topk(logp, min(top, logp.numel()))
     return chosen, list(zip(ids.tolist(), values.tolist()))
+def next_token_probs(
+    logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """The distribution :func:`sample_next` draws from (``[B, V]``, rows sum to 1): scale by
+    1/temperature, keep the top-k, keep the top-p nucleus, softmax. ``temperature == 0`` (greedy)
+    puts all the mass on the argmax."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    return torch.softmax(filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p), dim=-1)

@@ -72,7 +72,7 @@ from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import DistEnv, init_distributed
 from scratchllm.train.estimate import check_fits, estimate_run, measure_step
 from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, mfu, plot_losses
-from scratchllm.train.optim import build_optimizer, lr_at, set_lr
+from scratchllm.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from scratchllm.train.state import (
     capture_rng_state,
     env_fingerprint,
@@ -245,19 +245,6 @@ def _all_finite(tensors: Any) -> bool:
     """True when no element of any tensor is NaN or infinite (one device sync)."""
     flags = [torch.isfinite(t.detach()).all() for t in tensors]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """Global L2 norm of all gradients (before clipping); clips in place when ``clip > 0``."""
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
@@ -506,7 +493,7 @@ def optimizer_step(session: Session, state: LoopState) -> StepOutcome:
                 loss, extra = session.task.loss(session.train_model, batch)
             (loss / cfg.grad_accum_steps).backward()
         loss_sum += loss.detach().float()
-    grad_norm = _grad_norm(session.params, cfg.grad_clip).to(device=device, dtype=torch.float32)
+    grad_norm = clip_gradients(session.params, cfg.grad_clip).to(device=device, dtype=torch.float32)
 
     # ---- one sync per step: mean loss, "anything non-finite?", "stop requested?" ----
     local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
