@@ -3,6 +3,7 @@
 #   make test    run the test suite (installs first)
 #   make lint    ruff
 #   make bench / bench-quick   peer benchmarks (ratios measured in one run)
+#   make bench-llamacpp        the generation benchmark with llama.cpp as a peer (builds it first)
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick bench-llamacpp clean
 
 install: $(STAMP)
 
@@ -38,6 +39,27 @@ bench: install
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick
+
+# llama.cpp (llama-cpp-python built from its PyPI source) in its own venv: an optional peer for the
+# generation benchmark. GGML_NATIVE=OFF plus the x86 extensions /proc/cpuinfo lists (AMX never):
+# see benchmarks/llamacpp.py. The unpacked source stays in the venv: its converter makes the GGUFs.
+LLAMACPP_VENV    ?= benchmarks/.venv-llamacpp
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_STAMP   := $(LLAMACPP_VENV)/.installed-$(LLAMACPP_VERSION)
+
+$(LLAMACPP_STAMP): | install
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	rm -rf $(LLAMACPP_VENV)/src && mkdir -p $(LLAMACPP_VENV)/src
+	$(LLAMACPP_VENV)/bin/python -m pip download --quiet --no-deps --no-binary :all: \
+	    -d $(LLAMACPP_VENV)/src "llama-cpp-python==$(LLAMACPP_VERSION)"
+	tar -xzf $(LLAMACPP_VENV)/src/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_VENV)/src
+	CMAKE_ARGS="$$($(PY) -m benchmarks.llamacpp cmake-args)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(LLAMACPP_VENV)/bin/python -m pip install --no-cache-dir $(LLAMACPP_VENV)/src/llama_cpp_python-$(LLAMACPP_VERSION)
+	touch $@
+
+bench-llamacpp: install $(LLAMACPP_STAMP)
+	SCRATCHLLM_LLAMACPP_VENV=$(abspath $(LLAMACPP_VENV)) $(PY) -m benchmarks.run --full --only generate
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_ENV, Row, format_table, machine_info, results_dir, write_results
 
-BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs"]
 
 
 def _as_row(r: Row | dict) -> Row:

@@ -7,6 +7,7 @@ the wrong base. The LoRA layers themselves are :mod:`scratchllm.model.lora`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,18 +93,38 @@ class AdapterInfo:
         )
 
 
-def save_adapter(model: nn.Module, out_dir: str | Path, info: AdapterInfo) -> Path:
-    """Write ``adapter.safetensors`` + ``adapter_config.json`` (atomically) into ``out_dir``."""
-    from safetensors.torch import save as st_save
+def save_adapter(
+    model: nn.Module, out_dir: str | Path, info: AdapterInfo, *, reuse: Path | None = None
+) -> Path:
+    """Write ``adapter.safetensors`` + ``adapter_config.json`` (atomically) into ``out_dir``.
 
-    from scratchllm.io import atomic_write_bytes, atomic_write_json
+    ``reuse``: a weights file that already holds exactly these tensors (a LoRA run's own
+    ``model.safetensors``, stored on top of its base) is hard-linked instead of written again.
+    """
+    from scratchllm.io import TMP_PREFIX, atomic_open, atomic_write_json, fsync_dir
+    from scratchllm.weights import read_safetensors_header, write_safetensors
 
     out_dir = Path(out_dir)
     tensors = adapter_state_dict(model, info.extra_params)
     if not any(".lora_" in k for k in tensors):
         raise ScratchLLMError("this model has no LoRA layers to save")
     info.layers = tuple(lora_layers(model))
-    atomic_write_bytes(out_dir / ADAPTER_WEIGHTS, st_save(tensors, metadata={"format": "pt"}))
+    target = out_dir / ADAPTER_WEIGHTS
+    same = reuse is not None and set(read_safetensors_header(reuse)) - {"__metadata__"} == set(tensors)
+    if same:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f"{TMP_PREFIX}{ADAPTER_WEIGHTS}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(reuse, tmp)
+        except OSError:
+            same = False
+        else:
+            os.replace(tmp, target)
+            fsync_dir(out_dir)
+    if not same:
+        with atomic_open(target, "wb") as f:
+            write_safetensors(f, tensors, {"format": "pt"})
     atomic_write_json(out_dir / ADAPTER_CONFIG, info.to_dict())
     return out_dir
 

@@ -67,6 +67,8 @@ class Architecture:
     #: maps a source text to a target text (encoder-decoder): ``translate``; ``eval`` decodes and
     #: reports exact match, character error rate and BLEU.
     translates: bool = False
+    #: the preset ``scratchllm train --arch NAME`` uses without ``--preset`` (laptop-sized).
+    default_preset: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -79,6 +81,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="generate",
             description="decoder-only language model (GPT-2 and its variants)",
             task=language_modeling_task,
+            default_preset="small",
             generates_text=True,
             kv_cache=True,
             exports_to_hf=True,
@@ -92,6 +95,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="fill-mask",
             description="encoder-only model pretrained by masked LM + next-sentence prediction",
             task=bert_task,
+            default_preset="bert-small",
             family="bert",
             classifier_base=True,
             masked_lm=True,
@@ -103,6 +107,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             verb="translate",
             description="encoder-decoder transformer (Attention Is All You Need)",
             task=seq2seq_task,
+            default_preset="seq2seq-small",
             family="seq2seq",
             translates=True,
         ),

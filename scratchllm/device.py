@@ -104,3 +104,58 @@ def peak_rss_mb() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return round(kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024, 1)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op CPU threads in torch; None or 0 leaves torch's setting (one per
+    core unless the program changed it). Returns the number now in use.
+
+    Together with ``OMP_WAIT_POLICY=PASSIVE`` (set by the CLI before torch loads) this keeps a
+    shared or busy machine from collapsing: spinning OpenMP threads that wait for a core another
+    process holds can make a step many times slower than one thread.
+    """
+    if threads is not None and threads < 0:
+        raise ScratchLLMError(f"--threads must be >= 0 (got {threads}); 0 means torch's default")
+    import torch
+
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def available_memory_bytes(device: str = "cpu") -> int | None:
+    """Memory a new allocation can still get: free GPU memory on CUDA; on the CPU the kernel's
+    ``MemAvailable``, capped by a cgroup (container) limit. None when unknown."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    if str(device) != "cpu":
+        return None
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:  # cgroup v2: what is left under this container's limit
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read())
+        if limit != "max":
+            avail = min(avail or 1 << 62, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail

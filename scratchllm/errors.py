@@ -21,3 +21,20 @@ class ScratchLLMError(Exception):
     def __init__(self, message: str, *, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ScratchLLMWarning(UserWarning):
+    """Something the user should know that does not stop the command (a non-finite weight, a
+    changed schedule on resume, a cropped prompt). The CLI prints it as
+    ``scratchllm VERB: warning: ...``; library users see an ordinary Python warning."""
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an operating-system error on a path: what failed, on which path, and why."""
+    reason = err.strerror or (str(err) if not err.args else str(err.args[-1]))
+    path = err.filename
+    if path is None:
+        return f"{reason}"
+    if err.filename2:
+        return f"{path} -> {err.filename2}: {reason}"
+    return f"{path}: {reason}"

@@ -50,12 +50,15 @@ def _disk_error(path: Path, err: OSError) -> ScratchLLMError:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, before_replace: Any = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it into place.
 
     On any exception the temporary file is removed and ``path`` is left untouched. Disk errors
     (ENOSPC, EIO, ...) are turned into a :class:`ScratchLLMError` naming the path and the reason,
-    e.g. "No space left on device".
+    e.g. "No space left on device". ``before_replace()`` runs after the data is durable and before
+    the rename (a manifest can then list the new file before it appears).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ from scratchllm.convert.hf_gpt2 import load_hf_gpt2
 from scratchllm.errors import ScratchLLMError
 from scratchllm.runs import CONFIG_FILE, MODEL_FILE, LoadedModel, load_run
 
-__all__ = ["LoadedModel", "is_hf_dir", "load_model"]
+__all__ = ["LoadedModel", "is_hf_dir", "load_base_model", "load_model"]
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
@@ -47,4 +47,17 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
         path = path.parent  # the weights file of a Hugging Face directory: load the directory
     if path.is_dir() and is_hf_dir(path):
         return load_hf_gpt2(path, device)
-    return load_run(path, device)
+    return load_run(path, device, base_loader=lambda base: load_base_model(base, device))
+
+
+def load_base_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """A model as a fine-tune starts from it: loaded from any path, its LoRA adapters (if any)
+    merged into plain weights — so a LoRA run can itself be a base, and a run stored on top of
+    a LoRA base finds the same weights it trained on."""
+    from scratchllm.architectures import get_architecture
+    from scratchllm.model.lora import merge_lora
+
+    loaded = load_model(path, device)
+    if get_architecture(loaded.arch).has_lora and getattr(loaded.model.config, "lora_r", 0):
+        merge_lora(loaded.model, untie=True)
+    return loaded

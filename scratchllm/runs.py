@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ from typing import Any
 from scratchllm.architectures import build_model, config_from_dict
 from scratchllm.config import to_dict
 from scratchllm.errors import ScratchLLMError
-from scratchllm.io import atomic_write_json, read_json
-from scratchllm.weights import FORMAT_VERSION, load_weights_into, read_safetensors, save_weights
+from scratchllm.io import atomic_open, atomic_write_json, read_json
+from scratchllm.weights import FORMAT_VERSION, is_partial, load_weights_into, read_safetensors
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
@@ -126,32 +127,119 @@ def save_run_files(
     train_config: Any = None,
     tokenizer: Any = None,
     extra: dict[str, Any] | None = None,
+    only: set[str] | None = None,
 ) -> Path:
-    """Write ``config.json``, ``tokenizer.json`` and (if ``model`` is given) ``model.safetensors``.
+    """Write ``config.json``, ``tokenizer.json`` and (if ``model`` is given) ``model.safetensors``
+    (only the parameters named in ``only``, for a run stored on top of its base model).
 
     Called once when a run starts (and by fine-tuning/conversion to produce a loadable run
-    directory). Each file is written atomically; ``extra`` adds top-level keys to config.json
-    (e.g. a fine-tuning head description).
+    directory). Each file is written atomically and recorded in the run manifest; ``extra`` adds
+    top-level keys to config.json (e.g. a fine-tuning head description).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_vocab(tokenizer, model_config)
     if tokenizer is not None:
-        tokenizer.save(run_dir / TOKENIZER_FILE)
-    atomic_write_json(
-        run_dir / CONFIG_FILE,
-        run_config(arch=arch, model_config=model_config, train_config=train_config, extra=extra),
-    )
+        _write_recorded(run_dir, TOKENIZER_FILE, tokenizer.save)
+    doc = run_config(arch=arch, model_config=model_config, train_config=train_config, extra=extra)
+    _write_recorded(run_dir, CONFIG_FILE, lambda path: atomic_write_json(path, doc))
     if model is not None:
-        save_weights(run_dir / MODEL_FILE, model)
+        save_run_weights(run_dir, MODEL_FILE, model, only=only)
     return run_dir
 
 
-def save_best(run_dir: str | os.PathLike, model: Any) -> Path:
+def save_best(run_dir: str | os.PathLike, model: Any, *, only: set[str] | None = None) -> Path:
     """Write ``RUN/best.safetensors`` (the weights with the best validation loss so far)."""
-    path = Path(run_dir) / BEST_FILE
-    save_weights(path, model)
+    return save_run_weights(Path(run_dir), BEST_FILE, model, only=only)
+
+
+def save_run_weights(
+    run_dir: Path,
+    name: str,
+    model: Any,
+    *,
+    only: set[str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write one of the run's top-level weights files, listed in the run manifest before it appears."""
+    from scratchllm.weights import weights_tensors, write_safetensors
+
+    path = run_dir / name
+    tensors, meta = weights_tensors(model, only=only, metadata=metadata)
+    written: list[str] = []
+
+    def record() -> None:
+        record_run_file(run_dir, name, written[0])
+
+    with atomic_open(path, "wb", before_replace=record) as f:
+        written.append(write_safetensors(f, tensors, meta)[1])
     return path
+
+
+# =========================================================================== the run manifest
+RUN_MANIFEST = "run_manifest.json"
+
+
+def _write_recorded(run_dir: Path, name: str, write: Any) -> None:
+    """``write(path)`` a run file under a temp name, list its hash, then rename it into place."""
+    from scratchllm.io import TMP_PREFIX, fsync_dir, sha256_file
+
+    tmp = run_dir / f"{TMP_PREFIX}{name}.{os.getpid()}"
+    try:
+        write(tmp)
+        record_run_file(run_dir, name, sha256_file(tmp))
+        os.replace(tmp, run_dir / name)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(run_dir)
+
+
+def record_run_file(run_dir: str | os.PathLike, name: str, sha256: str) -> None:
+    """List ``name``'s new SHA-256 in ``RUN/run_manifest.json``, keeping the one it replaces.
+
+    Called *before* the new file is renamed into place: a crash in between leaves a file whose hash
+    is the previous one, which :func:`verify_run_file` accepts — so a manifest never calls a good
+    file damaged, and a flipped bit, a truncation or a swapped file is always caught.
+    """
+    path = Path(run_dir) / RUN_MANIFEST
+    doc = _read_run_manifest(path) or {"format_version": FORMAT_VERSION, "files": {}}
+    entry = doc["files"].get(name, {})
+    if entry.get("sha256") != sha256:
+        doc["files"][name] = {"sha256": sha256, "previous_sha256": entry.get("sha256")}
+        atomic_write_json(path, doc)
+
+
+def _read_run_manifest(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ScratchLLMError(
+            f"{path} is damaged (not valid JSON); delete it to skip the integrity check"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise ScratchLLMError(f"{path} is damaged (no file list); delete it to skip the integrity check")
+    return doc
+
+
+def verify_run_file(run_dir: str | os.PathLike, name: str) -> None:
+    """Check ``RUN/name`` against the run manifest (runs written before manifests existed pass)."""
+    from scratchllm.io import sha256_file
+
+    run_dir = Path(run_dir)
+    doc = _read_run_manifest(run_dir / RUN_MANIFEST)
+    entry = (doc or {"files": {}})["files"].get(name)
+    if entry is None or not (run_dir / name).is_file():
+        return
+    actual = sha256_file(run_dir / name)
+    if actual not in (entry.get("sha256"), entry.get("previous_sha256")):
+        raise ScratchLLMError(
+            f"{run_dir / name} does not match the run manifest (sha256 {actual[:12]}, recorded "
+            f"{str(entry.get('sha256'))[:12]}): the file changed after it was saved (damaged or "
+            "replaced); restore it, or load a checkpoint from checkpoints/"
+        )
 
 
 # =========================================================================== checkpoint manifests
@@ -244,33 +332,111 @@ def _load_tokenizer_near(*dirs: Path) -> Any:
 
     for d in dirs:
         if (d / TOKENIZER_FILE).is_file():
+            verify_run_file(d, TOKENIZER_FILE)
             return load_tokenizer(d / TOKENIZER_FILE)
     return None
 
 
+#: ``base_loader(path) -> LoadedModel``: how a run stored on top of a base model gets its base
+#: (``scratchllm.load.load_model`` passes a loader that also reads Hugging Face directories).
+BaseLoader = Any
+
+
+def find_base(recorded: dict[str, Any], run_dir: Path) -> Path:
+    """Where the base model of a fine-tuned run is now: the absolute path recorded at training
+    time, else the path as the user typed it — relative to the current directory, then to the run
+    directory and its parent."""
+    typed = recorded.get("base_model")
+    candidates = [recorded.get("base_model_path"), typed]
+    if typed:
+        candidates += [run_dir / typed, run_dir.parent / typed]
+    for c in candidates:
+        if c and Path(c).exists():
+            return Path(c)
+    raise ScratchLLMError(
+        f"the base model of {run_dir} ({typed!r}) is not where it was when the run trained; this run "
+        "stores only what fine-tuning changed, so it needs its base: put the base back, or merge it "
+        f"into a standalone model with 'scratchllm lora merge --model {run_dir} --base PATH --out DIR'"
+    )
+
+
+def attach_base(model: Any, cfg: dict[str, Any], run_dir: Path, base_loader: BaseLoader, what: str) -> None:
+    """Fill ``model`` with its base model's weights (a run stored on top of its base), checking
+    the base is the one the run was fine-tuned from (its fingerprint)."""
+    from scratchllm.model.lora import base_fingerprint
+
+    info = cfg.get("finetune") or {}
+    if base_loader is None:
+        raise ScratchLLMError(
+            f"{what} holds only fine-tuned parameters; load it with scratchllm.load.load_model"
+        )
+    from scratchllm.weights import state_sha256
+
+    base = base_loader(find_base(info, run_dir)).model
+    exclude = tuple(info.get("fingerprint_exclude") or ())
+    if (
+        info.get("base_fingerprint") and base_fingerprint(base, exclude=exclude) != info["base_fingerprint"]
+    ) or (info.get("base_sha256") and state_sha256(base, exclude=exclude) != info["base_sha256"]):
+        raise ScratchLLMError(
+            f"the base model at {find_base(info, run_dir)} is not the one {run_dir} was fine-tuned from "
+            "(its weights differ); pass the original base"
+        )
+    own = model.state_dict()
+    state = {k: v for k, v in base.state_dict().items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(state, strict=False)
+
+
+def _warn_non_finite(model: Any, what: str) -> None:
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        from scratchllm.errors import ScratchLLMWarning
+
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        warnings.warn(
+            f"{what} has non-finite weights (NaN or inf) in {bad[0]}{more}: its outputs will be garbage",
+            ScratchLLMWarning,
+            stacklevel=3,
+        )
+
+
 def _build_and_load(
-    cfg: dict[str, Any], weights: Path, tokenizer: Any, device: str, source: str, what: str
+    cfg: dict[str, Any],
+    weights: Path,
+    tokenizer: Any,
+    device: str,
+    source: str,
+    what: str,
+    *,
+    run_dir: Path,
+    base_loader: BaseLoader = None,
 ) -> LoadedModel:
     arch = cfg["architecture"]
     model_cfg = config_from_dict(arch, cfg["model"])
     check_vocab(tokenizer, model_cfg, what)
     tensors, meta = read_safetensors(weights, what)
     model = build_model(arch, model_cfg)
+    if is_partial(meta):
+        attach_base(model, cfg, run_dir, base_loader, what)
     load_weights_into(model, tensors, meta, what)
+    _warn_non_finite(model, what)
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, config=cfg, source=source)
 
 
-def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+def load_run(path: str | os.PathLike, device: str = "cpu", *, base_loader: BaseLoader = None) -> LoadedModel:
     """Load a model for inference from what scratchllm writes (eval mode, on ``device``):
 
     * a run directory (``config.json`` + ``model.safetensors`` [+ ``tokenizer.json``]);
     * a checkpoint directory ``RUN/checkpoints/step-XXXXXXXX`` (verified against its manifest);
     * a ``.safetensors`` file with a ``config.json`` beside it (e.g. ``RUN/best.safetensors``).
 
-    ``LoadedModel.source`` says which one was found. :func:`scratchllm.load.load_model` also
-    accepts Hugging Face directories.
+    Top-level run files are checked against ``RUN/run_manifest.json``; non-finite weights are a
+    warning. A fine-tune stored on top of its base model gets the base through ``base_loader``.
+    ``LoadedModel.source`` says which kind of input was found. :func:`scratchllm.load.load_model`
+    also accepts Hugging Face directories.
     """
     path = Path(path)
     if not path.exists():
@@ -283,8 +449,18 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
         if not (path.parent / CONFIG_FILE).is_file():
             raise ScratchLLMError(f"{path}: no config.json beside it, so the architecture is unknown")
         cfg = _read_config(path.parent / CONFIG_FILE)
+        verify_run_file(path.parent, path.name)
         tok = _load_tokenizer_near(path.parent)
-        return _build_and_load(cfg, path, tok, device, f"weights file {path}", str(path))
+        return _build_and_load(
+            cfg,
+            path,
+            tok,
+            device,
+            f"weights file {path}",
+            str(path),
+            run_dir=path.parent,
+            base_loader=base_loader,
+        )
     if (path / MANIFEST).is_file() or STEP_RE.match(path.name):
         manifest = verify_checkpoint(path)
         # The run directory is two levels up only when the checkpoint still lives in one.
@@ -304,16 +480,174 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
             device,
             f"checkpoint step {manifest['step']} of {run_dir}",
             f"{path.name}/{MODEL_FILE}",
+            run_dir=run_dir,
+            base_loader=base_loader,
         )
     if not (path / CONFIG_FILE).is_file():
         raise ScratchLLMError(
             f"{path} has no config.json; expected a scratchllm run directory, a checkpoint or a "
             "Hugging Face GPT-2 directory"
         )
+    verify_run_file(path, CONFIG_FILE)
     cfg = _read_config(path / CONFIG_FILE)
     if not (path / MODEL_FILE).is_file():
         raise ScratchLLMError(f"{path} has config.json but no {MODEL_FILE}; has training saved anything yet?")
+    verify_run_file(path, MODEL_FILE)
     tok = _load_tokenizer_near(path)
     return _build_and_load(
-        cfg, path / MODEL_FILE, tok, device, f"run directory {path}", f"{path}/{MODEL_FILE}"
+        cfg,
+        path / MODEL_FILE,
+        tok,
+        device,
+        f"run directory {path}",
+        f"{path}/{MODEL_FILE}",
+        run_dir=path,
+        base_loader=base_loader,
     )
+
+
+# =========================================================================== who may write a run
+LOCK_FILE = ".lock"
+#: What a run writes into its directory. On ``--force`` these belong to the old run and go with it;
+#: anything else in the directory (the demo's data/, a user's notes) is kept.
+RUN_ARTEFACTS = frozenset(
+    {
+        CONFIG_FILE,
+        TOKENIZER_FILE,
+        MODEL_FILE,
+        BEST_FILE,
+        CHECKPOINTS_DIR,
+        "metrics.jsonl",
+        "loss.png",
+        "adapter",
+        "test_metrics.json",
+        "test_responses.json",
+        "run_manifest.json",
+        LOCK_FILE,
+    }
+)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one process that trains into it.
+
+    ``flock`` on ``RUN/.lock``: the kernel releases it when the process ends, however it ends, so a
+    killed trainer never leaves a stale lock behind; the file holds the owner's PID for the message.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ScratchLLMError(
+                f"{self.path.parent} is in use by another training process (PID {owner}); wait for it "
+                "to finish, stop it, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _is_locked(run_dir: Path) -> bool:
+    """True while some process holds ``run_dir``'s lock."""
+    lock = RunLock(run_dir)
+    if not lock.path.exists():
+        return False
+    try:
+        lock.acquire()
+    except ScratchLLMError:
+        return True
+    lock.release()
+    return False
+
+
+def holds_a_run(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` has any entry besides the lock and temp leftovers."""
+    path = Path(run_dir)
+    return path.is_dir() and any(
+        p.name != LOCK_FILE and not p.name.startswith(".tmp-") for p in path.iterdir()
+    )
+
+
+class Restart:
+    """``--force`` on a directory that holds a run: the new run trains in a hidden sibling
+    (``.RUN.tmp-new-PID``) and takes the old one's place only when it commits its first checkpoint.
+
+    Until then the old run is untouched — a retrain that diverges, fails or is killed early loses
+    nothing. :meth:`promote` swaps the two directories with renames (the old one is set aside, then
+    deleted) and carries over whatever in the old directory was not a run artefact.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.final = Path(run_dir)
+        self.staging = self.final.parent / f".{self.final.name}.tmp-new-{os.getpid()}"
+        self.done = False
+
+    def begin(self) -> Path:
+        clean_stale_restarts(self.final)
+        self.staging.mkdir()
+        return self.staging
+
+    def promote(self) -> None:
+        from scratchllm.io import fsync_dir
+
+        old = self.final.parent / f".{self.final.name}.tmp-old-{os.getpid()}"
+        os.rename(self.final, old)
+        os.rename(self.staging, self.final)
+        fsync_dir(self.final.parent)
+        self.done = True
+        _carry_over(old, self.final)
+
+    def abandon(self) -> None:
+        """The new run stopped before its first checkpoint: drop it, the old run stays."""
+        if not self.done:
+            import shutil
+
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _carry_over(old: Path, final: Path) -> None:
+    """Move the non-run entries of a replaced run directory into its successor, then delete it."""
+    import shutil
+
+    for entry in old.iterdir():
+        if entry.name not in RUN_ARTEFACTS and not entry.name.startswith(".tmp-"):
+            target = final / entry.name
+            if not target.exists():
+                os.rename(entry, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale_restarts(run_dir: str | os.PathLike) -> None:
+    """Tidy up after a ``--force`` restart that was killed: an unlocked ``.RUN.tmp-new-*`` never
+    committed (the old run is intact: delete it); an unlocked ``.RUN.tmp-old-*`` was already
+    replaced (finish carrying its non-run entries over, then delete it)."""
+    import shutil
+
+    final = Path(run_dir)
+    if not final.parent.is_dir():
+        return
+    for p in final.parent.glob(f".{final.name}.tmp-new-*"):
+        if p.is_dir() and not _is_locked(p):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in final.parent.glob(f".{final.name}.tmp-old-*"):
+        if p.is_dir() and not _is_locked(p) and final.is_dir():
+            _carry_over(p, final)

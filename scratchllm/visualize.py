@@ -17,16 +17,17 @@ from typing import Any
 from scratchllm.errors import ScratchLLMError
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only: no window, works on a server)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no window, works on a server
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def save_figure(fig: Any, path: str | Path) -> None:
     """Render to PNG in memory, then write atomically (a kill never leaves half a picture)."""
     import io
 
@@ -38,8 +39,9 @@ def _save(fig: Any, path: str | Path) -> None:
 
 
 def _label(tokenizer: Any, token_id: int) -> str:
-    text = tokenizer.token_text(int(token_id))
-    return text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣") or "∅"
+    text = tokenizer.token_text(int(token_id)).replace(" ", "␣")
+    # Control characters have no glyph in the plot's font: show them escaped (\n, \x01, ...).
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "∅"
 
 
 def attention_maps(model: Any, ids: list[int], layer: int | None = None) -> tuple[Any, int]:
@@ -73,7 +75,7 @@ def plot_attention(
     n_head = weights.shape[0]
     cols = min(n_head, 4)
     rows = -(-n_head // cols)
-    plt = _pyplot()
+    plt = pyplot()
     size = max(3.0, 0.22 * len(ids))
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     labels = [_label(tokenizer, i) for i in ids]
@@ -88,7 +90,7 @@ def plot_attention(
         ax.set_yticks(range(len(ids)), labels, fontsize=7)
         ax.set_xlabel("attends to (key)", fontsize=8)
         ax.set_ylabel("token (query)", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return {"path": str(path), "layer": layer, "heads": n_head, "tokens": len(ids)}
 
@@ -107,7 +109,7 @@ def plot_embeddings(model: Any, tokenizer: Any, path: str | Path, *, max_tokens:
     _, s, v = torch.linalg.svd(w, full_matrices=False)
     xy = (w @ v[:2].T).numpy()
     explained = (s[:2] ** 2 / (s**2).sum()).tolist()
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.3)
     for i in range(n):
@@ -117,7 +119,7 @@ def plot_embeddings(model: Any, tokenizer: Any, path: str | Path, *, max_tokens:
     )
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return {"path": str(path), "tokens": n, "explained_variance": explained}
 
@@ -127,7 +129,7 @@ def plot_cross_attention(
 ) -> None:
     """Save the classic alignment heatmap of an encoder-decoder: source tokens across, output
     tokens down (``weights`` ``[T, S]`` from :func:`scratchllm.generate.seq2seq.cross_attention_map`)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.35 * len(src_tokens) + 2, 0.35 * len(tgt_tokens) + 1.5))
     ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
 
@@ -139,5 +141,5 @@ def plot_cross_attention(
     ax.set_xlabel("source")
     ax.set_ylabel("output")
     ax.set_title("cross-attention (last decoder layer, mean over heads)")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -14,6 +14,7 @@ This module knows nothing about run directories (:mod:`scratchllm.runs`) or trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 from scratchllm.device import unwrap
 from scratchllm.errors import ScratchLLMError
-from scratchllm.io import atomic_write_bytes
+from scratchllm.io import atomic_open
 
 #: Version of the files this package writes (weights metadata, config.json, manifests).
 FORMAT_VERSION = 1
@@ -190,22 +191,79 @@ def _dedup_state_dict(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return kept, aliases
 
 
-def weights_to_bytes(model: Any, metadata: dict[str, str] | None = None) -> bytes:
-    """Serialise a model's ``state_dict`` to safetensors bytes, tied tensors stored once."""
-    from safetensors.torch import save
+_HEADER_DTYPE = {torch_name: header for header, (torch_name, _) in _DTYPES.items()}
 
+
+def write_safetensors(
+    f: Any, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Stream ``tensors`` into the open binary file ``f`` in the safetensors format.
+
+    The format is small: 8 bytes (little-endian) giving the header's length, a JSON header with
+    every tensor's dtype, shape and byte range (padded with spaces to a multiple of 8), then the
+    raw bytes of each tensor, back to back. Writing tensor by tensor keeps the extra memory to one
+    tensor's CPU copy (none for tensors already on the CPU) instead of a second copy of the whole
+    model. Returns ``(bytes written, sha256)`` — hashed on the way, for manifests.
+    """
+    import torch
+
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in tensors.items():
+        dtype = _HEADER_DTYPE.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    digest = hashlib.sha256()
+    for chunk in (struct.pack("<Q", len(raw)), raw):
+        f.write(chunk)
+        digest.update(chunk)
+    for t in tensors.values():
+        data = t.detach().to("cpu").contiguous().reshape(-1)
+        if data.numel():
+            view = memoryview(data.view(torch.uint8).numpy())
+            f.write(view)
+            digest.update(view)
+    return 8 + len(raw) + offset, digest.hexdigest()
+
+
+def weights_tensors(
+    model: Any, *, only: set[str] | None = None, metadata: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of a model's weights file: the ``state_dict`` with tied tensors
+    once (the aliases recorded), or only the names in ``only`` (a *partial* file: a fine-tune that
+    trained a few parameters stores just those; its base model supplies the rest on load)."""
     tensors, aliases = _dedup_state_dict(unwrap(model).state_dict())
     meta = {"format": "pt", "scratchllm_format_version": str(FORMAT_VERSION), **(metadata or {})}
+    if only is not None:
+        tensors = {k: v for k, v in tensors.items() if k in only}
+        aliases = {k: v for k, v in aliases.items() if v in tensors}
+        meta[PARTIAL_KEY] = "1"
     if aliases:
         meta["scratchllm_aliases"] = json.dumps(aliases, sort_keys=True)
-    return save(tensors, metadata=meta)
+    return tensors, meta
+
+
+#: Metadata key marking a weights file that holds only some of a model's tensors.
+PARTIAL_KEY = "scratchllm_partial"
+
+
+def is_partial(metadata: dict[str, str]) -> bool:
+    return metadata.get(PARTIAL_KEY) == "1"
 
 
 def load_weights_into(model: Any, tensors: dict[str, Any], metadata: dict[str, str], what: str) -> None:
     """Copy ``tensors`` into ``model`` after checking names and shapes, naming any mismatch.
 
     Tied parameters (aliases) may be missing from the file: they are the same Parameter as the
-    one they are tied to, so loading that one loads both.
+    one they are tied to, so loading that one loads both. A partial file (:func:`is_partial`)
+    must hold only names the model has; the others keep their current values (the base's).
     """
     import torch
 
@@ -223,7 +281,8 @@ def load_weights_into(model: Any, tensors: dict[str, Any], metadata: dict[str, s
     for name, target in {**model_aliases, **aliases}.items():
         if name not in full and target in full:
             full[name] = full[target]
-    missing = [k for k in expected if k not in full]
+    partial = is_partial(metadata)
+    missing = [] if partial else [k for k in expected if k not in full]
     unexpected = [k for k in full if k not in expected]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -237,23 +296,54 @@ def load_weights_into(model: Any, tensors: dict[str, Any], metadata: dict[str, s
             f"{what} does not match the model: unexpected tensor {unexpected[0]!r}{more}; "
             "was it saved from a different architecture or config?"
         )
-    for name, ref in expected.items():
-        got = full[name]
+    for name, got in full.items():
+        ref = expected[name]
         if tuple(got.shape) != tuple(ref.shape):
             raise ScratchLLMError(
                 f"{what} does not match the model: tensor {name!r} has shape {list(got.shape)} "
                 f"in the file but {list(ref.shape)} in the model"
             )
     with torch.no_grad():
-        model.load_state_dict(full, strict=True)
+        model.load_state_dict(full, strict=not partial)
 
 
-def save_weights(path: str | os.PathLike, model: Any, *, metadata: dict[str, str] | None = None) -> None:
-    """Write a model's weights to one safetensors file, atomically (temp + fsync + rename)."""
-    atomic_write_bytes(path, weights_to_bytes(model, metadata))
+def save_weights(
+    path: str | os.PathLike,
+    model: Any,
+    *,
+    metadata: dict[str, str] | None = None,
+    only: set[str] | None = None,
+) -> tuple[int, str]:
+    """Write a model's weights (or only the names in ``only``) to one safetensors file, streamed
+    and atomic (temp file + fsync + rename). Returns ``(size, sha256)``."""
+    tensors, meta = weights_tensors(model, only=only, metadata=metadata)
+    with atomic_open(path, "wb") as f:
+        return write_safetensors(f, tensors, meta)
 
 
 def load_weights(path: str | os.PathLike, model: Any) -> None:
     """Load a safetensors file written by :func:`save_weights` into an already built ``model``."""
     tensors, metadata = read_safetensors(path)
     load_weights_into(model, tensors, metadata, str(path))
+
+
+def state_sha256(model: Any, *, exclude: tuple[str, ...] = ()) -> str:
+    """SHA-256 over every tensor of ``model`` (name, dtype, shape and bytes, in name order), LoRA
+    matrices and the names under ``exclude`` left out: the identity of a base model's weights.
+
+    A fine-tune stored on top of its base records it, so a base that was retrained, edited or
+    swapped — even by one value — is refused instead of giving silently different outputs.
+    Reads every weight once (about a second per GB).
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    tensors, _ = _dedup_state_dict(unwrap(model).state_dict())
+    for name in sorted(tensors):
+        if ".lora_" in name or any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        t = tensors[name].reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{list(tensors[name].shape)};".encode())
+        if t.numel():
+            digest.update(memoryview(t.view(torch.uint8).numpy()))
+    return digest.hexdigest()

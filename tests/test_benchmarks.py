@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality"]
 
 
 @pytest.mark.slow
@@ -56,3 +56,28 @@ def test_results_dir_and_table_helpers(tmp_path: Path, monkeypatch: pytest.Monke
     path = write_results("unit", [row])
     assert path.parent == tmp_path
     assert json.loads(path.read_text())["rows"][0]["ratio"] == pytest.approx(2.0)
+
+
+def test_llamacpp_build_flags_follow_the_cpu(tmp_path: Path) -> None:
+    """The llama.cpp peer is built for exactly the x86 extensions the CPU reports, AMX never."""
+    from benchmarks import llamacpp
+
+    def on(args: list[str]) -> set[str]:
+        return {a[2:].split("=")[0] for a in args if a.endswith("=ON")}
+
+    avx2 = on(llamacpp.cmake_args({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}))
+    assert {"GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"} <= avx2
+    assert not any("AVX512" in o or "AMX" in o for o in avx2)
+    intel = {"avx2", "fma", "f16c", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni"}
+    args = llamacpp.cmake_args(intel | {"amx_tile", "amx_int8"})
+    assert {"GGML_AVX512", "GGML_AVX512_VNNI"} <= on(args) and "GGML_AVX512_BF16" not in on(args)
+    assert "-DGGML_NATIVE=OFF" in args and "-DGGML_AMX_TILE=OFF" in args and "-DGGML_AMX_INT8=OFF" in args
+    assert "GGML_AVX512" not in on(llamacpp.cmake_args({"avx2", "avx512f"}))  # AVX-512 needs all five
+    assert "make bench-llamacpp" in (llamacpp.check(tmp_path / "no-venv") or "")
+
+
+def test_greedy_agreement_helper() -> None:
+    from benchmarks.bench_generate import _agreement
+
+    assert _agreement([1, 2, 3, 4], [1, 2, 9, 4]) == 0.75
+    assert _agreement([], []) == 0.0

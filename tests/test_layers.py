@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scratchllm"
 #: lowest first; a name is a subpackage or a top-level module of scratchllm.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"io", "config", "device"},
+    {"io", "config", "device", "progress"},
     {"tokenizer"},
     {"data"},
     {"model"},
@@ -130,9 +130,9 @@ def test_no_import_cycles_between_modules() -> None:
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("verb_module", ["generate", "eval", "inspect", "chat"])
+@pytest.mark.parametrize("verb_module", ["generate", "eval", "inspect", "chat", "serve"])
 def test_loading_a_model_imports_no_training_code(tmp_path, verb_module) -> None:
-    """generate/eval/inspect/chat load models without importing any scratchllm.train module."""
+    """generate/eval/inspect/chat/serve load models without importing any scratchllm.train module."""
     code = f"""
 import sys, torch
 from scratchllm.model.config import GPTConfig
@@ -143,6 +143,8 @@ tok = CharTokenizer.train("hello world")
 cfg = GPTConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=1, n_head=2, n_embd=16)
 save_run_files({str(tmp_path / "run")!r}, GPTModel(cfg), arch="gpt", model_config=cfg, tokenizer=tok)
 import scratchllm.cli.{verb_module}
+if "{verb_module}" == "serve":
+    import scratchllm.serve.app, scratchllm.serve.server  # noqa: E401
 from scratchllm.load import load_model
 load_model({str(tmp_path / "run")!r})
 leaked = sorted(m for m in sys.modules if m.startswith("scratchllm.train"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_model_arg, add_seed_arg, load_model_for
+from scratchllm.cli.common import add_model_arg, add_seed_arg, add_threads_arg, apply_threads, load_model_for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,9 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     add_seed_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.architectures import names_where
     from scratchllm.data.instruction import get_template, template_of
     from scratchllm.generate import check_sampling_args

@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_threads_arg,
+    apply_threads,
+    load_model_for,
+    print_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,9 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     add_json_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
     from scratchllm.evaluate.classify import classify_texts
 

@@ -31,6 +31,25 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the model's kernels (default: one per core; 1 is often faster on a busy "
+        "machine)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count from ``--threads`` (a no-op without the flag)."""
+    if getattr(args, "threads", None) is not None:
+        from scratchllm.device import set_threads
+
+        set_threads(args.threads)
+
+
 def add_seed_arg(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument("--seed", type=int, default=default, help="random seed")
 
@@ -52,6 +71,24 @@ def require_positive(args: argparse.Namespace, *dests: str) -> None:
         value = getattr(args, dest)
         if value is not None and value < 1:
             raise ScratchLLMError(f"--{dest.replace('_', '-')} must be >= 1 (got {value})")
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+
+
+def unescape(text: str) -> str:
+    """Turn the usual backslash escapes a user types (``\\n``, ``\\t``, ``\\r``, ``\\\\``, ``\\xNN``,
+    ``\\uNNNN``) into the characters they mean: ``--stop "\\n\\n"`` must stop at a blank line although
+    the shell passes the backslashes through. Other characters (any Unicode) are kept as they are."""
+    import re
+
+    def one(m: re.Match[str]) -> str:
+        body = m.group(1)
+        if body[0] in "xu":
+            return chr(int(body[1:], 16))
+        return _ESCAPES[body]
+
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[ntr0\\'\"])", one, text)
 
 
 def print_json(obj: Any) -> None:

@@ -16,7 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.common import add_config_args, add_json_arg, add_out_arg, add_seed_arg, print_json
+from scratchllm.cli.common import (
+    add_config_args,
+    add_json_arg,
+    add_out_arg,
+    add_seed_arg,
+    add_threads_arg,
+    apply_threads,
+    print_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,11 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, required=True, help="training steps for every variant")
     add_config_args(p)
     add_seed_arg(p)
+    add_threads_arg(p)
     add_json_arg(p)
     p.set_defaults(preset="tiny")
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.train.compare import DEFAULT_VARIANTS, compare_variants, parse_variants
 
     variants = parse_variants(args.variants) if args.variants else dict(DEFAULT_VARIANTS)

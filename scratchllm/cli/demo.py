@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchllm.cli.common import add_seed_arg
+from scratchllm.cli.common import add_seed_arg, add_threads_arg, apply_threads
 from scratchllm.model.config import PRESETS
 
 #: The demo's recipe: small enough for ~2 minutes on 2 CPU cores, big enough to learn words.
@@ -54,9 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_seed_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
 
     out = Path(args.out)
@@ -95,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         train_overrides["max_steps"] = args.max_steps
         train_overrides["warmup_steps"] = min(DEMO_TRAIN["warmup_steps"], max(1, args.max_steps // 10))
     overrides = {**{f"model.{k}": v for k, v in DEMO_MODEL.items()}, **train_overrides}
-    setup = setup_pretraining(data_dir, out, overrides=overrides, seed=args.seed, device=args.device)
+    setup = setup_pretraining(
+        data_dir, out, preset="char-shakespeare", overrides=overrides, seed=args.seed, device=args.device
+    )
     n_params = sum(p.numel() for p in setup.model.parameters())
     cfg = setup.train_config
     say(

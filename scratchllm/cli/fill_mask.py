@@ -1,16 +1,28 @@
 """Fill [MASK] tokens with a BERT model: the top-k candidates for every mask.
 
+One [MASK] stands for one token of the model's tokenizer: a character for a char-level BERT, a
+word (or a piece of a rare one) for a BERT trained with --tokenizer on BPE. With byte-level BPE
+the space before a [MASK] belongs to the word that fills it ("my good [MASK]" -> " lord").
+
 examples:
   scratchllm train --arch bert --data default --out runs/bert
   scratchllm fill-mask --model runs/bert --text "The [MASK]ame of the function"
-  scratchllm fill-mask --model runs/bert --text "The cat sat on the [MASK]" --top-k 3 --json
+  scratchllm fill-mask --model runs/bert-bpe --text "Good morrow, my good [MASK]." --top-k 3 --json
 """
 
 from __future__ import annotations
 
 import argparse
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json, require_positive
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_threads_arg,
+    apply_threads,
+    load_model_for,
+    print_json,
+    require_positive,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,9 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", required=True, help="text with one or more [MASK] tokens")
     p.add_argument("--top-k", type=int, default=5, help="candidates to show per mask (default 5)")
     add_json_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
 
     require_positive(args, "top_k")

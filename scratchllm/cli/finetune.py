@@ -27,9 +27,11 @@ from scratchllm.cli.common import (
     add_json_arg,
     add_out_arg,
     add_seed_arg,
+    add_threads_arg,
     interrupted_message,
     make_echo,
     print_json,
+    require_positive,
     training_exit_code,
 )
 
@@ -71,6 +73,10 @@ def _common(p: argparse.ArgumentParser, *, trainable_default: str) -> None:
     g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input")
     g.add_argument(
         "--lora-targets", default=None, help="comma list of qkv, proj, fc, head (default qkv,proj,fc)"
+    )
+    add_threads_arg(p)
+    p.add_argument(
+        "--yes", action="store_true", help="train even when the estimated peak memory exceeds what is free"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json_arg(p)
@@ -126,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
+    require_positive(args, *(d for d in ("max_length", "max_new_tokens") if hasattr(args, d)))
     rc = resolve_train_config(
         preset=args.preset, config_file=args.config, overrides=overrides, lora=lora is not None
     )
@@ -147,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not quiet,
         echo=echo,
+        check_memory=not args.yes,
+        estimate_time=True,
     )
 
     if args.task == "classify":

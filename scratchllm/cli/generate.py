@@ -4,10 +4,23 @@ The continuation is streamed to the terminal as tokens arrive. Greedy with --tem
 otherwise sampling, optionally limited by --top-k and/or --top-p. Generation stops after
 --max-new-tokens, at <|endoftext|>, or at any --stop string (which is not printed).
 
+Several outputs: --num-samples N continues each prompt N times and --prompt-file FILE reads one
+prompt per line (blank lines skipped; '-' reads stdin). All rows (prompts x samples, up to
+--batch-size at a time) are decoded together, left-padded in one batch: one forward pass per
+step for all of them. Each output is printed when the batch is done, under a header; with --json
+each is one JSON object per line (prompt_index, sample_index, prompt, text, tokens, new_tokens,
+stop_reason, ...).
+
 examples:
   scratchllm generate --model runs/demo --prompt "The meaning of"
   scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --temperature 0.8 --top-k 40 --seed 1
   scratchllm generate --model gpt2-hf/ --prompt "Hello" --temperature 0 --int8 --json
+  scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --num-samples 4 --seed 1
+  scratchllm generate --model runs/shakespeare --prompt-file prompts.txt --num-samples 2 --json > out.jsonl
+  scratchllm generate --model gpt2-hf/ --prompt "Hello" --int8 --int8-kernel int8pack
+
+--int8 picks the fastest int8 kernel for this machine by a quick measurement the first time
+(cached in ~/.cache/scratchllm; the first use also compiles scratchllm's C++ kernel, ~30 s).
 """
 
 from __future__ import annotations
@@ -16,12 +29,35 @@ import argparse
 import sys
 import time
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, add_seed_arg, load_model_for, print_json
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_seed_arg,
+    add_threads_arg,
+    apply_threads,
+    load_model_for,
+    print_json,
+    unescape,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the rest of this docstring: details and examples
     add_model_arg(p)
-    p.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue ('' starts from <|endoftext|>)")
+    source.add_argument(
+        "--prompt-file", metavar="FILE", help="one prompt per line (blank lines skipped; '-' = stdin)"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=None, metavar="N", help="outputs per prompt (default 1)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="rows (prompts x samples) decoded together at most (default 64)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most (default 200)")
     p.add_argument(
         "--temperature", type=float, default=0.8, help="0 = greedy; <1 sharper, >1 wilder (default 0.8)"
@@ -29,46 +65,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample only within the top-p probability mass")
     p.add_argument(
-        "--stop", action="append", default=[], metavar="STR", help="stop when this text appears (repeatable)"
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="stop when this text appears (repeatable; escapes like \\n and \\t are understood)",
     )
     p.add_argument(
         "--int8", action="store_true", help="int8 weights: faster CPU generation, tiny quality cost"
     )
     p.add_argument(
+        "--int8-kernel",
+        default="auto",
+        choices=["auto", "cpp", "int8pack", "fp32"],
+        help="with --int8: auto (default: the fastest here, measured once and cached), cpp "
+        "(scratchllm's C++ kernel), int8pack (PyTorch's), fp32 (rounded weights in fp32)",
+    )
+    p.add_argument(
         "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
     )
     add_seed_arg(p)
+    add_threads_arg(p)
     add_json_arg(p)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    from scratchllm.errors import ScratchLLMError
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ScratchLLMError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ScratchLLMError(f"unknown --device {name!r}; use auto, cpu, cuda or mps")
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from scratchllm.device import resolve_device
+
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generate import TextStreamer, check_sampling_args, stream
 
     # Check every argument before the (possibly slow) model load.
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    args.stop = [unescape(s) for s in args.stop]
+    prompts = read_prompts(args)  # None: one prompt, streamed
+
     device = resolve_device(args.device)
     if args.int8 and device != "cpu":
         raise ScratchLLMError("--int8 is for CPU generation; drop it or use --device cpu")
+    if args.int8_kernel != "auto" and not args.int8:
+        raise ScratchLLMError("--int8-kernel needs --int8")
 
     loaded = load_model_for(
         args.model,
@@ -78,13 +117,27 @@ def run(args: argparse.Namespace) -> int:
     )
     tok = loaded.tokenizer
     model = loaded.model
+    kernel = None
     if device == "cpu":
-        from scratchllm.model.quantize import quantize_int8, relayout_for_decoding
+        from scratchllm.model import quantize as q8
 
         # This model only generates: use the faster CPU layouts (see scratchllm.model.quantize).
-        model = quantize_int8(model) if args.int8 else relayout_for_decoding(model)
+        if args.int8:
+            if args.int8_kernel in ("auto", "cpp") and not args.json and not q8.cpp_kernel_is_built():
+                print("note: compiling scratchllm's int8 kernel for this CPU (once, ~30 s)", file=sys.stderr)
+            if args.int8_kernel == "cpp" and (why := q8.cpp_kernel_error()) is not None:
+                raise ScratchLLMError(
+                    f"--int8-kernel cpp is unavailable here ({why}); use --int8-kernel auto"
+                )
+            model = q8.quantize_int8(model, kernel=args.int8_kernel)
+            kernel = q8.kernel_in_use(model)
+        else:
+            model = q8.relayout_for_decoding(model)
 
     eot = tok.special_tokens.get("<|endoftext|>")
+    if prompts is not None:
+        return run_many(args, prompts, model, tok, eot, source=loaded.source, device=device)
+
     prompt_ids = tok.encode(args.prompt)  # a char tokenizer raises a clear error for unknown characters
     if not prompt_ids:
         if eot is None:
@@ -120,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         eos_id=eot,
         generator=generator,
+        vocab_size=tok.vocab_size,
     ):
         n_new += 1
         if eot is not None and token == eot:
@@ -145,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             "tokens_per_s": round(n_new / elapsed, 2) if elapsed > 0 else None,
             "model": loaded.source,
             "int8": bool(args.int8),
+            "int8_kernel": kernel,
         }
         if note:
             result["note"] = note
@@ -153,4 +208,105 @@ def run(args: argparse.Namespace) -> int:
         out.write(rest + "\n")
         out.flush()
         print(f"[{n_new} tokens, {n_new / elapsed:.1f} tokens/s, stop: {reason}]", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- several outputs
+
+
+def read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of a multi-output run (--prompt-file and/or --num-samples), else None."""
+    from scratchllm.cli.common import require_positive
+    from scratchllm.errors import ScratchLLMError
+
+    require_positive(args, "num_samples", "batch_size")
+    if args.prompt_file is None:
+        return None if args.num_samples is None else [args.prompt]
+    if args.prompt_file == "-":
+        text = sys.stdin.read()
+    else:
+        from scratchllm.io import read_text
+
+        text = read_text(args.prompt_file, "prompt file")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ScratchLLMError(f"{args.prompt_file} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def run_many(
+    args: argparse.Namespace, prompts: list[str], model, tok, eot: int | None, *, source: str, device: str
+) -> int:
+    """Every prompt x --num-samples, decoded in left-padded batches; printed when done."""
+    import dataclasses
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generate import generate_many
+
+    n_samples = args.num_samples or 1
+    ctx = model.config.context_length
+    ids: list[list[int]] = []
+    for k, prompt in enumerate(prompts):
+        encoded = tok.encode(prompt)
+        if not encoded:
+            if eot is None:
+                raise ScratchLLMError(
+                    f"prompt {k} is empty and the tokenizer has no <|endoftext|> to start from"
+                )
+            encoded = [eot]
+        if len(encoded) > ctx and not args.json:
+            print(
+                f"note: prompt {k} has {len(encoded)} tokens; only the last {ctx} are used", file=sys.stderr
+            )
+        ids.append(encoded)
+    if args.temperature == 0 and n_samples > 1 and not args.json:
+        print(
+            f"note: --temperature 0 is greedy: the {n_samples} samples of a prompt are the same",
+            file=sys.stderr,
+        )
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    rows = len(ids) * n_samples
+    batches = -(-rows // args.batch_size)
+    t0 = time.perf_counter()
+    outputs = generate_many(
+        model,
+        tok,
+        ids,
+        args.max_new_tokens,
+        num_samples=n_samples,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop=args.stop,
+        eos_id=eot,
+        generator=generator,
+        batch_size=args.batch_size,
+        progress=lambda b: tqdm(b, desc="batches", unit="batch", disable=None if batches > 1 else True),
+    )
+    elapsed = time.perf_counter() - t0
+    total = sum(o.new_tokens for o in outputs)
+    for o in outputs:
+        if args.json:
+            record = {**dataclasses.asdict(o), "prompt": prompts[o.prompt_index], "model": source}
+            record["int8"] = bool(args.int8)
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            print(
+                f"--- prompt {o.prompt_index}, sample {o.sample_index} "
+                f"({o.new_tokens} tokens, stop: {o.stop_reason}) ---"
+            )
+            print(prompts[o.prompt_index] + o.text)
+    sys.stdout.flush()
+    if not args.json:
+        rate = f", {total / elapsed:,.1f} tokens/s" if elapsed > 0 else ""
+        print(
+            f"[{len(outputs)} outputs in {batches} batch(es): {total:,} tokens in {elapsed:.1f} s{rate}]",
+            file=sys.stderr,
+        )
     return 0

@@ -217,21 +217,22 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(args.model, device="cpu")
         model, arch, config, source = loaded.model, loaded.arch, loaded.model.config, loaded.source
     else:
+        from scratchllm.architectures import get_architecture
         from scratchllm.config import resolve_configs
-        from scratchllm.model.config import GPTConfig, get_preset
-        from scratchllm.model.gpt import GPTModel
+        from scratchllm.model.config import get_preset
         from scratchllm.train.config import TrainConfig
 
         # Train keys (from a preset, a shared TOML file or --set) are accepted and simply unused.
         preset = get_preset(args.preset) if args.preset else None
-        sections = {"model": GPTConfig(), "train": TrainConfig()}
+        arch = (preset or {}).get("arch", "gpt")
+        record = get_architecture(arch)
+        sections = {"model": record.config(), "train": TrainConfig()}
         preset_sections = {k: v for k, v in (preset or {}).items() if k in sections}
         config = resolve_configs(
             sections, preset=preset_sections or None, config_file=args.config, overrides=args.overrides
         )["model"]
         with torch.device("meta"):  # shapes only: no memory is allocated, nothing is initialised
-            model = GPTModel(config)
-        arch = "gpt"
+            model = record.model(config)
         source = f"preset {args.preset}" if args.preset else "config"
     info = summarize(model, arch, config)
     info["source"] = source

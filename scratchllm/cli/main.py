@@ -19,10 +19,11 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from scratchllm import __version__
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, ScratchLLMWarning, os_error_message
 
 # verb -> (module under scratchllm.cli, one-line help). The order is the pipeline's order.
 VERBS: dict[str, tuple[str, str]] = {
@@ -37,10 +38,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a model: classification or instruction following (LoRA too)"),
     "classify": ("classify", "classify text with a fine-tuned classifier"),
     "chat": ("chat", "chat interactively with an instruction-tuned model"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching)"),
     "lora": ("lora", "LoRA adapters: merge an adapter into its base model"),
     "fill-mask": ("fill_mask", "fill [MASK] tokens with a BERT model"),
     "translate": ("translate", "run an encoder-decoder (seq2seq) model on text"),
     "compare": ("compare", "train several architecture variants on one budget and compare them"),
+    "sweep": ("sweep", "scaling laws: train a ladder of sizes per compute budget and fit L(N, D)"),
+    "explain": ("explain", "see each idea (attention, BPE, sampling, LoRA...) work on real numbers"),
 }
 
 
@@ -88,12 +92,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv else 2
     verb, rest = argv[0], argv[1:]
+    # Idle OpenMP threads sleep instead of spinning (set before torch loads its OpenMP runtime):
+    # with other work on the machine, spinning threads steal the cores the busy ones need.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if verb not in verbs:
         print(
             f"scratchllm: error: unknown command {verb!r}; choose from {', '.join(verbs)}",
             file=sys.stderr,
         )
         return 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, ScratchLLMWarning):
+            print(f"scratchllm {verb}: warning: {message}", file=sys.stderr)
+        else:
+            default_showwarning(message, category, filename, lineno, file, line)
+
+    default_showwarning = warnings.showwarning
+    warnings.showwarning = show_warning
     try:
         parser, module = build_parser(verb)
         args = parser.parse_args(rest)
@@ -111,6 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except OSError as err:
+        # A path the user gave cannot be read or written (permission, read-only, not a directory,
+        # disk full...): the same one line as any other mistake, never a traceback.
+        if os.environ.get("SCRATCHLLM_DEBUG"):
+            raise
+        print(f"scratchllm {verb}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = default_showwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ examples:
   scratchllm train --data data/shakespeare --out runs/shakespeare --preset char-shakespeare --resume
   scratchllm train --data data/d --out runs/r --preset tiny --set max_steps=500 --set lr=3e-4
   torchrun --nproc_per_node 2 -m scratchllm train --data data/d --out runs/ddp --preset tiny
+  scratchllm train --arch bert --data book.txt --tokenizer bpe.json --out runs/bert --preset tiny
+  scratchllm train --arch seq2seq --data pairs.tsv --tokenizer bpe.json --out runs/s2s
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from scratchllm.cli.common import (
     add_json_arg,
     add_out_arg,
     add_seed_arg,
+    add_threads_arg,
     interrupted_message,
     make_echo,
     print_json,
@@ -42,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared data directory (train.bin, val.bin, meta.json)")
     add_out_arg(p, help="run directory to create (or continue with --resume)")
     p.add_argument("--arch", default=None, help="architecture: gpt (default), bert, seq2seq")
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="bert/seq2seq: build on this trained tokenizer (a 'scratchllm tokenizer train' JSON file, "
+        "a GPT-2 vocabulary directory or a run) instead of characters; the family's special tokens "
+        "are appended. gpt: must be the tokenizer of --data",
+    )
     add_config_args(p)
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its newest valid checkpoint"
@@ -54,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-world-size-change",
         action="store_true",
         help="resume with a different number of processes (not bit-exact)",
+    )
+    add_threads_arg(p)
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="train even when the estimated peak memory exceeds the memory available",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or samples")
     add_json_arg(p)
@@ -84,11 +100,20 @@ def print_summary(result, out: str) -> None:
     if s["loss"] is not None:
         line += f", train loss {s['loss']:.4f}"
     if s["val_loss"] is not None:
-        line += f", val loss {s['val_loss']:.4f} (perplexity {s['perplexity']:.2f})"
+        scored = result.last_eval.get("tokens")
+        on = f" on {scored:,} val tokens (eval_steps batches)" if scored else ""
+        line += f", val loss {s['val_loss']:.4f} (perplexity {s['perplexity']:.2f}{on})"
     print(line)
     if s["skipped_steps"]:
         print(f"skipped {s['skipped_steps']} step(s) with non-finite or spiking loss (see metrics.jsonl)")
     print(f"saved run to {out}")
+
+
+def _bigger(arch: str) -> str:
+    """Where the big shapes are, for the default-preset note."""
+    return {"gpt": "--preset gpt2 for GPT-2 small", "bert": "--preset bert-base for BERT-base"}.get(
+        arch, "'scratchllm inspect --list-presets' lists the others"
+    )
 
 
 def try_it(arch: str, out: str) -> str:
@@ -112,17 +137,23 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.train.distributed import shutdown_distributed
     from scratchllm.train.pretrain import pretrain, setup_pretraining
 
+    overrides = list(args.overrides) + ([f"threads={args.threads}"] if args.threads is not None else [])
     setup = setup_pretraining(
         args.data,
         args.out,
         arch=args.arch,
         preset=args.preset,
         config_file=args.config,
-        overrides=args.overrides,
+        overrides=overrides,
         seed=args.seed,
         device=args.device,
         resume=args.resume,
+        check_memory=not args.yes,
+        tokenizer=args.tokenizer,
     )
+    echo = make_echo(args.quiet or args.json)
+    if args.preset is None and setup.preset is not None:
+        echo(f"no --preset given: using the laptop-sized {setup.preset!r} preset ({_bigger(setup.arch)})")
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         result = pretrain(
@@ -131,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             progress=not (args.quiet or args.json),
             allow_world_size_change=args.allow_world_size_change,
-            echo=make_echo(args.quiet or args.json),
+            echo=echo,
+            check_memory=not args.yes,
+            estimate_time=True,
         )
     finally:
         from scratchllm.train.distributed import DistEnv

@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, load_model_for, print_json, require_positive
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_threads_arg,
+    apply_threads,
+    load_model_for,
+    print_json,
+    require_positive,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,9 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --plot-attention file")
     add_json_arg(p)
+    add_threads_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args)
     from scratchllm.errors import ScratchLLMError
 
     require_positive(args, "beam", "max_len")

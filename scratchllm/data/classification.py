@@ -31,6 +31,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.io import read_text
 
 TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_EXTRA = "\0extra fields"
 JSON_FORMATS = (".jsonl", ".ndjson", ".json")
 
 
@@ -48,12 +49,31 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     suffix = path.suffix.lower()
     raw = read_text(path, "data file")  # read_text drops a BOM from spreadsheet exports
     if suffix in TABLE_FORMATS:
-        reader = csv.DictReader(raw.splitlines(), delimiter=TABLE_FORMATS[suffix])
+        tab = TABLE_FORMATS[suffix] == "\t"
+        # TSV has no quoting: a `"` inside a text is just a character (with CSV quoting one stray
+        # quote would swallow the rows after it). Every line must then have the header's fields.
+        reader = csv.DictReader(
+            raw.splitlines(),
+            delimiter=TABLE_FORMATS[suffix],
+            quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL,
+            restkey=_EXTRA,
+        )
         try:
             rows = list(reader)
         except csv.Error as err:
             raise ScratchLLMError(f"{path} is not valid {suffix[1:].upper()}: {err}") from None
-        return rows, list(reader.fieldnames or [])
+        columns = list(reader.fieldnames or [])
+        if tab:
+            for n, row in enumerate(rows, start=2):
+                extras = row.get(_EXTRA) or []
+                missing = [k for k in columns if row.get(k) is None]
+                if extras or missing:
+                    got = len(columns) + len(extras) - len(missing)
+                    raise ScratchLLMError(
+                        f"{path} line {n} has {got} tab-separated fields but the header has {len(columns)}"
+                        " (a TAB inside a text? TSV texts cannot contain tabs)"
+                    )
+        return rows, columns
     if suffix in JSON_FORMATS:
         rows = []
         stripped = raw.lstrip()

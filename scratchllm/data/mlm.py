@@ -75,6 +75,7 @@ def mask_tokens(
     rng: random.Random,
     mask_prob: float = 0.15,
     random_ids: Sequence[int] | None = None,
+    word_starts: Sequence[bool] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Apply BERT's masking to one sequence; return ``(inputs, labels)``.
 
@@ -82,24 +83,51 @@ def mask_tokens(
     label = its original token and its input becomes ``[MASK]`` (80 %), a random ordinary token
     (10 %, drawn from ``random_ids``, by default every id that is not one of the four specials)
     or stays unchanged (10 %). Unchosen positions get label ``-100``.
+
+    **Whole-word masking** (``word_starts``: True where a token begins a word, e.g. from
+    :meth:`~scratchllm.tokenizer.base.Tokenizer.encode_words`): the choice is made per *word*, and
+    every token of a chosen word is masked (each token still gets its own 80/10/10 draw, as in
+    Google's and Hugging Face's implementations). With a subword tokenizer this stops the model
+    from guessing ``"ing"`` merely because ``" walk"`` is still visible. The expected share of
+    masked tokens stays ``mask_prob``.
     """
     skip = {special.pad, special.cls, special.sep, special.mask}
     inputs, labels = list(ids), [IGNORE_INDEX] * len(ids)
-    for i, tok in enumerate(ids):
-        if tok in skip or rng.random() >= mask_prob:
+    if word_starts is not None and len(word_starts) != len(ids):
+        raise ValueError(f"word_starts has {len(word_starts)} entries for {len(ids)} tokens")
+    i, n = 0, len(ids)
+    while i < n:
+        end = i + 1  # one token, or (whole-word masking) up to the next word start
+        if word_starts is not None:
+            while end < n and not word_starts[end] and ids[end] not in skip:
+                end += 1
+        if ids[i] in skip or rng.random() >= mask_prob:
+            i = end
             continue
-        labels[i] = tok
-        r = rng.random()
-        if r < 0.8:
-            inputs[i] = special.mask
-        elif r < 0.9:
-            if random_ids is not None:
-                inputs[i] = random_ids[rng.randrange(len(random_ids))]
-            else:
-                while (t := rng.randrange(vocab_size)) in skip:
-                    pass
-                inputs[i] = t
+        for j in range(i, end):
+            labels[j] = ids[j]
+            r = rng.random()
+            if r < 0.8:
+                inputs[j] = special.mask
+            elif r < 0.9:
+                if random_ids is not None:
+                    inputs[j] = random_ids[rng.randrange(len(random_ids))]
+                else:
+                    while (t := rng.randrange(vocab_size)) in skip:
+                        pass
+                    inputs[j] = t
+        i = end
     return inputs, labels
+
+
+def word_start_flags(words: Sequence[Sequence[int]]) -> tuple[list[int], list[bool]]:
+    """Words (lists of ids, from ``encode_words``) → ``(ids, word_starts)`` for :func:`mask_tokens`."""
+    ids: list[int] = []
+    starts: list[bool] = []
+    for word in words:
+        ids.extend(word)
+        starts.extend(k == 0 for k in range(len(word)))
+    return ids, starts
 
 
 # ----------------------------------------------------------------------------- sentence pairs
@@ -125,6 +153,10 @@ class PretrainingExamples:
     ``documents`` is a list of documents, each a list of sentences, each a list of token ids.
     With ``nsp=True`` an example is ``[CLS] A [SEP] B [SEP]`` with segment ids 0…0 1…1; with
     ``nsp=False`` it is ``[CLS] sentences… [SEP]`` packed up to ``context_length``.
+
+    ``word_starts`` (the same nesting as ``documents``, one bool per token) turns on whole-word
+    masking; ``random_ids`` are the ids the 10 % random replacements draw from (default: every
+    id but the four BERT specials).
     """
 
     def __init__(
@@ -137,12 +169,21 @@ class PretrainingExamples:
         mlm: bool = True,
         nsp: bool = True,
         mask_prob: float = 0.15,
+        word_starts: list[list[list[bool]]] | None = None,
+        random_ids: Sequence[int] | None = None,
     ) -> None:
         if not mlm and not nsp:
             raise ScratchLLMError("BERT pretraining needs at least one objective; enable mlm or nsp")
         if context_length < 5:
             raise ScratchLLMError(f"context_length {context_length} is too short for BERT (need >= 5)")
-        self.docs = [d for d in documents if d]
+        if word_starts is not None and [list(map(len, d)) for d in word_starts] != [
+            list(map(len, d)) for d in documents
+        ]:
+            raise ValueError("word_starts must have one flag per token of documents")
+        keep = [k for k, d in enumerate(documents) if d]
+        self.docs = [documents[k] for k in keep]
+        self.word_starts = None if word_starts is None else [word_starts[k] for k in keep]
+        self.random_ids = None if random_ids is None else list(random_ids)
         self.flat = [(d, s) for d, doc in enumerate(self.docs) for s in range(len(doc))]
         self.pairs = [(d, s) for d, doc in enumerate(self.docs) for s in range(len(doc) - 1)]
         if nsp and not self.pairs:
@@ -165,48 +206,80 @@ class PretrainingExamples:
         mlm: bool = True,
         nsp: bool = True,
         mask_prob: float = 0.15,
+        whole_word_mask: bool = False,
     ) -> PretrainingExamples:
         """Examples from documents of sentence *strings*, encoded with ``tokenizer`` (which must hold
-        BERT's special tokens: :func:`with_special_tokens`)."""
+        BERT's special tokens: :func:`with_special_tokens`) — the one way training and ``eval`` build
+        them, so both mask alike. Random replacements draw from ordinary tokens only (never
+        ``[MASK]``, ``[PAD]``, ``<|endoftext|>``...); ``whole_word_mask`` masks whole words
+        (needs a tokenizer with ``encode_words``)."""
+        specials = set(tokenizer.special_tokens.values())
+        random_ids = [i for i in range(tokenizer.vocab_size) if i not in specials]
+        starts = None
+        if whole_word_mask:
+            flagged = [[word_start_flags(tokenizer.encode_words(s)) for s in doc] for doc in documents]
+            ids = [[i for i, _ in doc] for doc in flagged]
+            starts = [[f for _, f in doc] for doc in flagged]
+        else:
+            ids = [[tokenizer.encode(s) for s in doc] for doc in documents]
         return cls(
-            [[tokenizer.encode(s) for s in doc] for doc in documents],
+            ids,
             special=BertSpecialIds.of(tokenizer),
             vocab_size=tokenizer.vocab_size,
             context_length=context_length,
             mlm=mlm,
             nsp=nsp,
             mask_prob=mask_prob,
+            word_starts=starts,
+            random_ids=random_ids,
         )
+
+    def _sentence(self, d: int, s: int) -> tuple[list[int], list[bool]]:
+        """Token ids of one sentence and, with whole-word masking, its word-start flags."""
+        ids = list(self.docs[d][s])
+        return ids, (list(self.word_starts[d][s]) if self.word_starts is not None else [True] * len(ids))
 
     def example(self, rng: random.Random) -> PretrainingExample:
         sp = self.special
         if self.nsp:
             d, s = self.pairs[rng.randrange(len(self.pairs))]
-            a = list(self.docs[d][s])
+            a, a_starts = self._sentence(d, s)
             if rng.random() < 0.5:
-                b, label = list(self.docs[d][s + 1]), 0
+                (b, b_starts), label = self._sentence(d, s + 1), 0
             else:
                 # A random sentence that is not the true next one (from anywhere in the corpus).
                 while True:
                     d2, s2 = self.flat[rng.randrange(len(self.flat))]
                     if (d2, s2) != (d, s + 1) or len(self.flat) == 1:
                         break
-                b, label = list(self.docs[d2][s2]), 1
+                (b, b_starts), label = self._sentence(d2, s2), 1
             _truncate_pair(a, b, self.context_length - 3)
+            a_starts, b_starts = a_starts[: len(a)], b_starts[: len(b)]
             ids = [sp.cls, *a, sp.sep, *b, sp.sep]
+            starts = [True, *a_starts, True, *b_starts, True]
             segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         else:
             d, s = self.flat[rng.randrange(len(self.flat))]
             body: list[int] = []
-            for sentence in self.docs[d][s:]:
-                body.extend(sentence)
+            body_starts: list[bool] = []
+            for k in range(s, len(self.docs[d])):
+                ids_k, starts_k = self._sentence(d, k)
+                body.extend(ids_k)
+                body_starts.extend(starts_k)
                 if len(body) >= self.context_length - 2:
                     break
-            body = body[: self.context_length - 2]
+            body, body_starts = body[: self.context_length - 2], body_starts[: self.context_length - 2]
             ids, segments, label = [sp.cls, *body, sp.sep], [0] * (len(body) + 2), IGNORE_INDEX
+            starts = [True, *body_starts, True]
         if self.mlm:
             inputs, labels = mask_tokens(
-                ids, special=sp, vocab_size=self.vocab_size, rng=rng, mask_prob=self.mask_prob
+                ids,
+                special=sp,
+                vocab_size=self.vocab_size,
+                rng=rng,
+                mask_prob=self.mask_prob,
+                random_ids=self.random_ids,
+                word_starts=starts if self.word_starts is not None else None,
             )
         else:
             inputs, labels = ids, [IGNORE_INDEX] * len(ids)

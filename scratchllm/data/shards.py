@@ -65,10 +65,18 @@ class Shards:
         return int(self.meta["vocab_size"])
 
     def load_tokenizer(self) -> Tokenizer:
-        """The tokenizer the shards were made with (the copy stored beside them)."""
+        """The tokenizer the shards were made with (the copy stored beside them), checked against
+        the fingerprint ``meta.json`` recorded: a replaced ``tokenizer.json`` is an error."""
         from scratchllm.tokenizer import load_tokenizer
 
-        return load_tokenizer(self.tokenizer_path)
+        tokenizer = load_tokenizer(self.tokenizer_path)
+        expected = self.meta.get("tokenizer_sha256")
+        if expected and tokenizer_fingerprint(tokenizer) != expected:
+            raise ScratchLLMError(
+                f"{self.tokenizer_path} is not the tokenizer these shards were made with (meta.json "
+                f"records sha256 {str(expected)[:12]}); restore it or re-run 'scratchllm prepare'"
+            )
+        return tokenizer
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Raise a clear error when ``tokenizer`` is not the one these shards were made with."""
@@ -125,4 +133,20 @@ def load_shards(path: str | Path) -> Shards:
             )
         # mmap cannot map an empty file; an empty split is an empty array.
         arrays[split] = np.memmap(file, dtype=dtype, mode="r") if n else np.zeros(0, dtype=dtype)
+        _check_ids(arrays[split], int(meta.get("vocab_size", 0)), file)
     return Shards(path=path, train=arrays["train"], val=arrays["val"], meta=meta)
+
+
+def _check_ids(tokens: np.ndarray, vocab_size: int, file: Path) -> None:
+    """Every id must index the vocabulary, or the embedding lookup would fail mid-training.
+
+    One pass over the memory map (about a second per GB), done once when the shards are opened.
+    """
+    if not len(tokens) or vocab_size < 1:
+        return
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise ScratchLLMError(
+            f"{file} holds token id {top} but meta.json says the vocabulary has {vocab_size} ids; "
+            "the file does not belong to this data directory - re-run 'scratchllm prepare'"
+        )

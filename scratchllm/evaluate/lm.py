@@ -47,6 +47,7 @@ def evaluate_lm(
     max_windows: int | None = None,
     device: Any = "cpu",
     name: str = "the validation tokens",
+    progress: Callable[[Any], Any] | None = None,
 ) -> dict[str, float]:
     """Mean next-token loss of ``model`` over fixed windows of ``tokens`` (a 1-D id array).
 
@@ -76,7 +77,8 @@ def evaluate_lm(
         with torch.no_grad():
             # Sum on the device; one sync at the end instead of one per batch.
             acc = torch.zeros((), dtype=torch.float64, device=device)
-            for x, y in sampler.batches(max_batches, max_windows=max_windows):
+            stream = sampler.batches(max_batches, max_windows=max_windows)
+            for x, y in progress(stream) if progress else stream:
                 logits = model(x)
                 acc += lm_loss(logits.float(), y).double() * y.numel()
                 count += y.numel()

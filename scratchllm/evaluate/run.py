@@ -435,6 +435,7 @@ class MaskedLMEval:
             mlm=cfg.mlm,
             nsp=cfg.nsp,
             mask_prob=cfg.mask_prob,
+            whole_word_mask=cfg.whole_word_mask,
         )
         out = evaluate_mlm(
             s.model,

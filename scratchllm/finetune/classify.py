@@ -61,6 +61,8 @@ def finetune_classify(
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
     stop_at: int | None = None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
 ) -> ClassifyResult:
     """Fine-tune the GPT or BERT at ``base`` as a classifier of ``data`` into ``run_dir``; score val/test.
 
@@ -139,6 +141,8 @@ def finetune_classify(
         progress=progress,
         echo=echo,
         stop_at=stop_at,
+        check_memory=check_memory,
+        estimate_time=estimate_time,
     )
     return ClassifyResult(
         Path(run_dir),

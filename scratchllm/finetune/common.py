@@ -10,6 +10,7 @@ pretrained base, possibly with a new head or LoRA adapters) and *which parameter
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,9 @@ def load_base(path: str | Path, device: str = "cpu", *, kind: str = "instruct") 
     A model with LoRA adapters is merged first (so one can LoRA-tune a LoRA-tuned model). Returns
     :class:`scratchllm.runs.LoadedModel`.
     """
-    from scratchllm.load import load_model
+    from scratchllm.load import load_base_model
 
-    loaded = load_model(path, device=device)
+    loaded = load_base_model(path, device=device)
     record = get_architecture(loaded.arch)
     ok = record.classifier_base if kind == "classify" else record.instruct_base
     if not ok:
@@ -112,8 +113,6 @@ def load_base(path: str | Path, device: str = "cpu", *, kind: str = "instruct") 
             f"{path} is a {loaded.arch!r} model; fine-tuning starts from a GPT language model "
             f"(a pretraining run, a checkpoint or a Hugging Face GPT-2 directory){also}"
         )
-    if record.has_lora:
-        merge_lora(loaded.model, untie=True)
     if loaded.tokenizer is None:
         raise ScratchLLMError(f"{path} has no tokenizer.json; fine-tuning needs the base model's tokenizer")
     return loaded
@@ -166,7 +165,9 @@ def lora_from_args(
     r: int | None, alpha: float | None, dropout: float, targets: str | None
 ) -> LoRAConfig | None:
     """A :class:`LoRAConfig` from CLI-style values, or None when ``r`` is not given."""
-    if not r:
+    if r is not None and r < 1:
+        raise ScratchLLMError(f"--lora-r must be >= 1 (got {r}); leave it out to fine-tune without LoRA")
+    if r is None:
         if alpha is not None or targets is not None:
             raise ScratchLLMError("--lora-alpha/--lora-targets need --lora-r")
         return None
@@ -195,7 +196,7 @@ def write_adapter(model: nn.Module, run_dir: str | Path, *, arch: str, info: dic
         extra_params=extra,
         notes={"finetune": info},
     )
-    return save_adapter(model, Path(run_dir) / "adapter", adapter)
+    return save_adapter(model, Path(run_dir) / "adapter", adapter, reuse=Path(run_dir) / "model.safetensors")
 
 
 def describe_params(trainable: int, total: int) -> str:
@@ -247,9 +248,16 @@ def merge_adapter(model_path: str | Path, base: str | Path | None = None) -> Mer
                 f"no LoRA adapter in {path} (expected adapter_config.json or a run with adapter/)"
             )
         info, _ = read_adapter(adapter_dir)
-        base = base if base is not None else info.base_model
-        if not base:
-            raise ScratchLLMError(f"the adapter in {adapter_dir} does not record its base model; pass --base")
+        if base is None:
+            from scratchllm.runs import find_base
+
+            recorded = {"base_model": info.base_model, **(info.notes.get("finetune") or {})}
+            if not recorded.get("base_model"):
+                raise ScratchLLMError(
+                    f"the adapter in {adapter_dir} does not record its base model; pass --base"
+                )
+            # Recorded as typed (maybe relative to where training ran): also try beside the adapter.
+            base = find_base(recorded, adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir)
         loaded = load_base(base, kind="classify" if info.architecture == "gpt-classifier" else "instruct")
         tokenizer = loaded.tokenizer
         if info.architecture == "gpt-classifier":
@@ -331,6 +339,8 @@ def run_finetune(
     progress: bool = True,
     echo: Any = None,
     stop_at: int | None = None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
 ) -> FinetuneOutcome:
     """The one fine-tuning recipe, for every kind: base model → model → task → the training loop →
     scores, metrics file and LoRA adapter.
@@ -344,6 +354,7 @@ def run_finetune(
     from scratchllm.io import atomic_write_json
     from scratchllm.model.lora import base_fingerprint
     from scratchllm.train.loop import train
+    from scratchllm.weights import state_sha256
 
     run_dir = Path(run_dir)
     if resume:
@@ -355,6 +366,7 @@ def run_finetune(
         if dropout is not None:
             loaded.model.config.dropout = dropout
         fp = base_fingerprint(loaded.model, exclude=kind.fingerprint_exclude)
+        base_sha = state_sha256(loaded.model, exclude=kind.fingerprint_exclude)
         # New heads and LoRA's A matrices start random: seed them so a run is repeatable.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_cfg.seed)
@@ -363,12 +375,21 @@ def run_finetune(
         info = {
             "task": kind.name,
             "base_model": str(base),
+            "base_model_path": os.path.abspath(base),
             "base_fingerprint": fp,
+            "base_sha256": base_sha,
+            "fingerprint_exclude": list(kind.fingerprint_exclude),
             "trainable": trainable,
             "trainable_blocks": last_blocks,
+            # Only what trains is stored when that is a part of the model (LoRA, a head, the last
+            # blocks): the run then loads on top of its base, at a few percent of the base's size.
+            "stored": "all" if trainable == "all" else "trainable",
             **info,
         }
     trainable_n, total_n = select_trainable(model, trainable, last_blocks=last_blocks)
+    store_only = None
+    if info.get("stored") == "trainable":
+        store_only = {n for n, p in model.named_parameters() if p.requires_grad}
     task = kind.make_task(model, tokenizer, info, train_cfg)
     if epochs is not None:
         steps = steps_for_epochs(len(task.train), epochs, train_cfg.batch_size, train_cfg.grad_accum_steps)
@@ -386,6 +407,9 @@ def run_finetune(
         progress=progress,
         echo=echo,
         stop_at=stop_at,
+        check_memory=check_memory,
+        estimate_time=estimate_time,
+        store_only=store_only,
     )
     metrics: dict[str, Any] = {}
     adapter = None
@@ -411,17 +435,16 @@ def rebuild_for_resume(run_dir: Path, kind: FinetuneKind) -> tuple[nn.Module, An
     kind.check_resume(cfg)
     arch = cfg["architecture"]
     model = build_model(arch, config_from_dict(arch, cfg["model"]))
+    if info.get("stored") == "trainable":  # checkpoints hold only what trains: the base gives the rest
+        from scratchllm.load import load_base_model
+        from scratchllm.runs import attach_base
+
+        attach_base(model, cfg, run_dir, load_base_model, str(run_dir))
     return model, load_tokenizer(run_dir / "tokenizer.json"), arch, info
 
 
 def progress_bars(enabled: bool) -> Any:
-    """``bar(desc)`` -> a function wrapping an iterable in a tqdm bar (or None when disabled)."""
+    """``bar(desc)`` -> a progress wrapper for the scoring loops (see :func:`scratchllm.progress.tracker`)."""
+    from scratchllm.progress import tracker
 
-    def make(desc: str) -> Any:
-        if not enabled:
-            return None
-        from tqdm.auto import tqdm
-
-        return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-
-    return make
+    return tracker(enabled)

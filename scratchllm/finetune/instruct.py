@@ -72,6 +72,8 @@ def finetune_instruct(
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
     stop_at: int | None = None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
 ) -> InstructResult:
     """Instruction-tune the GPT at ``base`` on ``data`` into ``run_dir``, then answer and score the test set.
 
@@ -175,6 +177,8 @@ def finetune_instruct(
         progress=progress,
         echo=echo,
         stop_at=stop_at,
+        check_memory=check_memory,
+        estimate_time=estimate_time,
     )
     return InstructResult(
         Path(run_dir),

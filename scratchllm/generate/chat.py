@@ -3,6 +3,7 @@ template, answered with a reply streamed token by token."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from scratchllm.data.instruction import PromptTemplate
 from scratchllm.device import model_device
+from scratchllm.errors import ScratchLLMWarning
 from scratchllm.generate.engine import stream
 
 
@@ -43,14 +45,30 @@ def chat(
             break
         if not text:
             continue
-        ids = tokenizer.encode(template.format(text))[-(ctx - 1) :]
+        ids = tokenizer.encode(template.format(text))
+        if len(ids) > ctx - 1:
+            warnings.warn(
+                f"the message and its prompt template are {len(ids)} tokens; only the last {ctx - 1} are "
+                f"used (the model's context is {ctx} tokens, one is kept for the reply)",
+                ScratchLLMWarning,
+                stacklevel=2,
+            )
+            ids = ids[-(ctx - 1) :]
         if before_reply:
             before_reply()
         pending: list[int] = []
         shown = ""
         room = min(max_new_tokens, ctx - len(ids))
         for token in stream(
-            model, ids, room, temperature=temperature, top_k=top_k, eos_id=eot, generator=gen, on_full="stop"
+            model,
+            ids,
+            room,
+            temperature=temperature,
+            top_k=top_k,
+            eos_id=eot,
+            generator=gen,
+            on_full="stop",
+            vocab_size=tokenizer.vocab_size,
         ):
             if token == eot:
                 break

@@ -22,6 +22,7 @@ from the last ``context_length`` tokens, so every token is predicted from (at mo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate.sampling import check_sampling_args, sample_next
-from scratchllm.generate.streaming import StopFn
+from scratchllm.generate.streaming import StopFn, StopStrings, TextStreamer
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -78,6 +79,7 @@ def stream(
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
     on_full: str = "slide",
+    vocab_size: int | None = None,
 ) -> Iterator[Tensor | int]:
     """Yield new tokens as they are generated.
 
@@ -85,7 +87,9 @@ def stream(
     ``[B, T]`` batch (yields ``[B]`` tensors; ``attention_mask`` marks left padding, see
     :func:`pad_left`). A row ends after it produced ``eos_id`` (one id or several) or when
     ``stop(row_generated_ids)`` returns True; finished rows then repeat their last token, and the
-    iterator ends when every row has finished or after ``max_new_tokens`` steps.
+    iterator ends when every row has finished or after ``max_new_tokens`` steps. ``vocab_size``
+    limits the choice to ids the tokenizer can decode (a model's embedding table may be padded
+    beyond its tokenizer, e.g. to a multiple of 64 for faster matmuls).
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if on_full not in ("slide", "stop"):
@@ -125,7 +129,11 @@ def stream(
         )
         for _ in range(max_new_tokens):
             token = sample_next(
-                logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                logits[:, -1, :vocab_size],
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
             )
             if B > 1 or eos.numel():
                 token = torch.where(done, seq[:, n - 1], token)  # finished rows stand still
@@ -171,6 +179,7 @@ def generate(
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
     on_full: str = "slide",
+    vocab_size: int | None = None,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` tokens; return prompt + new tokens.
 
@@ -192,11 +201,130 @@ def generate(
             generator=generator,
             attention_mask=attention_mask,
             on_full=on_full,
+            vocab_size=vocab_size,
         )
     )
     new = torch.stack(steps, dim=1) if steps else batch[:, :0]
     out = torch.cat([batch, new], dim=1)
     return out[0] if single else out
+
+
+@dataclass
+class Completion:
+    """One continuation made by :func:`generate_many`."""
+
+    #: which prompt (0-based, in the order given) and which of its samples (0-based).
+    prompt_index: int
+    sample_index: int
+    #: the new token ids: without the end-of-text token; through the token that completed a stop string.
+    tokens: list[int]
+    #: those tokens as text (decoded after the prompt, cut before a stop string).
+    text: str
+    #: why it ended: "eos", "stop" (a stop string), "max_new_tokens" or "context_length".
+    stop_reason: str
+    #: tokens the model produced for this row, the end-of-text token included.
+    new_tokens: int
+
+
+def _completion(
+    tokenizer: Any,
+    prompt: Sequence[int],
+    new: Sequence[int],
+    *,
+    eos: set[int],
+    stop: Sequence[str],
+    max_new_tokens: int,
+    index: tuple[int, int],
+) -> Completion:
+    """Read one generated row the way the streaming CLI reads tokens: until an end-of-text token
+    or a stop string (a finished row repeats its last token after that), with the same text."""
+    streamer = TextStreamer(tokenizer, prompt, stop)
+    tokens: list[int] = []
+    reason = None
+    for token in new:
+        if token in eos:
+            reason = "eos"
+            break
+        tokens.append(token)
+        streamer.push(token)
+        if streamer.stopped:
+            reason = "stop"
+            break
+    streamer.finish()
+    if reason is None:
+        if streamer.stopped:  # the stop string ended in bytes that only the final decode completed
+            reason = "stop"
+        else:
+            reason = "max_new_tokens" if len(new) >= max_new_tokens else "context_length"
+    used = len(tokens) + (reason == "eos")
+    return Completion(index[0], index[1], tokens, streamer.text, reason, used)
+
+
+@torch.no_grad()
+def generate_many(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
+    eos_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+    on_full: str = "slide",
+    progress: Callable[[Any], Any] | None = None,
+) -> list[Completion]:
+    """``num_samples`` continuations of every prompt (token id lists), in batches.
+
+    Every (prompt, sample) pair is one row; up to ``batch_size`` rows are left-padded
+    (:func:`pad_left`) into one batch and decoded together by :func:`generate` — one forward pass
+    per step for all of them, each row with its own random draws. Rows end at ``eos_id`` (default:
+    the tokenizer's ``<|endoftext|>``, if any) or a ``stop`` string. Returns one
+    :class:`Completion` per row, prompt by prompt, samples in order.
+    """
+    from scratchllm.data.batches import fixed_batches
+
+    if num_samples < 1:
+        raise ScratchLLMError(f"--num-samples must be >= 1 (got {num_samples})")
+    if batch_size < 1:
+        raise ScratchLLMError(f"--batch-size must be >= 1 (got {batch_size})")
+    if eos_id is None:
+        eos_id = tokenizer.special_tokens.get("<|endoftext|>")
+    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    device = next(model.parameters()).device
+    rows = [(p, k) for p in range(len(prompts)) for k in range(num_samples)]
+    stop_fn = StopStrings(tokenizer, stop) if any(stop) else None
+    out: list[Completion] = []
+    batches = fixed_batches(rows, batch_size)
+    for chunk in progress(batches) if progress else batches:
+        ids = [list(prompts[p]) for p, _ in chunk]
+        idx, mask = pad_left(ids, min(eos) if eos else 0)
+        same_length = len({len(i) for i in ids}) == 1  # no padding: the mask-free fast path
+        full = generate(
+            model,
+            idx.to(device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=sorted(eos),
+            stop=stop_fn,
+            generator=generator,
+            attention_mask=None if same_length else mask.to(device),
+            on_full=on_full,
+            vocab_size=tokenizer.vocab_size,
+        )
+        for prompt, new, index in zip(ids, full[:, idx.shape[1] :].tolist(), chunk, strict=True):
+            out.append(
+                _completion(
+                    tokenizer, prompt, new, eos=eos, stop=stop, max_new_tokens=max_new_tokens, index=index
+                )
+            )
+    return out
 
 
 @torch.no_grad()
@@ -240,6 +368,7 @@ def generate_responses(
             eos_id=eot,
             attention_mask=mask.to(device),
             on_full="stop",
+            vocab_size=tokenizer.vocab_size,
         )
         for row in full[:, idx.shape[1] :].tolist():
             if eot in row:

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.specials import BertSpecialIds
+from scratchllm.tokenizer.specials import MASK, BertSpecialIds
 
 if TYPE_CHECKING:
     from scratchllm.model.bert import BertModel
+    from scratchllm.tokenizer.base import Tokenizer
 
 
 @torch.no_grad()
@@ -29,11 +30,21 @@ def fill_mask_ids(
     return out
 
 
-def fill_mask(model: BertModel, tokenizer: object, text: str, *, top_k: int = 5) -> list[dict]:
+def fill_mask(model: BertModel, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[dict]:
     """Fill the ``[MASK]`` tokens of ``text``. One dict per mask, in order: ``{"position",
     "candidates": [{"token", "token_id", "probability", "text"}, ...]}`` where ``text`` is the input
-    with that mask replaced by the candidate (other masks left as they are)."""
+    with that mask replaced by the candidate (other masks left as they are).
+
+    One ``[MASK]`` stands for one token: a character with a char tokenizer, a word (or a piece of
+    a rare word) with BPE. With byte-level BPE a word carries the space before it (``" be"``), so
+    the space written before a ``[MASK]`` goes into the mask, as Hugging Face's RoBERTa tokenizer
+    does: ``"to [MASK]"`` is read as ``"to"`` + ``[MASK]`` and filled with ``" be"``.
+    """
     special = BertSpecialIds.of(tokenizer)
+    parts = text.split(MASK)  # the text around each [MASK], to write the filled-in versions
+    absorbed = [tokenizer.space_joins_next_word and p.endswith(" ") for p in parts[:-1]]
+    if tokenizer.space_joins_next_word:
+        text = text.replace(" " + MASK, MASK)
     body = tokenizer.encode(text)
     if special.mask not in body:
         raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
@@ -44,18 +55,12 @@ def fill_mask(model: BertModel, tokenizer: object, text: str, *, top_k: int = 5)
             f"this model reads at most {model.config.context_length}"
         )
     results = []
-    for pos, cands in fill_mask_ids(model, ids, special.mask, top_k=top_k):
+    for k, (pos, cands) in enumerate(fill_mask_ids(model, ids, special.mask, top_k=top_k)):
+        before = "".join(p + MASK for p in parts[:k]) + (parts[k][:-1] if absorbed[k] else parts[k])
+        after = MASK.join(parts[k + 1 :])
         rows = []
         for tok, p in cands:
-            filled = ids[1:-1]
-            filled[pos - 1] = tok
-            rows.append(
-                {
-                    "token": tokenizer.decode([tok]),
-                    "token_id": tok,
-                    "probability": p,
-                    "text": tokenizer.decode(filled),
-                }
-            )
+            piece = tokenizer.decode([tok])
+            rows.append({"token": piece, "token_id": tok, "probability": p, "text": before + piece + after})
         results.append({"position": pos - 1, "candidates": rows})
     return results

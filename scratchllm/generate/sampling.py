@@ -4,6 +4,10 @@ Greedy (``temperature=0``: always the most likely), or sampling after dividing t
 *temperature* (< 1 sharper, > 1 flatter), optionally restricted to the *top-k* most likely tokens
 and/or to the smallest set whose probability mass reaches *top-p* (nucleus sampling). The three
 compose, in that order — the same pipeline the ``explain decoding`` topic and the playground show.
+
+Before that pipeline, :func:`adjust_logits` applies the OpenAI API's adjustments (``logit_bias``,
+presence and frequency penalties); :func:`token_logprobs` reports how likely the model found a
+chosen token and its best alternatives (the API's ``logprobs``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,54 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
-    probs = torch.softmax(logits, dim=-1)
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def adjust_logits(
+    logits: Tensor,
+    *,
+    counts: Tensor | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: Tensor | None = None,
+) -> Tensor:
+    """The OpenAI API's logit adjustments, applied before temperature/top-k/top-p (``[B, V]``).
+
+    * ``logit_bias`` (``[V]`` or ``[B, V]``) is added: +100 all but forces a token, -100 bans it;
+    * ``counts`` (same shape) holds how often each token was generated so far: every token seen
+      loses ``presence_penalty`` once and ``frequency_penalty`` per occurrence (positive values
+      discourage repetition, negative ones encourage it).
+
+    Returns a new tensor (the model's logits stay untouched for ``logprobs``).
+    """
+    out = logits.float()
+    if logit_bias is not None:
+        out = out + logit_bias
+    if counts is not None and (presence_penalty or frequency_penalty):
+        out = out - frequency_penalty * counts - presence_penalty * (counts > 0).to(out.dtype)
+    return out
+
+
+def token_logprobs(logits: Tensor, token: int, top: int = 0) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of ``token`` under one row of ``logits`` (``[V]``), and the ``top`` most
+    likely tokens as ``(id, logprob)`` pairs, best first.
+
+    These are the model's own probabilities (a log-softmax of the raw logits): what the model
+    believes, before any bias, penalty, temperature or truncation changed how the token was drawn.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = float(logp[token])
+    if top <= 0:
+        return chosen, []
+    values, ids = torch.topk(logp, min(top, logp.numel()))
+    return chosen, list(zip(ids.tolist(), values.tolist()))
+def next_token_probs(
+    logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """The distribution :func:`sample_next` draws from (``[B, V]``, rows sum to 1): scale by
+    1/temperature, keep the top-k, keep the top-p nucleus, softmax. ``temperature == 0`` (greedy)
+    puts all the mass on the argmax."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    return torch.softmax(filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p), dim=-1)

@@ -61,9 +61,12 @@ class TextStreamer:
     * Tokenizers may join tokens in context-dependent ways (a word tokenizer glues punctuation), so
       the whole generation is decoded together with the prompt each time and only the new suffix
       is released.
-    * With stop strings, the last ``len(longest stop) - 1`` characters are held back until it is
-      certain they do not begin a stop string; once one appears, the text before it is released and
-      ``stopped`` becomes True.
+    * With stop strings, a tail of the text that could be the beginning of a stop string (``"\nUs"``
+      while ``"\nUser:"`` is a stop string) is held back until the next tokens decide; once a stop
+      string appears, the text before it is released and ``stopped`` becomes True.
+
+    :meth:`take_tokens` says which text each token contributed, aligned with what was released, so
+    per-token information (log-probabilities) can travel with the text it belongs to.
     """
 
     def __init__(
@@ -73,11 +76,13 @@ class TextStreamer:
         self.prompt = list(prompt_ids)
         self.prefix = tokenizer.decode(self.prompt) if self.prompt else ""
         self.stop = [s for s in stop if s]
-        self.holdback = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
         self.text = ""  # everything generated so far (decoded), cut at a stop string
         self.shown = 0  # characters of `text` already released
         self.stopped = False
+        self.finished = False
+        self.ends: list[int] = []  # len(text) after each pushed token
+        self._taken = 0  # tokens handed out by take_tokens
 
     def _decode(self) -> str:
         full = self.tokenizer.decode(self.prompt + self.ids)
@@ -91,8 +96,19 @@ class TextStreamer:
         # A character still being spelled out byte by byte is not shown, nor searched, yet.
         text, self.stopped = truncate_at_stop(settled(self._decode()), self.stop)
         self.text = text
-        safe = len(text) if self.stopped else max(self.shown, len(text) - self.holdback)
+        self.ends.append(len(text))
+        safe = len(text) if self.stopped else max(self.shown, len(text) - self._open_prefix(text))
         return self._release(safe)
+
+    def _open_prefix(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that is a proper beginning of a stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), longest, -1):
+                if text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
 
     def finish(self) -> str:
         """The text still held back (call once generation has ended).
@@ -102,7 +118,28 @@ class TextStreamer:
         """
         if not self.stopped and self.ids:
             self.text, self.stopped = truncate_at_stop(self._decode(), self.stop)
+        self.finished = True
         return self._release(len(self.text))
+
+    def take_tokens(self) -> list[str]:
+        """The text of each token whose text has been released since the last call, in order.
+
+        ``"".join`` of every piece ever taken equals the released text: a token that carries only
+        part of a character gets ``""`` (the token completing it carries the character), and text
+        cut off by a stop string belongs to no token. Tokens are handed out only once the text up
+        to their end has been released; after :meth:`finish`, all remaining ones.
+        """
+        final = len(self.text)
+        pieces = []
+        while self._taken < len(self.ends):
+            i = self._taken
+            end = final if self.finished and i == len(self.ends) - 1 else min(self.ends[i], final)
+            if not self.finished and end > self.shown:
+                break
+            start = min(self.ends[i - 1], final) if i else 0
+            pieces.append(self.text[start : max(start, end)])
+            self._taken += 1
+        return pieces
 
     def _release(self, upto: int) -> str:
         piece = self.text[self.shown : upto]

@@ -36,14 +36,18 @@ def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> Ten
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
-def alibi_bias(slopes: Tensor, T: int, S: int) -> Tensor:
+def alibi_bias(slopes: Tensor, T: int, S: int, query_pos: Tensor | None = None) -> Tensor:
     """ALiBi's additive score bias ``[H, T, S]``: ``-slope * (query position - key position)``.
 
     Only the lower triangle matters (the causal mask removes the rest), where the distance is >= 0.
-    Queries are the last T of the S positions, as in :func:`causal_mask`.
+    Queries are the last T of the S positions, as in :func:`causal_mask` — or, with ``query_pos``
+    ``[B, T]``, at their own positions per row (the bias is then ``[B, H, T, S]``).
     """
-    q_pos = torch.arange(S - T, S, device=slopes.device)
     k_pos = torch.arange(S, device=slopes.device)
+    if query_pos is not None:
+        distance = (query_pos.to(slopes.device)[:, :, None] - k_pos).clamp(min=0)  # [B, T, S]
+        return -slopes[None, :, None, None] * distance[:, None]
+    q_pos = torch.arange(S - T, S, device=slopes.device)
     distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # [T, S]
     return -slopes[:, None, None] * distance
 
@@ -58,6 +62,7 @@ def build_attn_mask(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     self_visible: bool = True,
+    query_pos: Tensor | None = None,
 ) -> Tensor | None:
     """Combine causality, padding and ALiBi into one mask for ``scaled_dot_product_attention``.
 
@@ -69,7 +74,21 @@ def build_attn_mask(
     A padding query would otherwise have *no* key to attend to (all -inf -> NaN after softmax), so
     in self-attention every query is always allowed to see itself; outputs at padding positions
     are never used. (Cross-attention passes ``self_visible=False``: there, key s is not query s.)
+
+    ``query_pos`` ``[B, T]`` (a per-row KV cache, where every row has its own length): query t of
+    row b sits at key position ``query_pos[b, t]`` and sees keys ``0 .. query_pos[b, t]`` — keys
+    beyond belong to no one yet (or to a longer row) and are hidden. The mask is then additive
+    ``[B, 1 or H, T, S]``.
     """
+    if query_pos is not None:
+        if not causal or key_padding is not None:
+            raise ValueError("query_pos describes causal self-attention over unpadded rows")
+        query_pos = query_pos.to(device)
+        allowed = (torch.arange(S, device=device) <= query_pos[:, :, None])[:, None]  # [B, 1, T, S]
+        if alibi_slopes is None:  # additive (0 / -inf): the CPU kernels take it faster than a bool mask
+            return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+        bias = alibi_bias(alibi_slopes.to(device), T, S, query_pos).to(dtype)  # [B, H, T, S]
+        return bias.masked_fill(~allowed, float("-inf"))
     if key_padding is None and alibi_slopes is None:
         if not causal or T == 1:
             return None
@@ -161,12 +180,15 @@ class Attention(nn.Module):
         kv_cache: KVCache | None = None,
         need_weights: bool = False,
         context: Tensor | None = None,
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[B, T, C]`` -> ``[B, T, C]`` (and the weights when ``need_weights``).
 
         ``context`` ``[B, S, C]``: cross-attention (the encoder-decoder's decoder) — queries come
         from ``x``, keys and values from ``context``, using the query rows and the key/value rows
         of the same fused ``qkv`` weight. Build such a layer with ``causal=False``.
+        ``context_kv``: the same, with the context's keys and values already computed by
+        :meth:`context_kv` (incremental decoding computes them once per source, not once per step).
 
         Masks — give one or neither:
 
@@ -178,14 +200,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         # [B, T, (H + 2 Hkv) * D] -> [B, H + 2 Hkv, T, D] -> q, k, v: views, no copy.
-        if context is None:
+        cross = context is not None or context_kv is not None
+        if not cross:
             q, k, v = self.qkv(x).view(B, T, H + 2 * Hkv, D).transpose(1, 2).split([H, Hkv, Hkv], dim=1)
         else:
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(x, w[: H * D], None if b is None else b[: H * D])
             q = q.view(B, T, H, D).transpose(1, 2)
-            kv = F.linear(context, w[H * D :], None if b is None else b[H * D :])
-            k, v = kv.view(B, context.shape[1], 2 * Hkv, D).transpose(1, 2).split([Hkv, Hkv], dim=1)
+            k, v = context_kv if context_kv is not None else self.context_kv(context)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
@@ -201,7 +223,7 @@ class Attention(nn.Module):
                     causal=self.causal,
                     key_padding=key_padding_mask,
                     device=x.device,
-                    self_visible=context is None,
+                    self_visible=not cross,
                 )
             elif self.causal and T == S:
                 is_causal = True  # the fast path: the kernel knows the mask is triangular
@@ -224,6 +246,16 @@ class Attention(nn.Module):
             enable_gqa=Hkv != H,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of ``context`` ``[B, S, C]``: ``[B, n_kv_head, S, D]`` each
+        (the key/value rows of the fused ``qkv`` weight applied to the context)."""
+        B, S, _ = context.shape
+        Hq, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        w, b = self.qkv.weight, self.qkv.bias
+        kv = F.linear(context, w[Hq * D :], None if b is None else b[Hq * D :])
+        k, v = kv.view(B, S, 2 * Hkv, D).transpose(1, 2).split([Hkv, Hkv], dim=1)
+        return k, v
 
     def _attention_with_weights(
         self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool

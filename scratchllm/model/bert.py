@@ -53,6 +53,8 @@ class BertConfig(BlockConfig):
     #: masked language modelling on/off, and the fraction of tokens chosen for it.
     mlm: bool = True
     mask_prob: float = 0.15
+    #: mask whole words (every token of a chosen word) instead of single tokens.
+    whole_word_mask: bool = False
     #: next-sentence prediction on/off.
     nsp: bool = True
 

@@ -122,8 +122,20 @@ class GPTConfig(BlockConfig):
             )
 
 
-# name -> {"model": GPTConfig overrides, "train": TrainConfig overrides, "description": str}
+# name -> {"model": config overrides, "train": TrainConfig overrides, "description": str,
+#          "arch": the architecture it is written for (default "gpt")}
+# A GPT preset applied to another architecture lends only its sizes (PRESET_SIZE_KEYS in
+# scratchllm.train.pretrain); a preset written for an architecture applies in full.
 PRESETS: dict[str, dict[str, Any]] = {
+    # The default of `scratchllm train` (GPT): minutes on a laptop CPU, GPT-2's architecture (so it
+    # exports to Hugging Face), a size any tokenizer's data can use.
+    "small": {
+        "description": "a small GPT-2-style model for a laptop CPU (the default of 'train'; minutes)",
+        "model": dict(context_length=128, n_layer=4, n_head=4, n_embd=128),
+        "train": dict(
+            batch_size=16, max_steps=1000, lr=1e-3, warmup_steps=50, eval_interval=250, eval_steps=20
+        ),
+    },
     "gpt2": {
         "description": "GPT-2 small, 124M parameters (Hugging Face 'gpt2')",
         "model": dict(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, n_embd=768),
@@ -173,6 +185,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "a very small GPT for tests and quick experiments",
         "model": dict(context_length=64, n_layer=2, n_head=2, n_embd=64),
         "train": dict(batch_size=8, max_steps=200, lr=1e-3, warmup_steps=10),
+    },
+    "bert-small": {
+        "arch": "bert",
+        "description": "a small BERT for a laptop CPU (the default of 'train --arch bert'; minutes)",
+        "model": dict(context_length=128, n_layer=4, n_head=4, n_embd=128),
+        "train": dict(
+            batch_size=32, max_steps=1000, lr=5e-4, warmup_steps=100, eval_interval=250, eval_steps=10
+        ),
+    },
+    "bert-base": {
+        "arch": "bert",
+        "description": "BERT-base, 110M parameters (Devlin et al. 2018): a GPU-sized model",
+        "model": dict(context_length=512, n_layer=12, n_head=12, n_embd=768, dropout=0.1),
+        "train": dict(
+            batch_size=32,
+            max_steps=100_000,
+            lr=1e-4,
+            warmup_steps=10_000,
+            weight_decay=0.01,
+        ),
+    },
+    "seq2seq-small": {
+        "arch": "seq2seq",
+        "description": "a small encoder-decoder (the default of 'train --arch seq2seq'; ~98% on dates)",
+        "model": dict(n_layer=2),
+        "train": dict(
+            batch_size=64, max_steps=1000, lr=2e-3, warmup_steps=50, eval_interval=250, eval_steps=8
+        ),
     },
 }
 

@@ -151,26 +151,36 @@ class GPTModel(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         only_last: bool = False,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
         """Token ids ``[B, T]`` -> logits ``[B, T, vocab]`` (``[B, 1, vocab]`` with ``only_last``).
 
-        ``kv_cache``: tokens are appended after the ``kv_cache.length`` already cached ones.
+        ``kv_cache``: tokens are appended after the ``kv_cache.length`` already cached ones. With
+        a per-row cache (continuous batching, see :mod:`~scratchllm.model.kv_cache`) each row is
+        appended after its own ``kv_cache.lengths[b]`` tokens instead, at its own positions.
         ``attention_mask``: ``[B, T]`` (or ``[B, cached + T]``) with 1 for real tokens and 0 for
         left padding. Positions count real tokens only, so a left-padded row sees the same
         positions as the same prompt unpadded.
         ``only_last``: compute the output head for the last position only (generation needs
         nothing else, and the head is the biggest matmul of a small model).
+        ``logits_at``: ``[B]`` positions, one per row: the head only there (``[B, 1, vocab]``), for
+        right-padded rows whose last real tokens sit in different columns.
         """
         T = idx.shape[1]
-        start = self._start(idx, kv_cache)
-        key_padding = self._key_padding(idx, kv_cache, attention_mask)
-        x, rope = self._embed(idx, self._positions(idx, start, key_padding))
-        attn_mask = self._attn_mask(T, start + T, key_padding, x.dtype)
+        if kv_cache is not None and kv_cache.per_row:
+            x, rope, attn_mask = self._per_row_inputs(idx, kv_cache, attention_mask)
+        else:
+            start = self._start(idx, kv_cache)
+            key_padding = self._key_padding(idx, kv_cache, attention_mask)
+            x, rope = self._embed(idx, self._positions(idx, start, key_padding))
+            attn_mask = self._attn_mask(T, start + T, key_padding, x.dtype)
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if only_last:
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
+        elif only_last:
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
@@ -227,6 +237,37 @@ class GPTModel(nn.Module):
         if self.training and cfg.dropout > 0:
             x = F.dropout(x, cfg.dropout)
         return x, rope
+
+    def _per_row_inputs(
+        self, idx: Tensor, kv_cache: KVCache, attention_mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Embeddings, RoPE tables and the mask when every row has its own length (a per-row cache).
+
+        Row b's tokens sit at positions ``lengths[b] + t`` and see their own row's keys up to
+        themselves — no padding, and nothing of the other rows.
+        """
+        if attention_mask is not None:
+            raise ValueError("a per-row KV cache needs no attention_mask: every row has its own length")
+        T = idx.shape[1]
+        pos = kv_cache.row_positions(T)  # [B, T]; checks the room left in every row
+        if kv_cache.max_len > self.config.context_length:
+            raise ScratchLLMError(
+                f"KV cache of {kv_cache.max_len} positions exceeds the model's context_length "
+                f"({self.config.context_length})"
+            )
+        x, rope = self._embed(idx, pos)
+        S = kv_cache.span
+        alibi = self.config.pos_emb == "alibi"
+        mask = build_attn_mask(
+            T,
+            S,
+            causal=True,
+            alibi_slopes=self.alibi_slopes if alibi else None,
+            dtype=x.dtype,
+            device=idx.device,
+            query_pos=pos,
+        )
+        return x, rope, mask
 
     def _attn_mask(self, T: int, S: int, key_padding: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         """One mask for all layers. Without padding or ALiBi none is needed: attention then uses the
@@ -287,8 +328,10 @@ class GPTModel(nn.Module):
         forward = 2 * n + 4 * cfg.n_layer * cfg.n_embd * T
         return float(3 * forward if training else forward)
 
-    def make_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """A preallocated cache for this model (``max_len`` defaults to the context length)."""
+    def make_kv_cache(self, batch_size: int, max_len: int | None = None, *, per_row: bool = False) -> KVCache:
+        """A preallocated cache for this model (``max_len`` defaults to the context length).
+
+        ``per_row``: every row keeps its own length (slots for continuous batching)."""
         cfg = self.config
         w = self.tok_emb.weight
         return KVCache(
@@ -299,6 +342,7 @@ class GPTModel(nn.Module):
             cfg.head_dim,
             dtype=w.dtype if w.is_floating_point() else torch.float32,
             device=w.device,
+            per_row=per_row,
         )
 
     @torch.no_grad()

@@ -2,32 +2,69 @@
 
 Why: generating one token multiplies one activation vector by *every* weight matrix once. That is
 not limited by arithmetic but by how fast the weights stream from memory — GPT-2 small's 124M
-fp32 weights are ~0.5 GB per token. Stored as int8 they are ~0.13 GB: up to 4x fewer bytes to read.
+fp32 weights are ~0.5 GB per token. Stored as int8 they are ~0.125 GB: up to 4x fewer bytes to read.
 
 How: each output row (channel) ``w`` of a Linear layer gets its own scale ``s = max|w| / 127`` and
 is stored as ``round(w / s)`` in int8 (symmetric, per-output-channel). The matmul computes
 ``(x @ q.T) * s``, which equals ``x @ (q * s).T``: the scale is applied to the *outputs*, so the
-weights are never expanded back to float in memory.
+weights are never expanded back to float in memory. Only the weights are rounded ("weight-only"
+quantization); activations stay fp32.
 
-Kernels (one ``Int8Linear`` module, the fastest kernel this PyTorch build offers):
+Kernels — one :class:`Int8Linear` module, three ways to run its one-token product. All three
+compute the same numbers (the product with the dequantized weights ``q * s``, up to summation
+order and, for ``int8pack``, bf16 activations), so choosing one never changes what the model says:
 
-* ``"fbgemm"`` (x86 CPUs): PyTorch's int8 GEMM ``quantized.linear_dynamic``. It also rounds each
-  activation row to 8 bits on the fly ("dynamic" quantization) so that the product runs on integer
-  SIMD units. Measured on GPT-2 124M, batch-1 greedy decoding, 1 thread: ~5x the fp32 tokens/s,
-  ~2.5x the weight-only kernel below; perplexity of a small trained char model +0.03 %.
-* ``"int8pack"`` (everything else, e.g. ARM, CUDA, or a future PyTorch without the quantized
-  tensor API): ``aten._weight_int8pack_mm``, weight-only int8 x bf16 activations. (With fp32
-  activations this op takes a slow path on the CPUs we measured, hence the bf16 cast.)
+* ``"cpp"``: scratchllm's own matrix-vector kernel (``int8_kernel.cpp`` beside this file), built
+  at first use for this CPU's instruction set (AVX2+FMA or AVX-512; plain C++ elsewhere) and
+  cached. It stores the weights in a cache-line-friendly packed order so they stream from memory
+  in one pass. Needs a C++ compiler (and ninja) once.
+* ``"int8pack"``: PyTorch's ``aten._weight_int8pack_mm`` (weight-only int8 x bf16 activations;
+  with fp32 activations it takes a slow path on the CPUs we measured). No compiler needed; also
+  the kernel on CUDA.
+* ``"fp32"``: the rounded weights expanded back to fp32 (column-major, see
+  :func:`relayout_for_decoding`). Not a memory saving: it is there so that ``--int8`` can never
+  be *slower* than fp32 on a machine where no int8 kernel wins.
+
+``kernel="auto"`` (the default) picks by measurement: each available kernel runs a decode-like
+pass over matrices of the model's own shapes, taking turns, and the fastest median wins. The
+choice is cached per (CPU, torch version, threads, shapes) in ``$SCRATCHLLM_CACHE_DIR``
+(default ``~/.cache/scratchllm``), so the measurement (~1 s) happens once per machine;
+``SCRATCHLLM_INT8_KERNEL=cpp|int8pack|fp32`` overrides it.
+
+Prompts and evaluation batches (more than :data:`SMALL_M` rows at once) are compute-bound, not
+memory-bound: there the weights are dequantized on the fly and multiplied with PyTorch's matmul.
 
 Quantized models are for inference only (no gradients through int8 weights, not saved).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
 import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from scratchllm.errors import ScratchLLMError
+
+#: Every kernel name, in the order "auto" prefers them on a tie.
+KERNELS = ("cpp", "int8pack", "fp32")
+#: Up to this many activation rows per call the matrix-vector kernels run; above it, dequant + matmul.
+SMALL_M = 16
+#: The C++ kernel packs rows 4 at a time and inputs 16 at a time (see int8_kernel.cpp).
+_ROWS, _STEP = 4, 16
+#: Size cap (int8 bytes) of the synthetic decode pass that "auto" times: above the last-level
+#: cache of the CPUs we know, so it streams from memory the way a real decoding step does.
+_MEASURE_BYTES = 48 * 2**20
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,68 +75,368 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q.contiguous(), scales
 
 
-def _fbgemm_available() -> bool:
-    return (
-        "fbgemm" in torch.backends.quantized.supported_engines
-        or "x86" in torch.backends.quantized.supported_engines
-    )
+def pack_weight(q: Tensor) -> Tensor:
+    """int8 ``[N, K]`` -> the C++ kernel's layout ``[ceil(N/4), 4 * K16]`` (``K16`` = K rounded up to 16).
+
+    Rows go in blocks of 4; inside a block, for every 16 inputs, the 16 weights of row 0, then of
+    rows 1, 2, 3: one 64-byte cache line per step of the kernel's inner loop. Missing rows and
+    inputs are zero.
+    """
+    n, k = q.shape
+    n4, k16 = -(-n // _ROWS) * _ROWS, -(-k // _STEP) * _STEP
+    padded = torch.zeros(n4, k16, dtype=torch.int8, device=q.device)
+    padded[:n, :k] = q
+    blocks = padded.view(n4 // _ROWS, _ROWS, k16 // _STEP, _STEP).permute(0, 2, 1, 3)
+    return blocks.contiguous().view(n4 // _ROWS, _ROWS * k16)
 
 
+def unpack_weight(packed: Tensor, n: int, k: int) -> Tensor:
+    """The inverse of :func:`pack_weight`: int8 ``[n, k]``."""
+    blocks, width = packed.shape
+    k16 = width // _ROWS
+    rows = packed.view(blocks, k16 // _STEP, _ROWS, _STEP).permute(0, 2, 1, 3).reshape(blocks * _ROWS, k16)
+    return rows[:n, :k]
+
+
+# ---------------------------------------------------------------------------------------------
+# The C++ kernel: built once per (source, flags, torch version), loaded once per process
+# ---------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where scratchllm caches machine-specific things (``$SCRATCHLLM_CACHE_DIR`` or ~/.cache/scratchllm)."""
+    env = os.environ.get("SCRATCHLLM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "scratchllm"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The instruction-set flags of the first CPU in ``/proc/cpuinfo`` (an empty set elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def kernel_isa_flags(flags: set[str] | None = None) -> list[str]:
+    """Compiler flags for the C++ kernel: the widest vector ISA this CPU reports, named one by one.
+
+    Never ``-march=native``: on some virtual machines the compiler would see extensions (AMX)
+    that the hypervisor refuses at run time.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]
+    if {"avx2", "fma"} <= flags:
+        return ["-mavx2", "-mfma"]
+    return []
+
+
+def _kernel_source() -> Path:
+    return Path(__file__).with_name("int8_kernel.cpp")
+
+
+def cpp_kernel_build_dir() -> Path:
+    """The build directory of the C++ kernel for this source, these flags and this torch."""
+    flags = ["-O3", *kernel_isa_flags()]
+    tag = hashlib.sha256(
+        _kernel_source().read_bytes() + " ".join(flags).encode() + torch.__version__.encode()
+    ).hexdigest()[:16]
+    return cache_dir() / "int8-kernel" / tag
+
+
+def cpp_kernel_is_built() -> bool:
+    """True if the C++ kernel for this machine is already compiled (loading it is then instant)."""
+    return (cpp_kernel_build_dir() / "scratchllm_int8.so").is_file()
+
+
+@functools.cache
+def _load_cpp_kernel() -> str | None:
+    """Build (first time) and load the C++ kernel; return None on success, else why it failed."""
+    if hasattr(torch.ops, "scratchllm_int8") and hasattr(torch.ops.scratchllm_int8, "linear_packed"):
+        return None
+    build_dir = cpp_kernel_build_dir()
+    library = build_dir / "scratchllm_int8.so"
+    try:
+        if library.is_file():
+            torch.ops.load_library(str(library))
+            return None
+        from torch.utils.cpp_extension import load
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load(
+                name="scratchllm_int8",
+                sources=[str(_kernel_source())],
+                extra_cflags=["-O3", *kernel_isa_flags()],
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
+        return None
+    except Exception as err:  # no compiler, no ninja, a compile error: fall back to another kernel
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        return f"{type(err).__name__}: {lines[-1][:300]}"
+
+
+@functools.cache
+def _cpp_linear():  # the op's overload, looked up once (``torch.ops`` lookups cost microseconds)
+    return torch.ops.scratchllm_int8.linear_packed.default
+
+
+def cpp_kernel_error() -> str | None:
+    """None if the C++ kernel is usable here (building it if needed), else the reason it is not."""
+    return _load_cpp_kernel()
+
+
+def available_kernels(device: torch.device | str = "cpu") -> list[str]:
+    """The kernels that can run on ``device`` here (building the C++ kernel on first call)."""
+    if torch.device(device).type != "cpu":
+        return ["int8pack", "fp32"]
+    return [k for k in KERNELS if k != "cpp" or cpp_kernel_error() is None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
 class Int8Linear(nn.Module):
-    """A drop-in ``nn.Linear`` replacement holding int8 weights and per-row scales (inference only)."""
+    """A drop-in ``nn.Linear`` replacement holding int8 weights and per-row scales (inference only).
 
-    def __init__(self, linear: nn.Linear, kernel: str | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+    ``kernel`` is one of :data:`KERNELS` (see the module docstring); the weights are kept in the
+    form that kernel reads: ``packed`` (cpp), ``weight_int8`` (int8pack) or the dequantized
+    ``weight`` (fp32).
+    """
+
+    def __init__(self, linear: nn.Linear, kernel: str = "int8pack") -> None:
         q, scales = quantize_weight(linear.weight)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        if kernel is None:
-            kernel = "fbgemm" if linear.weight.device.type == "cpu" and _fbgemm_available() else "int8pack"
+        super().__init__()
+        self._setup(q, scales, bias, kernel)
+
+    @classmethod
+    def from_int8(
+        cls, q: Tensor, scales: Tensor, bias: Tensor | None = None, kernel: str = "int8pack"
+    ) -> Int8Linear:
+        """A layer from an already quantized int8 ``[out, in]`` weight and its fp32 scales ``[out]``."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._setup(q, scales.float(), None if bias is None else bias.float(), kernel)
+        return layer
+
+    def _setup(self, q: Tensor, scales: Tensor, bias: Tensor | None, kernel: str) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown int8 kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        if kernel == "cpp" and (why := cpp_kernel_error()) is not None:
+            raise ScratchLLMError(f"the cpp int8 kernel is unavailable here ({why}); use kernel 'int8pack'")
+        self.out_features, self.in_features = q.shape
         self.kernel = kernel
-        self._packed = None
-        if kernel == "fbgemm":
-            try:
-                with warnings.catch_warnings():  # the quantized-tensor API warns it is deprecated
-                    warnings.simplefilter("ignore")
-                    zero = torch.zeros(q.shape[0], dtype=torch.long)
-                    qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
-                    self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-            except (RuntimeError, AttributeError):  # this build has no fbgemm int8 GEMM
-                self.kernel = kernel = "int8pack"
-        if self._packed is None:  # (the fbgemm kernel keeps its own packed copy of q)
-            self.register_buffer("weight_int8", q)
-            self.register_buffer("scales", scales.to(torch.bfloat16))  # the kernel wants activation dtype
-            self.register_buffer("bias", bias)
+        #: inputs rounded up to a multiple of 16: both int8 kernels want it (``_weight_int8pack_mm``
+        #: returns wrong numbers for several rows when K is not a multiple of 8, in torch 2.13)
+        self.k16 = -(-self.in_features // _STEP) * _STEP
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+        if kernel == "cpp":
+            self.register_buffer("packed", pack_weight(q))
+        elif kernel == "int8pack":
+            self.register_buffer("weight_int8", F.pad(q, (0, self.k16 - self.in_features)).contiguous())
+            self.register_buffer(
+                "scales_bf16", scales.to(torch.bfloat16)
+            )  # the kernel wants activation dtype
+        else:  # column-major fp32 of the *rounded* weights: same numbers as the int8 kernels
+            self.register_buffer("weight", (q.float() * scales[:, None]).t().contiguous().t())
+
+    def int8_weight(self) -> Tensor | None:
+        """The int8 ``[out, in]`` matrix (None for the fp32 kernel, which keeps only floats)."""
+        if self.kernel == "cpp":
+            return unpack_weight(self.packed, self.out_features, self.in_features)
+        return self.weight_int8[:, : self.in_features] if self.kernel == "int8pack" else None
+
+    def dequantized(self) -> Tensor:
+        """The fp32 ``[out, in]`` weight this layer multiplies by (``q * s``)."""
+        if self.kernel == "fp32":
+            return self.weight
+        return self.int8_weight().float() * self.scales[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._packed is not None:
-            # reduce_range=True: 7-bit activations, safe on x86 CPUs without VNNI instructions.
-            return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True).to(x.dtype)
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+        # Decoding calls this ~50 times per token with one row: every Python step here counts
+        # (it is written to skip conversions that would be no-ops).
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        if self.kernel == "fp32":
+            y = F.linear(x2, self.weight, self.bias)
+        elif x2.shape[0] > SMALL_M:  # many rows (a prompt, an eval batch): compute-bound, use matmul
+            y = F.linear(x2, self.dequantized(), self.bias)
+        else:
+            if self.k16 != self.in_features:
+                x2 = F.pad(x2, (0, self.k16 - self.in_features))
+            if self.kernel == "cpp":
+                y = _cpp_linear()(x2.contiguous(), self.packed, self.scales, self.bias, self.out_features)
+            else:
+                y = torch.ops.aten._weight_int8pack_mm(
+                    x2.to(torch.bfloat16), self.weight_int8, self.scales_bf16
+                )
+                y = y.float() if self.bias is None else y.float() + self.bias
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
 
 
-def quantize_int8(model: nn.Module, kernel: str | None = None) -> nn.Module:
+# ---------------------------------------------------------------------------------------------
+# Choosing a kernel by measurement
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class KernelChoice:
+    """What "auto" picked, and why: median seconds of the timed decode pass per kernel."""
+
+    kernel: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    #: kernels that could not be used here, with the reason
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def _machine_key(shapes: list[tuple[int, int]]) -> str:
+    flags = " ".join(sorted(cpu_flags()))
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    raw = json.dumps([model, flags, torch.__version__, torch.get_num_threads(), shapes])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _measure_shapes(shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The model's ``(out, in)`` shapes in order, every s-th one so the pass stays under the cap."""
+    total = sum(n * k for n, k in shapes)
+    stride = max(1, -(-total // _MEASURE_BYTES))
+    return shapes[::stride]
+
+
+def measure_kernels(
+    shapes: list[tuple[int, int]], kernels: list[str], *, repeat: int = 5
+) -> dict[str, float]:
+    """Median seconds of one decode-like pass (one activation row through every matrix) per kernel.
+
+    The matrices have the given ``(out, in)`` shapes and random weights; the kernels take turns
+    (a, b, c, a, b, c, ...) so a burst of background load hits each alike.
+    """
+    gen = torch.Generator().manual_seed(0)
+    layers: dict[str, list[Int8Linear]] = {k: [] for k in kernels}
+    for n, k in shapes:
+        q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+        scales, bias = torch.full((n,), 0.02 / 127), torch.zeros(n)
+        for name in kernels:
+            layers[name].append(Int8Linear.from_int8(q, scales, bias, name))
+    inputs = {k: torch.randn(1, k) for _, k in shapes}
+    runs: dict[str, list[float]] = {k: [] for k in kernels}
+    with torch.inference_mode():
+        for r in range(repeat + 1):
+            for name in kernels:
+                t0 = time.perf_counter()
+                for layer in layers[name]:
+                    layer(inputs[layer.in_features])
+                if r:  # the first round is the warm-up
+                    runs[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def choose_kernel(
+    shapes: list[tuple[int, int]],
+    device: torch.device | str = "cpu",
+    *,
+    cache_path: Path | None = None,
+    use_cache: bool = True,
+) -> KernelChoice:
+    """Pick the fastest kernel for a model whose Linear layers have these ``(out, in)`` shapes.
+
+    Off the CPU: ``int8pack``. On the CPU: ``$SCRATCHLLM_INT8_KERNEL`` if set, else a cached
+    earlier measurement for this machine, else :func:`measure_kernels` over the available kernels
+    (the result is cached in ``cache_path``, default ``cache_dir() / "int8-kernels.json"``).
+    """
+    forced = os.environ.get("SCRATCHLLM_INT8_KERNEL")
+    if forced:
+        if forced not in KERNELS:
+            raise ScratchLLMError(
+                f"SCRATCHLLM_INT8_KERNEL={forced!r} is not a kernel; use one of {', '.join(KERNELS)}"
+            )
+        return KernelChoice(forced)
+    if torch.device(device).type != "cpu":
+        return KernelChoice("int8pack")
+    cache_path = cache_path or cache_dir() / "int8-kernels.json"
+    key = _machine_key(shapes)
+    cache: dict = {}
+    if use_cache:
+        try:
+            cache = json.loads(cache_path.read_text())
+            hit = cache.get(key)
+            if hit and hit.get("kernel") in available_kernels("cpu"):
+                return KernelChoice(hit["kernel"], hit.get("seconds", {}), cached=True)
+        except (OSError, ValueError, AttributeError):
+            cache = {}
+    unavailable = {}
+    if (why := cpp_kernel_error()) is not None:
+        unavailable["cpp"] = why
+    kernels = available_kernels("cpu")
+    seconds = measure_kernels(_measure_shapes(shapes), kernels)
+    best = min(kernels, key=lambda k: (seconds[k], KERNELS.index(k)))
+    choice = KernelChoice(best, {k: round(v, 6) for k, v in seconds.items()}, False, unavailable)
+    if use_cache:
+        from scratchllm.io import atomic_write_json
+
+        record = {k: v for k, v in asdict(choice).items() if k in ("kernel", "seconds")}
+        cache[key] = {
+            **record,
+            "shapes": len(shapes),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache_path, cache)
+        except (OSError, ScratchLLMError):  # a read-only home directory: just do not cache
+            pass
+    return choice
+
+
+def quantize_int8(model: nn.Module, kernel: str | None = "auto") -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by :class:`Int8Linear`; return the model.
 
-    ``kernel``: ``"fbgemm"`` or ``"int8pack"``; None picks the fastest available (see above).
+    ``kernel``: one of :data:`KERNELS`, or ``"auto"``/None to pick by measurement (see
+    :func:`choose_kernel`). The choice is in each layer's ``kernel`` and in :func:`kernel_in_use`.
 
     The output head is quantized too: it is the largest matrix of a small GPT. The token embedding
     stays in float (it is a table lookup, one row per token, so its size costs no bandwidth).
     """
     model.eval()
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, child_name, Int8Linear(child, kernel))
+    targets = [
+        (module, name, child)
+        for module in list(model.modules())
+        for name, child in list(module.named_children())
+        if isinstance(child, nn.Linear)
+    ]
+    if not targets:
+        return model
+    if kernel in (None, "auto"):
+        device = targets[0][2].weight.device
+        kernel = choose_kernel([(c.out_features, c.in_features) for _, _, c in targets], device).kernel
+    for module, name, child in targets:
+        setattr(module, name, Int8Linear(child, kernel))
     return model
+
+
+def kernel_in_use(model: nn.Module) -> str | None:
+    """The kernel of ``model``'s int8 layers (None if it has none)."""
+    return next((m.kernel for m in model.modules() if isinstance(m, Int8Linear)), None)
 
 
 def relayout_for_decoding(model: nn.Module) -> nn.Module:

@@ -13,6 +13,13 @@ Built for *transduction*: read a whole source sequence, then write a target sequ
 Everything else is shared with the GPT: attention (:class:`~scratchllm.model.attention.Attention`
 with its ``context`` input for cross-attention), norms, FFNs, positions. Decoding (greedy, beam
 search) lives in :mod:`scratchllm.generate.seq2seq`, beside the GPT's sampler.
+
+**Incremental decoding.** :meth:`Seq2SeqTransformer.decode` recomputes the whole target prefix at
+every step. :meth:`~Seq2SeqTransformer.start_decoding` + :meth:`~Seq2SeqTransformer.decode_step`
+feed one new token per step instead, with two :class:`~scratchllm.model.kv_cache.KVCache` objects
+(a :class:`DecoderState`): the decoder's self-attention keys/values, appended step by step as in
+the GPT, and the cross-attention keys/values of the memory, computed once per source sequence
+because the memory never changes while the target is written.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model.attention import Attention, build_attn_mask
 from scratchllm.model.config import Activation, BlockConfig, NormPosition
 from scratchllm.model.gpt import TransformerBlock, make_ffn
+from scratchllm.model.kv_cache import KVCache
 from scratchllm.model.layers import init_transformer_weights, make_norm, sinusoidal_table, sum_aux_losses
 
 
@@ -93,14 +101,27 @@ class DecoderBlock(nn.Module):
         self.norm2 = make_norm(config)
         self.ffn = make_ffn(config)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        memory_mask: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``x`` ``[B, T, C]`` → ``[B, T, C]``. Incremental decoding passes the self-attention
+        ``kv_cache`` and the memory's precomputed cross-attention keys/values ``memory_kv``
+        instead of ``memory``."""
         p = self.dropout if self.training else 0.0
 
         def attn(h: Tensor) -> Tensor:
-            return F.dropout(self.attn(h), p)
+            return F.dropout(self.attn(h, kv_cache=kv_cache), p)
 
         def cross(h: Tensor) -> Tensor:  # queries from the decoder, keys/values from the memory
-            return F.dropout(self.cross_attn(h, attn_mask=memory_mask, context=memory), p)
+            return F.dropout(
+                self.cross_attn(h, attn_mask=memory_mask, context=memory, context_kv=memory_kv), p
+            )
 
         def ffn(h: Tensor) -> Tensor:
             return F.dropout(self.ffn(h), p)
@@ -114,6 +135,28 @@ class DecoderBlock(nn.Module):
             x = self.norm_cross(x + cross(x))
             x = self.norm2(x + ffn(x))
         return x
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps (see :meth:`Seq2SeqTransformer.start_decoding`).
+
+    ``self_attn`` grows by one position per decoded token (one slot per decoder layer);
+    ``cross_attn`` holds every decoder layer's keys/values of the memory, fixed; ``memory_mask``
+    ``[B, 1, 1, S]`` hides padded source positions (None when there are none).
+    """
+
+    self_attn: KVCache
+    cross_attn: KVCache
+    memory_mask: Tensor | None = None
+
+    def reorder(self, rows: Tensor | list[int]) -> None:
+        """Row ``i`` continues old row ``rows[i]`` (beam search; see :meth:`KVCache.reorder`)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.self_attn.k.device)
+        self.self_attn.reorder(rows)
+        self.cross_attn.reorder(rows)
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask.index_select(0, rows)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -148,14 +191,15 @@ class Seq2SeqTransformer(nn.Module):
         init_transformer_weights(self, std, std / math.sqrt(2 * layers))
 
     # ------------------------------------------------------------------ pieces
-    def _embed(self, emb: nn.Embedding, ids: Tensor) -> Tensor:
-        T = ids.shape[1]
-        if self.config.context_length < T:
+    def _embed(self, emb: nn.Embedding, ids: Tensor, start: int = 0) -> Tensor:
+        """Embeddings of ``ids`` at positions ``start .. start + T - 1``."""
+        end = start + ids.shape[1]
+        if self.config.context_length < end:
             raise ScratchLLMError(
-                f"sequence of {T} tokens exceeds the model's context_length ({self.config.context_length})"
+                f"sequence of {end} tokens exceeds the model's context_length ({self.config.context_length})"
             )
         # Scale up the embeddings so the fixed [-1, 1] position table does not drown them (the paper).
-        x = emb(ids) * math.sqrt(self.config.n_embd) + self.pos_table[:T]
+        x = emb(ids) * math.sqrt(self.config.n_embd) + self.pos_table[start:end]
         return F.dropout(x, self.config.dropout) if self.training else x
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
@@ -172,10 +216,51 @@ class Seq2SeqTransformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Target prefix ids ``[B, T]`` + memory → next-token logits ``[B, T, tgt_vocab]``."""
         x = self._embed(self.tgt_emb, tgt_in)
-        # Cross-attention only needs to hide padded source positions: [B, 1, 1, S], True = visible.
-        memory_mask = None if src_mask is None else src_mask.bool()[:, None, None, :]
+        memory_mask = self._memory_mask(src_mask)
         for block in self.decoder:
             x = block(x, memory, memory_mask)
+        return self.out_head(self.decoder_norm(x))
+
+    @staticmethod
+    def _memory_mask(src_mask: Tensor | None) -> Tensor | None:
+        # Cross-attention only needs to hide padded source positions: [B, 1, 1, S], True = visible.
+        return None if src_mask is None else src_mask.bool()[:, None, None, :]
+
+    def start_decoding(
+        self, memory: Tensor, src_mask: Tensor | None = None, *, max_len: int | None = None
+    ) -> DecoderState:
+        """Prepare incremental decoding of ``memory`` ``[B, S, C]`` (from :meth:`encode`).
+
+        Computes every decoder layer's cross-attention keys/values of the memory once, and an
+        empty self-attention cache for up to ``max_len`` target tokens (default: context length).
+        """
+        cfg = self.config
+        keys, values = zip(*(block.cross_attn.context_kv(memory) for block in self.decoder), strict=True)
+        first = self.decoder[0].attn
+        self_attn = KVCache(
+            len(self.decoder),
+            memory.shape[0],
+            min(max_len or cfg.context_length, cfg.context_length),
+            first.n_kv_head,
+            first.head_dim,
+            dtype=memory.dtype,
+            device=memory.device,
+        )
+        return DecoderState(self_attn, KVCache.of_fixed(keys, values), self._memory_mask(src_mask))
+
+    def decode_step(self, tgt_ids: Tensor, state: DecoderState) -> Tensor:
+        """Feed the next target tokens ``[B, T]`` (usually ``T = 1``) → their logits ``[B, T, vocab]``.
+
+        The tokens are placed after the ``state.self_attn.length`` already decoded ones; the
+        logits equal those :meth:`decode` gives for the same positions of the whole prefix.
+        """
+        cache = state.self_attn
+        start, T = cache.length, tgt_ids.shape[1]
+        cache.check_room(T)
+        x = self._embed(self.tgt_emb, tgt_ids, start)
+        for i, block in enumerate(self.decoder):
+            x = block(x, None, state.memory_mask, kv_cache=cache, memory_kv=state.cross_attn.layer_kv(i))
+        cache.advance(T)
         return self.out_head(self.decoder_norm(x))
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None) -> Tensor:

@@ -5,6 +5,8 @@
 3. ``CausalAttention`` — a token may only look at itself and the past (mask), plus dropout.
 4. ``MultiHeadAttention`` — several causal heads side by side, then an output projection.
 
+:func:`multihead_from_attention` loads a model's attention weights into the book's class.
+
 The model runs :class:`scratchllm.model.attention.Attention` instead (one fused projection,
 PyTorch's fused kernel, a KV cache...). Given the same weights the two compute the same thing:
 ``tests/model/test_attention.py`` checks it.
@@ -12,8 +14,13 @@ PyTorch's fused kernel, a KV cache...). Given the same weights the two compute t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from scratchllm.model.attention import Attention
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,3 +136,47 @@ class MultiHeadAttention(nn.Module):
         weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))
         context = (weights @ values).transpose(1, 2).reshape(B, T, self.d_out)
         return self.out_proj(context)
+
+
+def multihead_from_attention(attn: Attention, context_length: int) -> MultiHeadAttention:
+    """The book's :class:`MultiHeadAttention` holding the weights of a model's fused
+    :class:`~scratchllm.model.attention.Attention` layer, so the two can be compared on one input.
+
+    The fused ``qkv`` rows are split back into ``W_query``/``W_key``/``W_value``; with grouped-query
+    attention each key/value head is repeated for every query head that shares it; a LoRA layer
+    contributes its merged weight ``W + (alpha/r) B A``. Rotary or ALiBi
+    positions live outside this class (the model passes them to attention at call time).
+    """
+    H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
+    C = attn.qkv.in_features
+    has_bias = attn.qkv.bias is not None
+    qkv_w, proj_w = _effective_weight(attn.qkv), _effective_weight(attn.proj)
+    book = MultiHeadAttention(C, H * D, context_length, attn.dropout, H, qkv_bias=has_bias)
+    book = book.to(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+
+    def rows(t: Tensor, start: int, heads: int) -> Tensor:  # [heads * D, ...] rows, repeated to H heads
+        part = t[start * D : (start + heads) * D]
+        return (
+            part.view(heads, D, *part.shape[1:])
+            .repeat_interleave(H // heads, dim=0)
+            .reshape(H * D, *part.shape[1:])
+        )
+
+    with torch.no_grad():
+        for name, start, heads in (("W_query", 0, H), ("W_key", H, Hkv), ("W_value", H + Hkv, Hkv)):
+            layer = getattr(book, name)
+            layer.weight.copy_(rows(qkv_w, start, heads))
+            if has_bias:
+                layer.bias.copy_(rows(attn.qkv.bias, start, heads))
+        book.out_proj.weight.copy_(proj_w)
+        if attn.proj.bias is not None:
+            book.out_proj.bias.copy_(attn.proj.bias)
+        else:
+            book.out_proj.bias.zero_()
+    return book
+
+
+def _effective_weight(layer: nn.Module) -> Tensor:
+    """A linear layer's weight as it acts (LoRA layers add their low-rank update)."""
+    delta = getattr(layer, "delta_weight", None)
+    return layer.weight + delta() if callable(delta) else layer.weight

@@ -44,11 +44,22 @@ class TaskSpec:
 #: ``factory(data, model_config, train_config, *, tokenizer=None) -> TaskSpec``.
 #:
 #: ``data`` is whatever ``--data`` names (shards dir, text file, pairs file...). ``tokenizer`` is
-#: the run's own tokenizer on ``--resume`` (use it, so ids keep their meaning) and None for a new
-#: run. The factory returns the task, the tokenizer and the model config completed from the data;
+#: the run's own tokenizer on ``--resume`` (use it, so ids keep their meaning), the user's
+#: ``--tokenizer`` for a new run, or None. Families that build their vocabulary from text (BERT,
+#: seq2seq) use it instead of a char vocabulary and append their special tokens; the GPT checks it
+#: against the tokenizer its shards were made with. The factory returns the task, the tokenizer
+#: and the model config completed from the data;
 #: on resume the completed config must equal the saved one. Bad data raises ScratchLLMError —
 #: before anything is written, since factories run before the run directory is created.
 TaskFactory = Callable[..., TaskSpec]
+
+
+def data_record(source: str, tokenizer: Any, **counts: int) -> dict[str, Any]:
+    """The ``{"data": ...}`` entry of a run's ``config.json`` for a task that reads text: where it
+    came from, how many examples each split has, and the tokenizer's kind and size (the tokenizer
+    itself is ``tokenizer.json``)."""
+    vocab = {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+    return {"data": {"source": source, **counts, "tokenizer": vocab}}
 
 
 def train_context(model_config: Any, train_config: Any) -> int:

@@ -13,7 +13,7 @@ from scratchllm.data import mlm as mlm_data
 from scratchllm.data.batches import SeededBatches
 from scratchllm.device import unwrap
 from scratchllm.evaluate.bert import bert_forward, evaluate_mlm, mlm_batch
-from scratchllm.tasks.base import TaskSpec, read_text_data, train_context
+from scratchllm.tasks.base import TaskSpec, data_record, read_text_data, train_context
 from scratchllm.tokenizer.base import Tokenizer
 
 
@@ -36,6 +36,7 @@ class BertPretrainingTask:
         mlm: bool = True,
         nsp: bool = True,
         mask_prob: float = 0.15,
+        whole_word_mask: bool = False,
     ) -> None:
         self.tokenizer, self.batch_size = tokenizer, batch_size
         self.special = mlm_data.BertSpecialIds.of(tokenizer)
@@ -43,7 +44,13 @@ class BertPretrainingTask:
 
         def examples(docs: list[list[str]]) -> mlm_data.PretrainingExamples:
             return mlm_data.PretrainingExamples.from_text(
-                docs, tokenizer, context_length=context_length, mlm=mlm, nsp=nsp, mask_prob=mask_prob
+                docs,
+                tokenizer,
+                context_length=context_length,
+                mlm=mlm,
+                nsp=nsp,
+                mask_prob=mask_prob,
+                whole_word_mask=whole_word_mask,
             )
 
         self.train_examples, self.val_examples = examples(train_docs), examples(val_docs)
@@ -69,14 +76,24 @@ class BertPretrainingTask:
         )
 
     def sample(self, model: Any) -> str | None:
-        """Mask every 6th character/token of a held-out sentence and show what the model fills in."""
+        """Mask every 6th token of a held-out sentence (with whole-word masking: every 4th word, all
+        its tokens) and show what the model fills in."""
         if not self.mlm:
             return None
         from scratchllm.generate.fill_mask import fill_mask_ids
 
         model.eval()
-        sentence = self.val_examples.docs[0][0][: self.val_examples.context_length - 2]
-        masked = [self.special.mask if k % 6 == 3 else t for k, t in enumerate(sentence)]
+        n = self.val_examples.context_length - 2
+        sentence = self.val_examples.docs[0][0][:n]
+        word_starts = self.val_examples.word_starts
+        masked, word = [], -1
+        for k, t in enumerate(sentence):
+            if word_starts is not None:
+                word += word_starts[0][0][k]
+                hide = word % 4 == 2
+            else:
+                hide = k % 6 == 3
+            masked.append(self.special.mask if hide else t)
         filled = fill_mask_ids(
             unwrap(model), [self.special.cls, *masked, self.special.sep], self.special.mask
         )
@@ -92,8 +109,9 @@ def bert_task(
 ) -> TaskSpec:
     """BERT pretraining from text (``default``, a ``.txt`` file or a directory of them).
 
-    Documents are separated by blank lines; ~10 % of them are held out. Without a run tokenizer a
-    char tokenizer is built from the text; ``[PAD] [CLS] [SEP] [MASK]`` are appended to it.
+    Documents are separated by blank lines; ~10 % of them are held out. ``tokenizer`` is a trained
+    one (``--tokenizer``: char, word, BPE, GPT-2's) or, on resume, the run's own; without one a
+    char tokenizer is built from the text. ``[PAD] [CLS] [SEP] [MASK]`` are appended to it.
     """
     from scratchllm.tokenizer import CharTokenizer
 
@@ -111,6 +129,7 @@ def bert_task(
         mlm=model_config.mlm,
         nsp=model_config.nsp,
         mask_prob=model_config.mask_prob,
+        whole_word_mask=model_config.whole_word_mask,
     )
-    extra = {"data": {"source": source, "train_documents": len(train_docs), "val_documents": len(val_docs)}}
+    extra = data_record(source, tok, train_documents=len(train_docs), val_documents=len(val_docs))
     return TaskSpec(task=task, tokenizer=tok, model_config=model_config, extra=extra)

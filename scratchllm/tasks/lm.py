@@ -115,6 +115,7 @@ class LanguageModelingTask:
             max_new_tokens=self.sample_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
+            vocab_size=self.tokenizer.vocab_size,
         )
         return self.tokenizer.decode(out.tolist())
 

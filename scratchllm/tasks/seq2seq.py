@@ -15,7 +15,7 @@ from scratchllm.data import seq2seq as s2s_data
 from scratchllm.data.batches import SeededBatches
 from scratchllm.device import unwrap
 from scratchllm.evaluate.seq2seq import collate_pairs, evaluate_seq2seq
-from scratchllm.tasks.base import TaskSpec, train_context
+from scratchllm.tasks.base import TaskSpec, data_record, train_context
 from scratchllm.tokenizer.base import Tokenizer
 
 
@@ -90,7 +90,12 @@ def seq2seq_task(
     data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None
 ) -> TaskSpec:
     """Seq2seq on ``dates`` (the built-in task: 20,000 train / 500 held-out pairs) or a TSV file
-    (10 % of the pairs, at most 500, held out). One shared char vocabulary by default."""
+    (10 % of the pairs, at most 500, held out).
+
+    Source and target share one vocabulary: ``tokenizer`` (a trained one from ``--tokenizer``, or
+    the run's own on resume) or, without one, the characters of the data; ``<pad> <bos> <eos>``
+    are appended to it.
+    """
     from scratchllm.tokenizer import CharTokenizer
 
     if str(data) == "dates":
@@ -120,5 +125,5 @@ def seq2seq_task(
         context_length=train_context(model_config, cfg),
         batch_size=cfg.batch_size,
     )
-    extra = {"data": {"source": source, "train_pairs": len(train_pairs), "val_pairs": len(val_pairs)}}
+    extra = data_record(source, tok, train_pairs=len(train_pairs), val_pairs=len(val_pairs))
     return TaskSpec(task=task, tokenizer=tok, model_config=model_config, extra=extra)

@@ -77,6 +77,30 @@ class Tokenizer(ABC):
         except KeyError:
             raise ScratchLLMError(f"this {self.kind} tokenizer has no {EOT} token") from None
 
+    def encode_words(self, text: str) -> list[list[int]]:
+        """:meth:`encode` grouped by word: one list of ids per word, concatenating to ``encode(text)``.
+
+        BERT's *whole-word masking* hides every token of a chosen word at once (hiding ``"ing"``
+        alone is too easy a guess when ``" walk"`` is visible). Here a word is a run of non-space
+        characters together with the white space before it, and a special token is a word of its
+        own. Subword tokenizers whose pieces follow other rules override this (byte-level BPE: one
+        word per pre-token, the ``" the"``, ``"'s"``, ``","`` its regex splits off).
+        """
+        words: list[list[int]] = []
+        for piece, is_special in split_on_specials(text, self.special_tokens):
+            chunks = [piece] if is_special else re.findall(r"\s*\S+|\s+", piece)
+            words.extend(ids for ids in map(self.encode, chunks) if ids)
+        return words
+
+    @property
+    def space_joins_next_word(self) -> bool:
+        """True when a space is part of the token of the word after it (byte-level BPE: ``" the"``).
+
+        Then ``"to [MASK]"`` must give the space to the mask — the word ``" be"`` that fills it
+        brings its own — or the model would see a lone ``" "`` token it never met in training.
+        """
+        return False
+
     def token_text(self, token_id: int) -> str:
         """How one token reads on its own (for ``tokenizer show``); may be a partial character."""
         return self.decode([token_id])

@@ -52,7 +52,7 @@ import base64
 import heapq
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import regex
@@ -118,6 +118,9 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
     with or without the cut. Yields ``(chunk, ends_at_safe_cut)``; chunks that end at a safe cut
     can be concatenated in any order without changing their pre-tokens. Cutting lets us count
     repeated chunks once (corpora repeat lines a lot) and spread the regex work over processes.
+    Every such chunk starts with a non-whitespace character — except possibly the first one of
+    the text, which is therefore never marked safe when it starts with whitespace (placed after
+    another chunk's final newline, "\n" + " x" would pre-tokenise differently).
     """
     global _WS
     if _WS is None:
@@ -128,7 +131,8 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
     for i in range(len(lines) - 1):
         line, nxt = lines[i], lines[i + 1]
         if line and nxt and line[-1] not in ws and nxt[0] not in ws:
-            yield "\n".join(lines[start : i + 1]) + "\n", True
+            chunk = "\n".join(lines[start : i + 1]) + "\n"
+            yield chunk, chunk[0] not in ws
             start = i + 1
     tail = "\n".join(lines[start:])
     if tail:
@@ -332,12 +336,22 @@ def learn_merges_naive(word_counts: dict[bytes, int], n_tokens: int) -> list[byt
     return vocab
 
 
-def learn_merges(word_counts: dict[bytes, int], n_tokens: int, *, progress: bool = False) -> list[bytes]:
+def learn_merges(
+    word_counts: dict[bytes, int],
+    n_tokens: int,
+    *,
+    progress: bool = False,
+    on_merge: Callable[[bytes, bytes, int, int], None] | None = None,
+) -> list[bytes]:
     """The incremental trainer: same result as :func:`learn_merges_naive`, touching only what changes.
 
     State: ``words`` (token ids per distinct word) with their counts, ``pair_counts`` (weighted by
     word counts), ``where`` (pair → indices of words that contain it; may hold stale entries,
     which merge to nothing) and a heap of ``(-count, left bytes, right bytes, a, b)``.
+
+    ``on_merge(left, right, count, token_id)`` is called for every merge as it happens (``count``:
+    how often the pair occurred; ``token_id``: the id of ``left + right``, an existing one when
+    those bytes already were a token) — ``scratchllm explain bpe`` replays training with it.
     """
     from tqdm import tqdm
 
@@ -369,6 +383,8 @@ def learn_merges(word_counts: dict[bytes, int], n_tokens: int, *, progress: bool
             new_id = index[new] = len(vocab)
             vocab.append(new)
             bar.update(1)
+        if on_merge is not None:
+            on_merge(vocab[a], vocab[b], count, new_id)
         touched: set[tuple[int, int]] = set()
         for wi in where.pop((a, b)):
             merged = _merge_and_update(words[wi], a, b, new_id, freqs[wi], pair_counts, touched)
@@ -503,14 +519,13 @@ class BPETokenizer(Tokenizer):
         return self._vocab_size
 
     # ---------------------------------------------------------------- the reference encoder
-    def encode_reference(self, text: str) -> list[int]:
-        """Pure-Python encoder: split out specials, pre-tokenise, BPE each piece (cached)."""
-        ids: list[int] = []
+    def _encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of each special token and each pre-token of ``text``, one list per piece."""
         text = clean_text(text)
         segments = self._special_re.split(text) if self._special_re else [text]
         for k, segment in enumerate(segments):
             if k % 2 == 1:  # the splitter's capture group puts specials at odd positions
-                ids.append(self.special_tokens[segment])
+                yield [self.special_tokens[segment]]
                 continue
             for word in self._regex.findall(segment):
                 piece = word.encode("utf-8")
@@ -519,8 +534,20 @@ class BPETokenizer(Tokenizer):
                     cached = [self.ranks[p] for p in bpe_encode_piece(piece, self.ranks)]
                     if len(self._cache) < 100_000:
                         self._cache[piece] = cached
-                ids.extend(cached)
-        return ids
+                yield list(cached)
+
+    def encode_reference(self, text: str) -> list[int]:
+        """Pure-Python encoder: split out specials, pre-tokenise, BPE each piece (cached)."""
+        return [i for ids in self._encode_pieces(text) for i in ids]
+
+    def encode_words(self, text: str) -> list[list[int]]:
+        """One word per pre-token (``" the"``, ``"'s"``, ``","``) and per special token."""
+        return list(self._encode_pieces(text))
+
+    @property
+    def space_joins_next_word(self) -> bool:
+        # Ask the pattern itself: GPT-2's and GPT-4's keep " a" in one piece; a custom one may not.
+        return len(self._regex.findall(" a")) == 1
 
     def decode_bytes_reference(self, ids: Sequence[int]) -> bytes:
         self.check_ids(ids)

@@ -43,6 +43,23 @@ def with_special_tokens(tokenizer: Tokenizer, names: Iterable[str]) -> Tokenizer
     return new
 
 
+def extends(tokenizer: Tokenizer, base: Tokenizer) -> bool:
+    """True when ``tokenizer`` is ``base`` plus special tokens appended (what :func:`with_special_tokens`
+    makes): every id of ``base`` means the same in ``tokenizer``.
+
+    A run saves the tokenizer it trained with (specials included); ``--resume`` with the
+    ``--tokenizer`` that started the run passes this check, any other tokenizer does not.
+    """
+    if type(tokenizer) is not type(base):
+        return False
+    by_id = sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
+    try:
+        rebuilt = with_special_tokens(base, [name for name, _ in by_id if name not in base.special_tokens])
+    except ScratchLLMError:
+        return False
+    return rebuilt.vocab_size == tokenizer.vocab_size and rebuilt.to_dict() == tokenizer.to_dict()
+
+
 @dataclass(frozen=True)
 class BertSpecialIds:
     """The ids of BERT's four special tokens in one tokenizer."""

@@ -96,6 +96,10 @@ class WordTokenizer(Tokenizer):
                 ids.extend(self.stoi.get(w, unk) for w in split_words(piece))
         return ids
 
+    def encode_words(self, text: str) -> list[list[int]]:
+        """Every token is a word (or a punctuation mark) of its own."""
+        return [[i] for i in self.encode(text)]
+
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)
         return _GLUE_RE.sub(r"\1", " ".join(self.itos[int(i)] for i in ids))

@@ -33,7 +33,7 @@ from typing import Any
 
 from scratchllm.device import unwrap
 from scratchllm.errors import ScratchLLMError
-from scratchllm.io import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from scratchllm.io import TMP_PREFIX, fsync_dir
 from scratchllm.runs import (
     BEST_FILE,
     CHECKPOINTS_DIR,
@@ -44,10 +44,17 @@ from scratchllm.runs import (
     TOKENIZER_FILE,
     TRAINER_STATE_FILE,
     list_checkpoints,
+    record_run_file,
     step_dir_name,
     verify_checkpoint,
 )
-from scratchllm.weights import FORMAT_VERSION, load_weights_into, read_safetensors, weights_to_bytes
+from scratchllm.weights import (
+    FORMAT_VERSION,
+    load_weights_into,
+    read_safetensors,
+    weights_tensors,
+    write_safetensors,
+)
 
 
 def _param_names(model: Any, optimizer: Any) -> list[str]:
@@ -60,10 +67,11 @@ def _param_names(model: Any, optimizer: Any) -> list[str]:
     return names
 
 
-def optimizer_to_bytes(optimizer: Any, model: Any = None) -> bytes:
-    """AdamW's (or any torch optimizer's) state: tensors in safetensors, the rest as JSON metadata."""
+def optimizer_tensors(optimizer: Any, model: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """AdamW's (or any torch optimizer's) state as safetensors tensors + metadata: moment tensors
+    named ``state.{param_index}.{name}``, everything else (step counts, hyper-parameters, the
+    parameter names) as JSON in the metadata. The tensors are the optimizer's own (no copies)."""
     import torch
-    from safetensors.torch import save
 
     from scratchllm.train.state import to_jsonable
 
@@ -73,7 +81,7 @@ def optimizer_to_bytes(optimizer: Any, model: Any = None) -> bytes:
     for idx, pstate in sd["state"].items():
         for key, value in pstate.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"state.{idx}.{key}"] = value.detach()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     info = {
@@ -83,11 +91,11 @@ def optimizer_to_bytes(optimizer: Any, model: Any = None) -> bytes:
         "param_groups": to_jsonable(sd["param_groups"]),
         "scalars": to_jsonable(scalars),
     }
-    return save(tensors, metadata={"format": "pt", "scratchllm_optimizer": json.dumps(info)})
+    return tensors, {"format": "pt", "scratchllm_optimizer": json.dumps(info)}
 
 
 def load_optimizer_from(optimizer: Any, tensors: dict[str, Any], metadata: dict[str, str], what: str) -> None:
-    """Inverse of :func:`optimizer_to_bytes`, checking that groups and shapes match this optimizer."""
+    """Inverse of :func:`optimizer_tensors`, checking that groups and shapes match this optimizer."""
     try:
         info = json.loads(metadata["scratchllm_optimizer"])
         saved_groups = info["param_groups"]
@@ -146,13 +154,21 @@ def _disk_full_message(path: Path, err: OSError) -> str:
     return f"could not save checkpoint {path}: {reason}"
 
 
-def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
-    """Write a new file and fsync it; return its manifest entry (size, sha256)."""
+def _write_durably(path: Path, data: bytes | tuple[dict[str, Any], dict[str, str]]) -> dict[str, Any]:
+    """Write a new file and fsync it; return its manifest entry (size, sha256).
+
+    ``data`` is bytes, or ``(tensors, metadata)`` streamed as safetensors tensor by tensor, so a
+    save never holds a second copy of the weights and optimizer moments in memory.
+    """
     with open(path, "xb") as f:
-        f.write(data)
+        if isinstance(data, bytes):
+            f.write(data)
+            size, sha = len(data), hashlib.sha256(data).hexdigest()
+        else:
+            size, sha = write_safetensors(f, *data)
         f.flush()
         os.fsync(f.fileno())
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"size": size, "sha256": sha}
 
 
 def clean_temp_leftovers(run_dir: str | os.PathLike) -> list[Path]:
@@ -189,6 +205,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
     update_latest: bool = True,
+    only: set[str] | None = None,
 ) -> Path:
     """Commit a resumable checkpoint ``RUN/checkpoints/step-XXXXXXXX`` atomically; return its path.
 
@@ -197,7 +214,8 @@ def save_checkpoint(
     window, :func:`~scratchllm.train.state.env_fingerprint`, the train config...): JSON values,
     tensors and numpy arrays are all accepted. After the commit, the ``keep`` newest checkpoints are
     kept (older ones and any *newer* ones left from an abandoned timeline are removed) and, with
-    ``update_latest``, ``RUN/model.safetensors`` is updated atomically.
+    ``update_latest``, ``RUN/model.safetensors`` is updated atomically. ``only`` stores just those
+    parameters (a fine-tune kept on top of its base model, see :func:`scratchllm.runs.attach_base`).
 
     A failed write (disk full, I/O error) removes the temporary files, leaves every committed
     checkpoint untouched and raises a :class:`ScratchLLMError` naming the path and the reason.
@@ -213,11 +231,9 @@ def save_checkpoint(
     root = run_dir / CHECKPOINTS_DIR
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    # Serialise first (pure CPU work, nothing on disk yet): a bug here cannot leave litter behind.
-    model_bytes = weights_to_bytes(model, {"scratchllm_step": str(step)})
-    files: dict[str, bytes] = {
-        MODEL_FILE: model_bytes,
-        OPTIMIZER_FILE: optimizer_to_bytes(optimizer, model) if optimizer is not None else b"",
+    # Gather first (references, no copies; nothing on disk yet): a bug here cannot leave litter.
+    files: dict[str, Any] = {
+        MODEL_FILE: weights_tensors(model, only=only, metadata={"scratchllm_step": str(step)}),
         TRAINER_STATE_FILE: (
             json.dumps(
                 {"format_version": FORMAT_VERSION, **to_jsonable(trainer_state), "step": step}, indent=1
@@ -225,8 +241,8 @@ def save_checkpoint(
             + "\n"
         ).encode("utf-8"),
     }
-    if optimizer is None:
-        del files[OPTIMIZER_FILE]
+    if optimizer is not None:
+        files[OPTIMIZER_FILE] = optimizer_tensors(optimizer, model)
     if (run_dir / CONFIG_FILE).is_file():  # makes the checkpoint loadable on its own
         files[CONFIG_FILE] = (run_dir / CONFIG_FILE).read_bytes()
     try:
@@ -263,8 +279,24 @@ def save_checkpoint(
         raise
     _prune(run_dir, step, keep)
     if update_latest:
-        atomic_write_bytes(run_dir / MODEL_FILE, model_bytes)
+        _publish(final / MODEL_FILE, run_dir / MODEL_FILE, entries[MODEL_FILE]["sha256"])
     return final
+
+
+def _publish(src: Path, dst: Path, sha256: str) -> None:
+    """Make the checkpoint's weights the run's ``model.safetensors``: a hard link (no copy, no
+    extra disk), or a streamed copy where links are not possible; listed in the run manifest
+    before it appears, then renamed into place atomically."""
+    tmp = dst.parent / f"{TMP_PREFIX}{dst.name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    record_run_file(dst.parent, dst.name, sha256)
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
 
 
 def _retire(path: Path) -> Path:

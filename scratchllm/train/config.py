@@ -68,6 +68,8 @@ class TrainConfig:
     # --- reproducibility and hardware ---
     seed: int = 1337
     device: Device = "auto"
+    #: CPU threads for torch's kernels; 0 keeps torch's default (one per core; see scratchllm.device).
+    threads: int = 0
     #: "auto" = bfloat16 autocast on CUDA, float32 elsewhere.
     dtype: DType = "auto"
     #: wrap the model in torch.compile (slow to start; pays off on long GPU runs).
@@ -103,7 +105,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "eval_interval", "eval_steps", "save_interval"):
+        for name in ("warmup_steps", "eval_interval", "eval_steps", "save_interval", "threads"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.context_length is not None and self.context_length < 1:

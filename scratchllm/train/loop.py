@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
 import signal
 import threading
 import time
@@ -55,15 +54,25 @@ import numpy as np
 import torch
 
 from scratchllm.config import to_dict
-from scratchllm.device import peak_rss_mb
+from scratchllm.device import peak_rss_mb, set_threads
 from scratchllm.errors import ScratchLLMError
-from scratchllm.runs import save_best, save_run_files
+from scratchllm.runs import (
+    CHECKPOINTS_DIR,
+    Restart,
+    RunLock,
+    clean_stale_restarts,
+    holds_a_run,
+    save_best,
+    save_run_files,
+    step_dir_name,
+)
 from scratchllm.tasks.base import Task
 from scratchllm.train import checkpoint
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import DistEnv, init_distributed
+from scratchllm.train.estimate import check_fits, estimate_run, measure_step
 from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, mfu, plot_losses
-from scratchllm.train.optim import build_optimizer, lr_at, set_lr
+from scratchllm.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from scratchllm.train.state import (
     capture_rng_state,
     env_fingerprint,
@@ -73,8 +82,6 @@ from scratchllm.train.state import (
 
 #: Exit code of a run stopped because the loss/gradients stayed non-finite (documented in the README).
 EXIT_NON_FINITE = 3
-#: Files a new run writes into its directory; ``force=True`` removes stale ones first.
-RUN_FILES = ("checkpoints", "model.safetensors", "best.safetensors", "metrics.jsonl", PLOT_FILE)
 #: At most one loss.png refresh per this many seconds during training (it is always drawn at the end).
 PLOT_EVERY_S = 60.0
 
@@ -240,19 +247,6 @@ def _all_finite(tensors: Any) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """Global L2 norm of all gradients (before clipping); clips in place when ``clip > 0``."""
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
 def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on CUDA ("auto" or "bfloat16"); full float32 everywhere else."""
     if cfg.dtype == "bfloat16" and device.type != "cuda":
@@ -274,28 +268,56 @@ def _on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
         raise error or ScratchLLMError("rank 0 stopped with an error (see its message)")
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """A new run needs an empty directory (or ``force``); ``resume`` needs an existing run."""
-    if resume:
-        if not run_dir.is_dir():
-            raise ScratchLLMError(f"cannot resume: {run_dir} does not exist; start a run without --resume")
-        return
+@dataclass
+class RunDir:
+    """Where this session writes: the run directory, or — for ``--force`` on an existing run — a
+    staging sibling that replaces it at the first checkpoint (:class:`scratchllm.runs.Restart`).
+    Holds the directory locks (rank 0 only)."""
+
+    final: Path
+    restart: Restart | None = None
+    locks: list[RunLock] = field(default_factory=list)
+
+    @property
+    def work(self) -> Path:
+        if self.restart is not None and not self.restart.done:
+            return self.restart.staging
+        return self.final
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks.clear()
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunDir:
+    """Lock the run directory and decide where this session writes.
+
+    A new run needs an empty directory; ``force`` starts over in a populated one without
+    destroying it until the new run has saved something; ``resume`` continues the run there — or
+    starts one when nothing has been saved yet, so a requeued job can pass ``--resume`` from its
+    first launch. A second trainer on the same directory is refused (naming the PID holding it).
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise ScratchLLMError(f"output directory {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not force:
-            raise ScratchLLMError(
-                f"output directory {run_dir} already contains files; pass --resume to continue that run, "
-                "--force to start over in it, or choose another --out"
-            )
-        # Starting over: stale checkpoints would otherwise be picked up by a later --resume.
-        for name in RUN_FILES:
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    claimed = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    claimed.locks.append(RunLock(run_dir).acquire())
+    try:
+        clean_stale_restarts(run_dir)
+        if not resume and holds_a_run(run_dir):
+            if not force:
+                raise ScratchLLMError(
+                    f"output directory {run_dir} already contains files; pass --resume to continue that "
+                    "run, --force to start over in it (the old run is kept until the new one saves its "
+                    "first checkpoint), or choose another --out"
+                )
+            claimed.restart = Restart(run_dir)
+            claimed.locks.append(RunLock(claimed.restart.begin()).acquire())
+    except BaseException:
+        claimed.release()
+        raise
+    return claimed
 
 
 def _non_finite_error(session: Session, state: LoopState, what: str) -> ScratchLLMError:
@@ -319,7 +341,7 @@ class Session:
     train_model: Any
     task: Task
     cfg: TrainConfig
-    run_dir: Path
+    dirs: RunDir
     env: DistEnv
     device: torch.device
     optimizer: torch.optim.Optimizer
@@ -333,6 +355,13 @@ class Session:
     t_start: float = field(default_factory=time.perf_counter)
     #: model FLOPs per trained token (None when the model cannot estimate them).
     flops_per_token: float | None = None
+    #: store only these parameters in weights files (a fine-tune kept on top of its base model).
+    store_only: set[str] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """Where files go now (a ``--force`` restart's staging directory until its first checkpoint)."""
+        return self.dirs.work
 
     def elapsed(self, state: LoopState) -> float:
         """Wall-clock seconds of the whole run, earlier sessions included."""
@@ -367,8 +396,16 @@ def _seed_everything(cfg: TrainConfig, env: DistEnv, device: torch.device) -> No
 
 
 def _restore(session: Session, *, allow_world_size_change: bool, echo_given: bool) -> LoopState:
-    """``--resume``: load the newest valid checkpoint into the model, optimizer, RNGs and data cursor."""
+    """``--resume``: load the newest valid checkpoint into the model, optimizer, RNGs and data cursor.
+
+    With no checkpoint at all (a first launch, or a run killed before its first save) the run
+    starts at step 0 and says so; damaged checkpoints only are an error (nothing is overwritten).
+    """
     env, cfg, say = session.env, session.cfg, session.say
+    if checkpoint.find_resumable_checkpoint(session.run_dir) == (None, []):
+        say(f"nothing to resume in {session.run_dir} yet (no checkpoint): starting at step 0")
+        session.metrics.truncate_after(0)
+        return LoopState(spike_window=deque(maxlen=cfg.spike_window))
     saved, ckpt_path, skipped = checkpoint.resume(session.run_dir, session.model, session.optimizer)
     for why in skipped:
         say(f"warning: skipped a damaged checkpoint: {why}")
@@ -385,6 +422,7 @@ def _restore(session: Session, *, allow_world_size_change: bool, echo_given: boo
             warnings.warn(msg, ResumeWarning, stacklevel=3)
         say(f"warning: {msg}")
     state = LoopState.from_dict(saved, spike_window=cfg.spike_window)
+    _warn_schedule_change(saved.get("train_config"), cfg, state.step, say)
     rngs, datas = saved.get("rng") or [], saved.get("data") or []
     if saved_ws == env.world_size and len(rngs) == env.world_size and len(datas) == env.world_size:
         restore_rng_state(rngs[env.rank])
@@ -398,6 +436,24 @@ def _restore(session: Session, *, allow_world_size_change: bool, echo_given: boo
     if state.step >= cfg.max_steps:
         say(f"the run already reached max_steps={cfg.max_steps}; raise it (--set max_steps=N) to train more")
     return state
+
+
+def _warn_schedule_change(saved: Any, cfg: TrainConfig, step: int, say: Callable[[str], None]) -> None:
+    """Resuming with other schedule keys recomputes warm-up + cosine from the new ones: the learning
+    rate jumps. That can be intended (a longer run), but it must never be silent."""
+    keys = ("max_steps", "warmup_steps", "lr", "min_lr")
+    if not isinstance(saved, dict) or all(saved.get(k) == getattr(cfg, k) for k in keys):
+        return
+    import dataclasses
+
+    old = dataclasses.replace(cfg, **{k: saved[k] for k in keys if k in saved})
+    changed = ", ".join(
+        f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in keys if saved.get(k) != getattr(cfg, k)
+    )
+    say(
+        f"warning: the learning-rate schedule changed on resume ({changed}): at step {step} the lr goes "
+        f"from {lr_at(step, old):.3g} (the old schedule) to {lr_at(step, cfg):.3g}"
+    )
 
 
 def _wrap_for_speed(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> Any:
@@ -437,7 +493,7 @@ def optimizer_step(session: Session, state: LoopState) -> StepOutcome:
                 loss, extra = session.task.loss(session.train_model, batch)
             (loss / cfg.grad_accum_steps).backward()
         loss_sum += loss.detach().float()
-    grad_norm = _grad_norm(session.params, cfg.grad_clip).to(device=device, dtype=torch.float32)
+    grad_norm = clip_gradients(session.params, cfg.grad_clip).to(device=device, dtype=torch.float32)
 
     # ---- one sync per step: mean loss, "anything non-finite?", "stop requested?" ----
     local_bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
@@ -506,7 +562,7 @@ def evaluate_and_sample(
     val = scores.get("val_loss")
     if val is not None and math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss):
         state.best_val_loss = val
-        save_best(session.run_dir, model)
+        save_best(session.run_dir, model, only=session.store_only)
     return scores, text
 
 
@@ -529,8 +585,12 @@ def _report_eval(
         session.metrics.log("eval", step=state.step, **scores, sample=text, elapsed=session.elapsed(state))
 
 
-def _save(session: Session, state: LoopState) -> Path | None:
-    """Commit a checkpoint on rank 0; every rank learns whether it worked."""
+def _save(session: Session, state: LoopState, *, final: bool = False) -> Path | None:
+    """Commit a checkpoint on rank 0; every rank learns whether it worked.
+
+    While training the two newest checkpoints are kept (a damaged one has a fallback); a finished
+    run keeps its final checkpoint only, which ``--resume`` with a larger ``max_steps`` continues.
+    """
     # A finite loss can still produce an update that overflows the weights; never let such weights
     # replace the last good checkpoint. (All ranks hold the same weights.)
     if not _all_finite(session.model.parameters()):
@@ -539,20 +599,25 @@ def _save(session: Session, state: LoopState) -> Path | None:
         )
         raise _non_finite_error(session, state, "the weights are no longer finite (an update overflowed)")
     trainer_state = session.trainer_state(state)  # collective: every rank takes part
-    saved: list[Path] = []
-    _on_main(
-        session.env,
-        lambda: saved.append(
-            checkpoint.save_checkpoint(
-                session.run_dir,
-                step=state.step,
-                model=session.model,
-                optimizer=session.optimizer,
-                trainer_state=trainer_state,
-            )
-        ),
-    )
-    return saved[0] if saved else None
+
+    def commit() -> None:
+        checkpoint.save_checkpoint(
+            session.run_dir,
+            step=state.step,
+            model=session.model,
+            optimizer=session.optimizer,
+            trainer_state=trainer_state,
+            only=session.store_only,
+            keep=1 if final else 2,
+        )
+        restart = session.dirs.restart
+        if restart is not None and not restart.done:  # --force: the new run replaces the old one now
+            restart.promote()
+            session.metrics.path = session.run_dir / session.metrics.path.name
+            session.say(f"replaced the previous run in {session.run_dir}")
+
+    _on_main(session.env, commit)
+    return session.run_dir / CHECKPOINTS_DIR / step_dir_name(state.step) if session.env.is_main else None
 
 
 # ============================================================================ progress and logs
@@ -684,52 +749,87 @@ def start_session(
     extra_config: dict[str, Any] | None,
     allow_world_size_change: bool,
     echo: Callable[[str], None] | None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
+    store_only: set[str] | None = None,
 ) -> tuple[Session, LoopState]:
-    """Everything before the first step: processes, the run directory, seeds, the model on its
-    device, the optimizer and data, the resumed state, ``config.json``, the speed wrappers."""
+    """Everything before the first step: processes, the size and memory check (before anything is
+    written), the run directory, seeds, the model on its device, the optimizer and data, the
+    resumed state, ``config.json``, a measured step, the speed wrappers."""
+    say = echo or (lambda msg: None)
     env = init_distributed(cfg.device)
     device = torch.device(env.device)
-    _on_main(env, lambda: _prepare_run_dir(run_dir, resume=resume, force=force))
-    _seed_everything(cfg, env, device)
-    model.to(device)
-    model.train()
-    session = Session(
-        model=model,
-        train_model=model,
-        task=task,
-        cfg=cfg,
-        run_dir=run_dir,
-        env=env,
-        device=device,
-        optimizer=build_optimizer(model, cfg, device.type),
-        params=[p for p in model.parameters() if p.requires_grad],
-        source=task.train_batches(seed=cfg.seed, rank=env.rank, world_size=env.world_size),
-        autocast=_autocast(device, cfg),
-        metrics=MetricsLogger(run_dir, enabled=env.is_main),
-        stop=_StopFlag(),
-        fingerprint=env_fingerprint(device=device, world_size=env.world_size),
-        say=echo or (lambda msg: None),
-        flops_per_token=_flops_per_token(model, task),
-    )
-    if resume:
-        state = _restore(
-            session, allow_world_size_change=allow_world_size_change, echo_given=echo is not None
+    set_threads(cfg.threads)
+    seq_len = getattr(task, "context_length", None) or getattr(model.config, "context_length", 1)
+    estimate = estimate_run(model, cfg, batch_size=cfg.batch_size, seq_len=seq_len, device=str(device))
+    if env.is_main:
+        for line in estimate.describe():
+            say(line)
+    if check_memory:
+        check_fits(estimate)
+    claimed = [RunDir(run_dir)]
+    _on_main(env, lambda: claimed.__setitem__(0, claim_run_dir(run_dir, resume=resume, force=force)))
+    dirs = claimed[0]
+    try:
+        _seed_everything(cfg, env, device)
+        model.to(device)
+        model.train()
+        session = Session(
+            model=model,
+            train_model=model,
+            task=task,
+            cfg=cfg,
+            dirs=dirs,
+            env=env,
+            device=device,
+            optimizer=build_optimizer(model, cfg, device.type),
+            params=[p for p in model.parameters() if p.requires_grad],
+            source=task.train_batches(seed=cfg.seed, rank=env.rank, world_size=env.world_size),
+            autocast=_autocast(device, cfg),
+            metrics=MetricsLogger(dirs.work, enabled=env.is_main),
+            stop=_StopFlag(),
+            fingerprint=env_fingerprint(device=device, world_size=env.world_size),
+            say=say,
+            flops_per_token=_flops_per_token(model, task),
+            store_only=store_only,
         )
-    else:
-        state = LoopState(spike_window=deque(maxlen=cfg.spike_window))
-    _on_main(
-        env,
-        lambda: save_run_files(
-            run_dir,
-            None,
-            arch=arch,
-            model_config=model_config if model_config is not None else getattr(model, "config", None),
-            train_config=cfg,
-            tokenizer=tokenizer,
-            extra=extra_config,
-        ),
-    )
-    session.train_model = _wrap_for_speed(model, cfg, env, device)
+        if resume:
+            state = _restore(
+                session, allow_world_size_change=allow_world_size_change, echo_given=echo is not None
+            )
+        else:
+            state = LoopState(spike_window=deque(maxlen=cfg.spike_window))
+        _on_main(
+            env,
+            lambda: save_run_files(
+                dirs.work,
+                None,
+                arch=arch,
+                model_config=model_config if model_config is not None else getattr(model, "config", None),
+                train_config=cfg,
+                tokenizer=tokenizer,
+                extra=extra_config,
+            ),
+        )
+        if env.is_main and estimate_time:
+            estimate.step_seconds, estimate.measured_peak_bytes = measure_step(model, task, cfg, device)
+            say(estimate.describe()[-1])
+            session.metrics.log(
+                "estimate",
+                step=state.step,
+                params=estimate.params,
+                trainable=estimate.trainable,
+                estimated_peak_mb=round(estimate.total_bytes / 2**20, 1),
+                measured_peak_mb=round((estimate.measured_peak_bytes or 0) / 2**20, 1),
+                step_seconds=round(estimate.step_seconds, 4),
+                estimated_run_s=round(estimate.step_seconds * cfg.max_steps, 1),
+            )
+        session.train_model = _wrap_for_speed(model, cfg, env, device)
+    except BaseException:  # a failed start (bad resume, ...) holds no lock and leaves no staging
+        if dirs.restart is not None:
+            dirs.restart.abandon()
+        dirs.release()
+        raise
     return session, state
 
 
@@ -754,6 +854,9 @@ def train(
     allow_world_size_change: bool = False,
     stop_at: int | None = None,
     echo: Callable[[str], None] | None = None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
+    store_only: set[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` for ``cfg.max_steps`` optimizer steps, saving into ``run_dir``.
 
@@ -764,7 +867,12 @@ def train(
     ``model_config`` (default ``model.config``) and ``extra_config`` go into ``config.json``.
     ``stop_at`` pauses after that step as if interrupted (a checkpoint is saved): useful for
     time-sliced training and for testing resume. ``echo`` receives human-readable messages
-    (samples, warnings, saves); the CLI prints them.
+    (samples, warnings, saves, the size/memory/time estimate); the CLI prints them.
+    ``check_memory=False`` trains even when the estimated peak memory exceeds what is available;
+    ``estimate_time`` times one extra forward/backward first (with forked RNGs and its own batch,
+    so training is unchanged) and reports the time per step and for the run (the CLI does).
+    ``store_only`` names the parameters weights files keep (a fine-tune that trains a few of them
+    is stored on top of its base model: :func:`scratchllm.runs.attach_base`).
 
     Raises :class:`ScratchLLMError` for user errors, with ``exit_code`` 3 when the loss stayed
     non-finite for ``max_bad_steps`` consecutive steps.
@@ -785,6 +893,9 @@ def train(
         extra_config=extra_config,
         allow_world_size_change=allow_world_size_change,
         echo=echo,
+        check_memory=check_memory,
+        estimate_time=estimate_time,
+        store_only=store_only,
     )
     result = TrainResult(
         run_dir=run_dir,
@@ -824,7 +935,7 @@ def train(
                 if scores and not final:
                     shown.maybe_plot()
             if final or stopping or _due(state.step, cfg.save_interval):
-                result.checkpoint = _save(session, state) or result.checkpoint
+                result.checkpoint = _save(session, state, final=final) or result.checkpoint
             shown.exclude(time.perf_counter() - t0)
 
             if stopping and not final:
@@ -837,6 +948,13 @@ def train(
         session.stop.uninstall()
         shown.close()
         session.metrics.close()
+        restart = session.dirs.restart
+        if restart is not None and not restart.done:
+            restart.abandon()
+            session.say(
+                f"the previous run in {run_dir} was kept: the new one stopped before its first checkpoint"
+            )
+        session.dirs.release()
 
     if session.env.is_main:
         session.plot()

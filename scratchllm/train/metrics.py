@@ -104,6 +104,7 @@ class MetricsLogger:
         """Drop events after ``step`` (and any torn line): used when resuming from that step."""
         if not self.enabled or not self.path.exists():
             return
+        self.close()  # the file is replaced: later events must go to the new one
         kept = [json.dumps(e) for e in read_metrics(self.path) if e.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 

@@ -88,6 +88,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) 
     return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2), **kwargs)
 
 
+def clip_gradients(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Global L2 norm of all gradients (before clipping); scales them all in place so that the
+    norm is at most ``clip`` when ``clip > 0`` (one factor for every gradient: the direction of the
+    update is kept, only its length is capped)."""
+    import torch
+
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

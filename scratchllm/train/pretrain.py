@@ -57,28 +57,33 @@ class PretrainSetup:
     tokenizer: Any
     resume: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the preset the config started from (None: the dataclass defaults or the resumed run's config).
+    preset: str | None = None
 
 
 #: The model keys of a preset that other architectures than GPT take from it (sizes, not switches).
 PRESET_SIZE_KEYS = {"context_length", "n_layer", "n_head", "n_embd", "ffn_hidden", "dropout"}
 
 
-def _preset_sections(name: str | None, model_cls: Any = None) -> dict[str, dict[str, Any]] | None:
+def _preset_sections(name: str | None, arch: str) -> dict[str, dict[str, Any]] | None:
+    """The ``model``/``train`` sections of preset ``name`` as they apply to ``arch``.
+
+    A preset written for ``arch`` applies in full; a GPT recipe given to another architecture
+    (BERT, seq2seq) lends only its sizes — char-shakespeare's RoPE/RMSNorm/SwiGLU switches are GPT
+    choices, not BERT's; a preset written for another non-GPT architecture is an error.
+    """
     if not name:
         return None
     from scratchllm.model.config import get_preset
 
     preset = get_preset(name)
+    written_for = preset.get("arch", "gpt")
     sections = {k: dict(preset[k]) for k in ("model", "train") if k in preset}
     sections.get("model", {}).pop("vocab_size", None)  # always taken from the data
-    if model_cls is not None and "model" in sections:
-        from scratchllm.model.config import GPTConfig
-
-        if not issubclass(model_cls, GPTConfig):
-            # Presets are GPT recipes (char-shakespeare switches on RoPE, RMSNorm, SwiGLU); another
-            # architecture (BERT, seq2seq) takes only their model sizes and keeps its own design.
-            names = {f.name for f in dataclasses.fields(model_cls)} & PRESET_SIZE_KEYS
-            sections["model"] = {k: v for k, v in sections["model"].items() if k in names}
+    if written_for != arch:
+        if written_for != "gpt":
+            raise ScratchLLMError(f"preset {name!r} is for --arch {written_for}, not {arch}")
+        sections["model"] = {k: v for k, v in sections.get("model", {}).items() if k in PRESET_SIZE_KEYS}
     return sections
 
 
@@ -97,24 +102,48 @@ def setup_pretraining(
     seed: int | None = None,
     device: str | None = None,
     resume: bool = False,
+    use_default_preset: bool = True,
+    check_memory: bool = True,
+    tokenizer: str | Path | Any = None,
 ) -> PretrainSetup:
-    """Resolve configs, open and check the data, build the model and the task (nothing is written)."""
+    """Resolve configs, open and check the data, build the model and the task (nothing is written).
+
+    Without ``preset`` a new run starts from its architecture's ``default_preset`` (a laptop-sized
+    model: ``small`` for GPT) — pass ``use_default_preset=False`` for the bare dataclass defaults
+    (GPT-2 small for a GPT). ``PretrainSetup.preset`` says which preset was used.
+    ``check_memory`` refuses, before any weight is allocated, a run whose estimated peak memory
+    exceeds what the machine has free (:mod:`scratchllm.train.estimate`).
+    ``tokenizer`` (a path :func:`~scratchllm.tokenizer.load_tokenizer` reads, or a tokenizer) is the
+    vocabulary a BERT or seq2seq run builds on instead of characters; for a GPT it must be the
+    one the shards were made with. On ``--resume`` the run keeps its own ``tokenizer.json``, and a
+    ``tokenizer`` given again must be the one the run started from.
+    """
     import torch
 
     from scratchllm.architectures import build_model, config_from_dict, get_architecture
     from scratchllm.config import from_dict, parse_set_args, resolve_configs
     from scratchllm.io import read_json
+    from scratchllm.runs import holds_a_run
 
     out = Path(out)
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_set_args(overrides)
     if "vocab_size" in overrides or "model.vocab_size" in overrides:
         raise ScratchLLMError("vocab_size comes from the data (its tokenizer); remove --set vocab_size")
 
+    user_tokenizer = tokenizer
+    if isinstance(tokenizer, (str, Path)):
+        from scratchllm.tokenizer import load_tokenizer
+
+        user_tokenizer = load_tokenizer(tokenizer)
     run_tokenizer = None
-    if resume:
-        cfg_path = out / "config.json"
-        if not cfg_path.is_file():
-            raise ScratchLLMError(f"cannot resume: {cfg_path} not found; start a run without --resume")
+    cfg_path = out / "config.json"
+    if resume and not cfg_path.is_file() and holds_a_run(out):
+        raise ScratchLLMError(
+            f"cannot resume: {out} holds files but no config.json (not a scratchllm run?); "
+            "choose another --out"
+        )
+    continuing = resume and cfg_path.is_file()  # else --resume starts a new run (nothing saved yet)
+    if continuing:
         saved = read_json(cfg_path, "run config")
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
             raise ScratchLLMError(f"{cfg_path} is not a scratchllm run config")
@@ -128,7 +157,7 @@ def setup_pretraining(
         # (e.g. a larger max_steps), never the model.
         resolved = resolve_configs(
             {"model": base_model, "train": base_train},
-            preset=_preset_sections(preset, type(base_model)),
+            preset=_preset_sections(preset, arch),
             config_file=config_file,
             overrides=overrides,
         )
@@ -140,14 +169,27 @@ def setup_pretraining(
             )
         if (out / "tokenizer.json").is_file():
             from scratchllm.tokenizer import load_tokenizer
+            from scratchllm.tokenizer.specials import extends
 
             run_tokenizer = load_tokenizer(out / "tokenizer.json")
+            # The run's tokenizer is the given one itself, or it plus the family's special tokens.
+            if user_tokenizer is not None and not extends(run_tokenizer, user_tokenizer):
+                raise ScratchLLMError(
+                    f"--tokenizer {tokenizer} is not the tokenizer the run in {out} was trained with "
+                    "(its tokenizer.json); resume without --tokenizer, the run keeps its own"
+                )
+        else:
+            run_tokenizer = user_tokenizer
     else:
+        run_tokenizer = user_tokenizer
         arch = arch or "gpt"
-        cfg_cls = get_architecture(arch).config
+        record = get_architecture(arch)
+        cfg_cls = record.config
+        if preset is None and use_default_preset:
+            preset = record.default_preset  # laptop-sized; the big shapes are one --preset away
         resolved = resolve_configs(
             {"model": cfg_cls(), "train": TrainConfig()},
-            preset=_preset_sections(preset, cfg_cls),
+            preset=_preset_sections(preset, arch),
             config_file=config_file,
             overrides=overrides,
         )
@@ -162,12 +204,25 @@ def setup_pretraining(
         train_config = dataclasses.replace(train_config, **changes)
 
     spec = make_task(arch, data, resolved["model"], train_config, tokenizer=run_tokenizer)
-    if resume and spec.model_config != resolved["model"]:
+    if continuing and spec.model_config != resolved["model"]:
         raise ScratchLLMError(
             f"the data in {data} does not fit the run being resumed (it changes "
             f"{', '.join(_changed_fields(spec.model_config, resolved['model']))}); resume with the run's data"
         )
 
+    if check_memory:  # sizes from a model on the meta device: nothing is allocated yet
+        from scratchllm.device import resolve_device
+        from scratchllm.train.estimate import check_fits, estimate_run
+
+        with torch.device("meta"):
+            shapes = build_model(arch, spec.model_config)
+        seq_len = getattr(spec.task, "context_length", None) or spec.model_config.context_length
+        check_fits(
+            estimate_run(
+                shapes, train_config, batch_size=train_config.batch_size, seq_len=seq_len,
+                device=resolve_device(train_config.device),
+            )
+        )  # fmt: skip
     torch.manual_seed(train_config.seed)  # the initial weights follow from the seed
     model = build_model(arch, spec.model_config)
     return PretrainSetup(
@@ -179,6 +234,7 @@ def setup_pretraining(
         tokenizer=spec.tokenizer,
         resume=resume,
         extra=spec.extra,
+        preset=None if continuing else preset,
     )
 
 
@@ -190,6 +246,8 @@ def pretrain(
     progress: bool = True,
     allow_world_size_change: bool = False,
     echo: Callable[[str], None] | None = None,
+    check_memory: bool = True,
+    estimate_time: bool = False,
 ) -> Any:
     """Run the loop for a :class:`PretrainSetup`; returns the :class:`~.loop.TrainResult`."""
     from scratchllm.train.loop import train
@@ -208,4 +266,6 @@ def pretrain(
         progress=progress,
         allow_world_size_change=allow_world_size_change,
         echo=echo,
+        check_memory=check_memory,
+        estimate_time=estimate_time,
     )

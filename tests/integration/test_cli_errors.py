@@ -59,6 +59,15 @@ def bad(workspace) -> Path:
     (root / "short.txt").write_text("the king is here\n" * 6)
     ok("prepare", "--tokenizer", ws.char_tok, "--input", root / "short.txt", "--out", root / "short",
        "--val-fraction", "0.25")  # fmt: skip
+    # shards holding an id the vocabulary does not have; shards whose tokenizer.json was replaced
+    shutil.copytree(ws.char_data, root / "big-ids")
+    with open(root / "big-ids" / "val.bin", "r+b") as f:
+        f.write(struct.pack("<H", 60_000))
+    shutil.copytree(ws.char_data, root / "swapped-tok")
+    shutil.copy(ws.bpe_tok, root / "swapped-tok" / "tokenizer.json")
+    # TSV texts with quotes are plain characters; a TAB inside a text is refused
+    (root / "tab-in-text.tsv").write_text("text\tlabel\nfine\ta\nhas\ta tab\tb\n")
+    (root / "a-file").write_text("not a directory")
     return root
 
 
@@ -149,6 +158,134 @@ def cases(ws, bad: Path) -> dict[str, tuple[int, list]]:
                 "0",
             ],
         ),
+        "lr=inf (no run dir written)": (
+            2,
+            ["train", "--data", ws.char_data, "--out", bad / "o20", *TINY, "--set", "lr=inf"],
+        ),
+        "weight_decay=nan (no run dir written)": (
+            2,
+            ["train", "--data", ws.char_data, "--out", bad / "o21", *TINY, "--set", "weight_decay=nan"],
+        ),
+        "shards with ids beyond the vocabulary (train)": (
+            2,
+            ["train", "--data", bad / "big-ids", "--out", bad / "o22", *TINY],
+        ),
+        "shards with ids beyond the vocabulary (eval)": (
+            2,
+            ["eval", "--model", ws.char_run, "--data", bad / "big-ids"],
+        ),
+        "shards whose tokenizer.json was replaced": (
+            2,
+            ["train", "--data", bad / "swapped-tok", "--out", bad / "o23", *TINY],
+        ),
+        "--out under a file (train)": (
+            2,
+            ["train", "--data", ws.char_data, "--out", bad / "a-file" / "run", *TINY],
+        ),
+        "--out under a file (prepare)": (
+            2,
+            [
+                "prepare",
+                "--tokenizer",
+                ws.char_tok,
+                "--input",
+                ws.char_text,
+                "--out",
+                bad / "a-file" / "data",
+            ],
+        ),
+        "--out under a file (tokenizer)": (
+            2,
+            [
+                "tokenizer",
+                "train",
+                "--kind",
+                "char",
+                "--input",
+                ws.char_text,
+                "--out",
+                bad / "a-file" / "tok.json",
+            ],
+        ),
+        "--out under a file (convert)": (2, ["convert", "--to-hf", ws.run, "--out", bad / "a-file" / "hf"]),
+        "--out in /proc (prepare)": (
+            2,
+            [
+                "prepare",
+                "--tokenizer",
+                ws.char_tok,
+                "--input",
+                ws.char_text,
+                "--out",
+                "/proc/scratchllm-test/data",
+            ],
+        ),
+        "--out in /proc (train)": (
+            2,
+            ["train", "--data", ws.char_data, "--out", "/proc/scratchllm-test", *TINY],
+        ),
+        "--config is a directory": (
+            2,
+            ["train", "--data", ws.char_data, "--out", bad / "o24", "--config", bad],
+        ),
+        "TSV with a TAB inside a text": (
+            2,
+            [
+                "finetune",
+                "classify",
+                "--model",
+                ws.run,
+                "--data",
+                bad / "tab-in-text.tsv",
+                "--out",
+                bad / "o25",
+            ],
+        ),
+        "finetune --lora-r 0": (
+            2,
+            [
+                "finetune",
+                "instruct",
+                "--model",
+                ws.run,
+                "--data",
+                bad / "no-output.json",
+                "--out",
+                bad / "o26",
+                "--lora-r",
+                "0",
+            ],
+        ),
+        "finetune classify --max-length 0": (
+            2,
+            [
+                "finetune",
+                "classify",
+                "--model",
+                ws.run,
+                "--data",
+                bad / "labels.tsv",
+                "--out",
+                bad / "o27",
+                "--max-length",
+                "0",
+            ],
+        ),
+        "finetune instruct --max-new-tokens 0": (
+            2,
+            [
+                "finetune",
+                "instruct",
+                "--model",
+                ws.run,
+                "--data",
+                bad / "no-output.json",
+                "--out",
+                bad / "o28",
+                "--max-new-tokens",
+                "0",
+            ],
+        ),
         "corpus shorter than one window (no run dir written)": (
             2,
             ["train", "--data", bad / "short", "--out", bad / "o11", *TINY],
@@ -206,3 +343,34 @@ def test_generate_from_bert_and_fill_mask_without_mask(workspace, shared_data):
         assert res.err.strip().count("\n") == 0
     fill = cli("fill-mask", "--model", bert, "--text", "the [MASK]ing", "--json")
     assert fill.rc == 0, fill.err
+
+
+def test_outputs_on_a_read_only_filesystem_are_one_line_errors(workspace, tmp_path):
+    """Every verb that writes gets the same one line on a read-only directory (root ignores file
+    permissions, so the test mounts a read-only tmpfs; it needs root to mount)."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.decode().strip()})")
+    ws = workspace
+    try:
+        for argv in (
+            ["train", "--data", ws.char_data, "--out", ro / "run", *TINY],
+            ["prepare", "--tokenizer", ws.char_tok, "--input", ws.char_text, "--out", ro / "data"],
+            ["tokenizer", "train", "--kind", "char", "--input", ws.char_text, "--out", ro / "tok.json"],
+            ["convert", "--to-hf", ws.run, "--out", ro / "hf"],
+            ["inspect", "--model", ws.run, "--embedding-plot", ro / "emb.png"],
+        ):
+            res = cli(*argv)
+            lines = [line for line in res.err.splitlines() if line.strip()]
+            assert res.rc == 2 and "Traceback" not in res.err, (argv[0], res.err[-1500:])
+            assert (
+                lines[-1].startswith(f"scratchllm {argv[0]}: error: ")
+                and "Read-only file system" in lines[-1]
+            )
+            assert str(ro) in lines[-1], lines[-1]  # it names the path
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)

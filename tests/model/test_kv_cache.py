@@ -73,3 +73,39 @@ def test_padding_mask_in_either_convention():
             assert torch.allclose(out[:, -1], ref[:, -1], atol=1e-5)
         alone = m(torch.tensor([[5, 6, 7, 9]]))
     assert torch.allclose(ref[0, -1], alone[0, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "sinusoidal", "rope", "alibi", "none"])
+def test_per_row_cache_rows_join_and_leave_independently(pos_emb):
+    """Continuous batching: rows prefilled one by one, decoded together with some rows idle, one
+    row reset and reused — every row's logits equal the uncached forward of its own sequence."""
+    m = model(pos_emb=pos_emb, n_kv_head=2)
+    cache = m.make_kv_cache(4, per_row=True)
+    seqs = {0: [1, 2, 3, 4, 5], 1: [7, 8], 2: [9, 9, 9, 1, 2, 3]}
+    last = {}
+    with torch.no_grad():
+        for row, ids in seqs.items():
+            last[row] = m(torch.tensor([ids]), kv_cache=cache.rows(row, row + 1))[0, -1]
+        for step in range(5):
+            if step == 2:  # row 1 leaves, a new sequence takes its slot
+                cache.reset_row(1)
+                seqs[1] = [3, 1, 4]
+                last[1] = m(torch.tensor([seqs[1]]), kv_cache=cache.rows(1, 2))[0, -1]
+            moving = [0, 1] + ([2] if step % 2 == 0 else [])  # row 2 pauses every other step; row 3 idles
+            tokens = torch.zeros(4, 1, dtype=torch.long)
+            for row in moving:
+                tokens[row, 0] = int(last[row].argmax())
+                seqs[row].append(int(tokens[row, 0]))
+            advancing = torch.tensor([row in moving for row in range(4)])
+            out = m(tokens, kv_cache=cache.rows(0, 4, advancing))[:, -1]
+            for row in moving:
+                last[row] = out[row]
+        for row, ids in seqs.items():
+            assert torch.allclose(m(torch.tensor([ids]))[0, -1], last[row], atol=1e-5), row
+    assert cache.lengths.tolist() == [len(seqs[0]), len(seqs[1]), len(seqs[2]), 0]
+    cache.copy_row(0, 3)
+    assert int(cache.lengths[3]) == len(seqs[0]) and torch.equal(cache.k[:, 3, :, :5], cache.k[:, 0, :, :5])
+    with pytest.raises(ScratchLLMError, match="row is full"), torch.no_grad():
+        m(torch.zeros(1, 12, dtype=torch.long), kv_cache=cache.rows(0, 1))
+    with pytest.raises(ValueError):
+        cache.crop(1)

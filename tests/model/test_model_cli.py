@@ -79,7 +79,16 @@ def test_generate_stop_string_and_int8(run_dir, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["stop_reason"] == "stop" and res["text"] == text[: text.index(stop)]
     assert main(base + ["--max-new-tokens", "5", "--int8"]) == 0
-    assert json.loads(capsys.readouterr().out)["int8"] is True
+    res = json.loads(capsys.readouterr().out)
+    assert res["int8"] is True and res["int8_kernel"] in ("cpp", "int8pack", "fp32")
+    # every kernel computes the rounded weights' product: forcing one gives the same greedy text
+    assert main(base + ["--max-new-tokens", "5", "--int8", "--int8-kernel", "fp32"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["int8_kernel"] == "fp32"
+    if res["int8_kernel"] != "int8pack":  # (int8pack rounds activations to bf16 as well)
+        assert forced["text"] == res["text"]
+    assert main(base + ["--max-new-tokens", "5", "--int8-kernel", "fp32"]) == 2
+    assert "--int8-kernel needs --int8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

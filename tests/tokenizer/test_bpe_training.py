@@ -146,3 +146,14 @@ def test_a_trained_tokenizer_compresses(small_bpe, shakespeare):
     text = shakespeare[200_000:300_000]  # unseen text
     ids = small_bpe.encode(text)
     assert len(text.encode()) / len(ids) > 2.0  # bytes per token (2.3 measured); raw bytes would be 1.0
+
+
+@pytest.mark.parametrize("text", ["\xa0 1\n1\n1", " a\nb\nc", "\tx\ny"])
+def test_a_document_that_starts_with_whitespace_counts_the_same(text):
+    """Found by the property test above: a document's first chunk starting with whitespace must
+    not be glued after another chunk's newline ("\\n" + "\\xa0 1" pre-tokenises differently)."""
+    for pattern in (GPT2_PATTERN, GPT4_PATTERN):
+        expected = Counter(w.encode() for w in regex.findall(pattern, text))
+        assert count_words([text, text], pattern, special_tokens=[]) == {
+            k: 2 * v for k, v in expected.items()
+        }

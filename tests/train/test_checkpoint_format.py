@@ -225,7 +225,7 @@ def test_load_model_errors_are_one_clear_line(tmp_path, damage, message):
         CharTokenizer.train("".join(chr(0x4E00 + i) for i in range(60))).save(run / "tokenizer.json")
     elif damage == "bad_header":
         data = bytearray(weights.read_bytes())
-        data[10] = ord("!")
+        data[8] = ord("!")  # the header JSON's opening brace
         weights.write_bytes(bytes(data))
     elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:-7])
@@ -233,6 +233,15 @@ def test_load_model_errors_are_one_clear_line(tmp_path, damage, message):
         weights.unlink()
     elif damage == "not_json":
         (run / "config.json").write_text("{not json")
+    if damage not in ("no_weights", "no_config"):
+        # The run manifest catches every one of these first, naming the file...
+        with pytest.raises(
+            ScratchLLMError, match="does not match the run manifest|is missing|no model"
+        ) as info:
+            load.load_model(run)
+        assert "\n" not in str(info.value)
+    # ...and without it (a run written before manifests) each still gets its own clear message.
+    (run / "run_manifest.json").unlink()
     with pytest.raises(ScratchLLMError, match=message) as info:
         load.load_model(run)
     assert "\n" not in str(info.value)
@@ -301,7 +310,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, fail_on):
 
     def failing_write(path, data):
         if path.name == fail_on:
-            path.write_bytes(data[: len(data) // 2])  # a partial file, as a real ENOSPC leaves
+            path.write_bytes(b"partial")  # a partial file, as a real ENOSPC leaves
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_write(path, data)
 

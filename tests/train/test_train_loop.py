@@ -291,8 +291,17 @@ def test_populated_dir_needs_resume_or_force(shards, straight, tmp_path):
     cfg = make_cfg(max_steps=1, eval_steps=0)
     train(make_model(), LanguageModelingTask(shards, 16, 4), cfg, run, progress=False, force=True)
     assert [p.name for _, p in runs.list_checkpoints(run)] == ["step-00000001"]
-    with pytest.raises(ScratchLLMError, match="nothing to resume|does not exist"):
-        train(make_model(), LanguageModelingTask(shards, 16, 4), cfg, tmp_path / "none", resume=True)
+    # --resume with nothing saved yet (a requeued job's first launch) starts at step 0 and says so
+    said: list[str] = []
+    out = train(
+        make_model(),
+        LanguageModelingTask(shards, 16, 4),
+        cfg,
+        tmp_path / "none",
+        resume=True,
+        echo=said.append,
+    )
+    assert out.step == 1 and out.resumed_from == 0 and any("nothing to resume" in m for m in said)
 
 
 def test_resume_with_other_thread_count_warns(shards, tmp_path):
