@@ -13,6 +13,9 @@ A file a run was fine-tuned on is cut the way fine-tuning cut it and its test sp
 (--split; the recipe comes from the run's config.json, else --split-fractions/--split-seed).
 --perturb adds a clean-vs-noisy comparison, --ood-data a second (out-of-domain) data set.
 --compare --row NAME=MODEL[,shots=K] ... scores several models on the same rows, one table.
+--out FILE.json writes the result (or the table); --out FILE.jsonl appends one line per result
+(per row with --compare), stamped with the time: evaluate checkpoint after checkpoint into one log.
+Progress goes to stderr (a bar on a terminal, a plain line every 30 s in a log; --quiet: none).
 
 examples:
   scratchllm eval --model runs/shakespeare --data data/shakespeare
@@ -22,6 +25,8 @@ examples:
   scratchllm eval --model runs/spam --data sms.csv
   scratchllm eval --model runs/base --data sms.csv --task classify --shots 5 --normalization char
   scratchllm eval --model runs/alpaca --data instruction-data.json --limit 50
+  scratchllm eval --model runs/shakespeare/checkpoints/step-00000800 --data data/shakespeare \\
+      --out evals.jsonl --threads 1
   scratchllm eval --compare --data sms.csv --row zero-shot=runs/base --row 5-shot=runs/base,shots=5 \\
       --row fine-tuned=runs/spam --row LoRA=runs/spam-lora --perturb typos=0.05
 """
@@ -29,9 +34,15 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
 
-from scratchllm.cli.common import add_json_arg, add_model_arg, print_json, require_positive
+from scratchllm.cli.common import (
+    add_json_arg,
+    add_model_arg,
+    add_threads_arg,
+    apply_threads,
+    print_json,
+    require_positive,
+)
 
 # Enough windows for a steady estimate (over 130k predictions at context 32, 4M at 1024) while
 # keeping a large validation split from taking hours; every batch size scores the same ones.
@@ -121,22 +132,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="examples per batch (default: the run's, or 8)"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_threads_arg(p)
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the few-shot examples and of --perturb (default 0)"
     )
     add_json_arg(p)
-
-
-def _bars(enabled: bool):
-    if not enabled:
-        return None
-
-    def make(desc: str):
-        from tqdm.auto import tqdm
-
-        return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-
-    return make
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="also write the metrics: FILE.json (the whole result) or FILE.jsonl (append one line per "
+        "result / compared row)",
+    )
+    p.add_argument("--force", action="store_true", help="allow overwriting an existing --out .json file")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,11 +163,16 @@ def run(args: argparse.Namespace) -> int:
         raise ScratchLLMError("--compare needs rows: --row NAME=MODEL[,shots=K] (repeat it)")
     if not compare and not args.model:
         raise ScratchLLMError("--model is required (or --compare with --row NAME=MODEL ...)")
+    from scratchllm.evaluate import run as ev
+
+    if args.out:
+        ev.check_out(args.out, force=args.force)  # an occupied --out fails before any work
+    apply_threads(args)
 
     from scratchllm.architectures import get_architecture
     from scratchllm.device import resolve_device
-    from scratchllm.evaluate import run as ev
     from scratchllm.load import load_model
+    from scratchllm.progress import tracker
 
     device = resolve_device(args.device)
     opts = ev.EvalOptions(
@@ -183,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         perturb=args.perturb,
         ood_data=args.ood_data,
         device=device,
-        progress=_bars(not args.json and sys.stderr.isatty()),
+        progress=tracker(not args.quiet),
     )
     if opts.perturb:
         from scratchllm.evaluate.perturb import parse_perturb
@@ -208,12 +222,16 @@ def run(args: argparse.Namespace) -> int:
             shots = int(options["shots"]) if "shots" in options else None
             rows.append(ev.CompareRow(subject(path), name, shots, options.get("normalization")))
         table = ev.compare(rows, args.data, opts)
+        if args.out:
+            ev.save_result(args.out, table, force=args.force)
         if args.json:
             print_json(table)
         else:
             print(ev.format_compare(table))
         return 0
     result = ev.evaluate(subject(args.model), args.data, opts)
+    if args.out:
+        ev.save_result(args.out, result, force=args.force)
     if args.json:
         print_json(result)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ def evaluate_mlm(
     max_batches: int,
     mlm: bool = True,
     nsp: bool = True,
+    progress: Callable[[Any], Any] | None = None,
 ) -> dict[str, float]:
     """``val_loss`` (MLM + NSP), ``perplexity`` (of the MLM loss), ``masked_token_accuracy`` and
     ``nsp_accuracy`` on ``max_batches`` held-out batches (and ``tokens``: how many it read).
@@ -51,7 +53,8 @@ def evaluate_mlm(
     sums = {"loss": 0.0, "mlm_nll": 0.0, "masked": 0.0, "mlm_correct": 0.0, "nsp_correct": 0.0, "n": 0}
     tokens = 0
     try:
-        for i in range(max_batches):
+        steps = range(max_batches)
+        for i in progress(steps) if progress else steps:
             batch = mlm_batch(examples, batch_size, random.Random(f"val/{i}"))
             tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(device) for k, v in batch.items()}

@@ -355,6 +355,7 @@ class LanguageModelEval:
             max_windows=opts.max_windows,
             device=opts.device,
             name=pl["name"] + (" (perturbed)" if spec else ""),
+            progress=opts.bar("eval windows" + (" (perturbed)" if spec else "")),
         )
         if pl.get("dropped"):
             out["unknown_chars_dropped"] = pl["dropped"] + (known.dropped if known else 0)
@@ -444,6 +445,7 @@ class MaskedLMEval:
             max_batches=pl["max_batches"],
             mlm=cfg.mlm,
             nsp=cfg.nsp,
+            progress=opts.bar("eval masked batches" + (" (perturbed)" if spec else "")),
         )
         return _finish({**out, "batches": pl["max_batches"], "batch_size": pl["batch_size"]}, known)
 
@@ -511,6 +513,7 @@ class Seq2SeqEval:
             max_decode_examples=len(pairs),
             max_decode_len=p.payload["max_decode_len"],
             beam=opts.beam,
+            progress=opts.bar("decode" + (" (perturbed)" if spec else "")),
         )
         out["n"] = len(pairs)
         out["tokens"] = sum(len(tok.encode(a)) + len(tok.encode(b)) + 2 for a, b in pairs)
@@ -830,6 +833,66 @@ def compare(rows: Sequence[CompareRow], data: str, opts: EvalOptions | None = No
         "recipe": first.get("recipe"),
         "rows": results,
     }
+
+
+# ----------------------------------------------------------------------------- metrics files
+
+
+def check_out(path: str, *, force: bool = False) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work: a ``.json`` file that exists
+    (without ``force``), or a path that is a directory."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise ScratchLLMError(f"--out {path} is a directory; give a file name ending in .json or .jsonl")
+    if out.suffix != ".jsonl" and out.exists() and not force:
+        raise ScratchLLMError(
+            f"{path} already exists; choose another --out, pass --force to overwrite, or use a .jsonl "
+            "file (results are appended to it)"
+        )
+
+
+def save_result(path: str, result: dict[str, Any], *, force: bool = False) -> list[dict[str, Any]]:
+    """Write an :func:`evaluate` result or a :func:`compare` table to ``path``.
+
+    ``.jsonl``: one JSON object per line is *appended* — the result, or one line per row of a
+    comparison (each with the table's ``task``/``data``/``split``) — each stamped with ``time``
+    (UTC, ISO 8601), so evaluating checkpoint after checkpoint builds up one metrics log.
+    Anything else: the whole object as JSON, written atomically (an existing file only with
+    ``force``). Returns the records written.
+    """
+    import datetime
+    import json
+    import os
+    from pathlib import Path
+
+    from scratchllm.io import atomic_write_json, fsync_dir
+
+    check_out(path, force=force)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix != ".jsonl":
+        atomic_write_json(out, result)
+        return [result]
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if "rows" in result and isinstance(result["rows"], list):
+        shared = {k: v for k, v in result.items() if k != "rows"}
+        records = [{"time": stamp, **shared, **row} for row in result["rows"]]
+    else:
+        records = [{"time": stamp, **result}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    new = not out.exists()
+    try:
+        with open(out, "a", encoding="utf-8") as f:  # one write per call: whole lines or nothing
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise ScratchLLMError(f"cannot append to {path}: {err.strerror or err}") from None
+    if new:
+        fsync_dir(out.parent)
+    return records
 
 
 # ----------------------------------------------------------------------------- text reports

@@ -220,3 +220,70 @@ def test_lora_language_model_scores_like_its_base(tmp_path, ws):
     a = ok("eval", "--model", ws.base, "--data", ws.shards, "--json").json()
     b = ok("eval", "--model", tmp_path / "lora", "--data", ws.shards, "--json").json()
     assert b["architecture"] == "gpt-lora" and b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-6)
+
+
+def test_out_writes_json_and_appends_jsonl(tmp_path, ws):
+    out = tmp_path / "deep" / "result.json"
+    res = ok("eval", "--model", ws.cls, "--data", ws.csv, "--json", "--out", out, "--quiet")
+    assert json.loads(out.read_text()) == res.json()
+    again = cli("eval", "--model", ws.cls, "--data", ws.csv, "--out", out)
+    assert "already exists" in _one_line_error(again) and json.loads(out.read_text()) == res.json()
+    ok("eval", "--model", ws.base, "--data", ws.text, "--out", out, "--force", "--quiet")
+    assert json.loads(out.read_text())["task"] == "lm"
+    # an occupied --out is refused before the model is even looked for
+    early = cli("eval", "--model", tmp_path / "no-such-run", "--data", ws.csv, "--out", out)
+    assert "already exists" in _one_line_error(early)
+    assert "is a directory" in _one_line_error(
+        cli("eval", "--model", ws.cls, "--data", ws.csv, "--out", tmp_path)
+    )
+
+    log = tmp_path / "evals.jsonl"
+    ok("eval", "--model", ws.base, "--data", ws.shards, "--out", log, "--quiet")
+    ok("eval", "--model", ws.base, "--data", ws.shards, "--out", log, "--quiet")
+    args = ["eval", "--compare", "--data", ws.csv, "--row", f"zero-shot={ws.base}", "--row", str(ws.cls)]
+    table = ok(*args, "--out", log, "--json", "--quiet").json()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 4 and all(x["time"].endswith("+00:00") for x in lines)
+    assert lines[0]["val_loss"] == lines[1]["val_loss"] and lines[0]["task"] == "lm"
+    assert [x["name"] for x in lines[2:]] == ["zero-shot", "fine-tuned"]
+    assert all(x["split"] == "test" and x["task"] == "classify" for x in lines[2:])
+    assert lines[3]["accuracy"] == table["rows"][1]["accuracy"]
+
+
+def test_threads_flag(ws, monkeypatch):
+    import scratchllm.device
+
+    bad = cli("eval", "--model", ws.base, "--data", ws.shards, "--threads", "-1")
+    assert "--threads must be >= 0" in _one_line_error(bad)
+    seen = []
+    monkeypatch.setattr(scratchllm.device, "set_threads", seen.append)
+    ok("eval", "--model", ws.base, "--data", ws.shards, "--threads", "3", "--quiet")
+    ok("eval", "--model", ws.base, "--data", ws.shards, "--quiet")
+    assert seen == [3]
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "extra", "desc"),
+    [
+        ("base", "shards", ["--perturb", "case=0.5"], "eval windows (perturbed)"),
+        ("bert", "text", [], "eval masked batches"),
+        ("s2s", "pairs", ["--limit", "5"], "decode"),
+        ("cls", "csv", [], "classify"),
+        ("base", "csv", ["--shots", "2"], "score labels"),
+        ("base", "mc", ["--limit", "4"], "score choices"),
+        ("instruct", "inst", ["--max-new-tokens", "4"], "generate"),
+    ],
+)
+def test_every_task_reports_progress(ws, monkeypatch, model, data, extra, desc):
+    """Not a terminal: plain progress lines on stderr (every item here, with the interval at 0);
+    stdout stays clean JSON; --quiet silences it."""
+    import scratchllm.progress
+
+    real = scratchllm.progress.tracker
+    monkeypatch.setattr(scratchllm.progress, "tracker", lambda enabled: real(enabled, interval=0.0))
+    argv = ["eval", "--model", getattr(ws, model), "--data", getattr(ws, data), *extra, "--json"]
+    res = ok(*argv)
+    assert res.json()["task"]
+    lines = [ln for ln in res.err.splitlines() if ln.startswith(f"{desc}: ")]
+    assert lines and "batches" in lines[-1], res.err
+    assert ok(*argv, "--quiet").err == ""
