@@ -287,3 +287,31 @@ def test_every_task_reports_progress(ws, monkeypatch, model, data, extra, desc):
     lines = [ln for ln in res.err.splitlines() if ln.startswith(f"{desc}: ")]
     assert lines and "batches" in lines[-1], res.err
     assert ok(*argv, "--quiet").err == ""
+
+
+TIMING = ("seconds", "tokens_per_s", "peak_rss_mb", "cuda_max_memory_mb")
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "extra", "metric"),
+    [
+        ("bert", "text", [], "masked_token_accuracy"),
+        ("instruct", "inst", ["--max-new-tokens", "4"], "rouge_l"),
+        ("base", "mc", ["--limit", "9"], "accuracy"),
+        ("base", "csv", ["--shots", "2"], "accuracy"),
+        ("s2s", "pairs", ["--limit", "20"], "exact_match"),
+    ],
+)
+def test_perturbation_on_every_task(ws, model, data, extra, metric):
+    """Rate 0 scores exactly the clean inputs; a real rate is seeded (the same twice) and its drop is
+    clean - perturbed for a higher-is-better metric."""
+    base = ["eval", "--model", getattr(ws, model), "--data", getattr(ws, data), *extra, "--json", "--quiet"]
+    zero = ok(*base, "--perturb", "typos=0").json()
+    clean = {k: v for k, v in zero.items() if k not in (*TIMING, "perturbed", "drop", "perturbation")}
+    assert zero["perturbed"][metric] == clean[metric] and zero["drop"][metric] == 0
+    a = ok(*base, "--perturb", "typos=0.4,case=0.3").json()
+    b = ok(*base, "--perturb", "typos=0.4,case=0.3").json()
+    strip = lambda r: {k: v for k, v in r["perturbed"].items() if k not in TIMING}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["drop"][metric] == pytest.approx(a[metric] - a["perturbed"][metric])
+    assert a[metric] == clean[metric]  # the clean score does not depend on the perturbation
