@@ -221,21 +221,17 @@ def run(args: argparse.Namespace) -> int:
             name, path, options = ev.parse_row(spec)
             shots = int(options["shots"]) if "shots" in options else None
             rows.append(ev.CompareRow(subject(path), name, shots, options.get("normalization")))
-        table = ev.compare(rows, args.data, opts)
-        if args.out:
-            ev.save_result(args.out, table, force=args.force)
-        if args.json:
-            print_json(table)
-        else:
-            print(ev.format_compare(table))
-        return 0
-    result = ev.evaluate(subject(args.model), args.data, opts)
+        result = ev.compare(rows, args.data, opts)
+        text = ev.format_compare(result)
+    else:
+        result = ev.evaluate(subject(args.model), args.data, opts)
+        text = ev.format_result(result)
+        if args.show_prompt and "prompt" in result:
+            text += f"\n--- the first prompt (each option is scored after it) ---\n{result['prompt']}"
     if args.out:
         ev.save_result(args.out, result, force=args.force)
     if args.json:
         print_json(result)
     else:
-        print(ev.format_result(result))
-        if args.show_prompt and "prompt" in result:
-            print(f"--- the first prompt (each option is scored after it) ---\n{result['prompt']}")
+        print(text)
     return 0

@@ -140,8 +140,9 @@ class EvalOptions:
     #: ``progress(desc)`` → a wrapper for batch loops (a progress bar), or None.
     progress: Callable[[str], Any] | None = field(default=None, repr=False)
 
-    def bar(self, desc: str) -> Any:
-        return self.progress(desc) if self.progress else None
+    def bar(self, desc: str, spec: Any = None) -> Any:
+        """A progress wrapper named ``desc`` (``(perturbed)`` added for a perturbed pass), or None."""
+        return self.progress(desc + (" (perturbed)" if spec else "")) if self.progress else None
 
 
 # ----------------------------------------------------------------------------- choosing the task
@@ -355,7 +356,7 @@ class LanguageModelEval:
             max_windows=opts.max_windows,
             device=opts.device,
             name=pl["name"] + (" (perturbed)" if spec else ""),
-            progress=opts.bar("eval windows" + (" (perturbed)" if spec else "")),
+            progress=opts.bar("eval windows", spec),
         )
         if pl.get("dropped"):
             out["unknown_chars_dropped"] = pl["dropped"] + (known.dropped if known else 0)
@@ -445,7 +446,7 @@ class MaskedLMEval:
             max_batches=pl["max_batches"],
             mlm=cfg.mlm,
             nsp=cfg.nsp,
-            progress=opts.bar("eval masked batches" + (" (perturbed)" if spec else "")),
+            progress=opts.bar("eval masked batches", spec),
         )
         return _finish({**out, "batches": pl["max_batches"], "batch_size": pl["batch_size"]}, known)
 
@@ -513,7 +514,7 @@ class Seq2SeqEval:
             max_decode_examples=len(pairs),
             max_decode_len=p.payload["max_decode_len"],
             beam=opts.beam,
-            progress=opts.bar("decode" + (" (perturbed)" if spec else "")),
+            progress=opts.bar("decode", spec),
         )
         out["n"] = len(pairs)
         out["tokens"] = sum(len(tok.encode(a)) + len(tok.encode(b)) + 2 for a, b in pairs)
@@ -601,7 +602,7 @@ class ClassifyEval:
                 labels,
                 pad_id=fmt.pad_id,
                 batch_size=opts.batch_size or 32,
-                progress=opts.bar("classify"),
+                progress=opts.bar("classify", spec),
             )
             lora = getattr(model.config, "lora_r", 0)
             out.update(
