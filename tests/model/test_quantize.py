@@ -25,11 +25,9 @@ def test_quantize_weight_round_trip():
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(shared_data):
     """A char model trained for a few dozen steps on the-verdict, and its validation batch."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2].parent / "shared/data/the-verdict.txt").read_text()
+    text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text])
     torch.manual_seed(0)
