@@ -163,7 +163,9 @@ def test_error_midway_leaves_existing_output_untouched(char_tok, tmp_path):
     out = tmp_path / "out"
     prepare(char_tok, [good], out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ScratchLLMError, match=r"bad.txt is not valid UTF-8: byte 0xff at byte offset 46000"):
+    with pytest.raises(
+        ScratchLLMError, match=r"bad.txt:4001: not valid UTF-8: byte 0xff at byte offset 46000"
+    ):
         prepare(char_tok, [bad], out, progress=False, force=True, chunk_bytes=1000)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left either
 
