@@ -165,6 +165,12 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
         default="none",
         help="compress the shards (default none)",
     )
+    g.add_argument(
+        "--keep-removed",
+        action="store_true",
+        help="also write every removed document, with the rule that removed it (and for duplicates "
+        "the document it copies), to removed-00000.jsonl ...",
+    )
 
 
 def given_clean_options(args: argparse.Namespace) -> list[str]:
@@ -240,6 +246,8 @@ def build_config(args: argparse.Namespace) -> Any:
         kwargs["shard_bytes"] = int(args.shard_mb * 1e6)
     if getattr(args, "compress", None):
         kwargs["compress"] = args.compress
+    if getattr(args, "keep_removed", False):
+        kwargs["keep_removed"] = True
     return CleanConfig(**kwargs).validated()
 
 

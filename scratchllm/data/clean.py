@@ -35,6 +35,7 @@ removed, with a few removed examples (``examples`` per rule) so a user can judge
 
 from __future__ import annotations
 
+import array
 import contextlib
 import functools
 import gzip
@@ -81,6 +82,8 @@ class CleanConfig:
     shard_bytes: int = 256 << 20
     compress: str = "none"
     examples: int = 5
+    #: Also write every removed document, with the rule that removed it, to ``removed-*.jsonl``.
+    keep_removed: bool = False
 
     def validated(self) -> CleanConfig:
         if self.compress not in COMPRESS_CHOICES:
@@ -108,6 +111,7 @@ class CleanConfig:
             "max_doc_bytes": self.max_doc_bytes,
             "shard_bytes": self.shard_bytes,
             "compress": self.compress,
+            "keep_removed": self.keep_removed,
         }
 
 
@@ -206,29 +210,29 @@ def _clean_job(texts: list[str]) -> _BatchResult:
     reasons: list[str | None] = ["empty" if not x else None for x in normed]
     values: list[float | None] = [None] * len(texts)
     live = [i for i, r in enumerate(reasons) if r is None]
-    q_reason, q_value = judge([normed[i] for i in live], cfg.quality)
+    batch = BatchText([normed[i] for i in live])  # words and hashes shared by the filters and dedup
+    q_reason, q_value = judge(batch.texts, cfg.quality, batch)
     for i, r, v in zip(live, q_reason, q_value):
         reasons[i], values[i] = r, v
     seconds["quality"] += time.perf_counter() - t
 
     t = time.perf_counter()
-    kept = [normed[i] for i, r in enumerate(reasons) if r is None]
+    kept_mask = np.array([r is None for r in q_reason], dtype=bool)
+    kept = [x for x, k in zip(batch.texts, kept_mask) if k]
     result = _BatchResult(reasons, values, kept, dropped)
     if kept and (cfg.dedup.exact or cfg.dedup.near):
         result.keys = np.array([D.exact_key(x) for x in kept], dtype=np.uint64)
     if kept and cfg.dedup.near:
-        tok_h, tok_doc, _ = BatchText(kept).lower_tokens()
-        sh, sh_doc = D.shingles(tok_h, tok_doc, len(kept), cfg.dedup.ngram)
+        tok_h, tok_doc, _ = batch.lower_tokens()
+        renumber = np.cumsum(kept_mask) - 1  # live index -> kept index
+        on = kept_mask[tok_doc]
+        sh, sh_doc = D.shingles(tok_h[on], renumber[tok_doc[on]], len(kept), cfg.dedup.ngram)
         sig = D.minhash(sh, sh_doc, len(kept), _W["perms"])
         bands, rows = _W["lsh"]
         result.bands = D.band_keys(sig, bands, rows)
         result.shingle_counts = np.bincount(sh_doc, minlength=len(kept)).astype(np.int64)
         if cfg.dedup.verify == "exact":
-            # 32 bits per shingle are plenty to compare two sets (a false match per pair ~ 2^-32)
-            # and halve the temporary disk; re-sort because the top bits alone reorder them.
-            top = (sh >> np.uint64(32)).astype(np.uint32)
-            order = np.lexsort((top, sh_doc))
-            result.shingles = top[order]
+            result.shingles = sh  # sorted per document: what the exact Jaccard check reads back
         else:
             result.signatures = sig
     seconds["dedup_hashing"] += time.perf_counter() - t
@@ -325,10 +329,10 @@ def _open_shard(path: Path, compress: str) -> BinaryIO:
 class _ShardWriter:
     """Writes JSON lines into ``part-00000.jsonl`` ... under temporary names (renamed by ``commit``)."""
 
-    def __init__(self, out: Path, shard_bytes: int, compress: str) -> None:
+    def __init__(self, out: Path, shard_bytes: int, compress: str, stem: str = "part") -> None:
         from scratchllm.io import TMP_PREFIX
 
-        self.out, self.shard_bytes, self.compress = out, shard_bytes, compress
+        self.out, self.shard_bytes, self.compress, self.stem = out, shard_bytes, compress, stem
         self.prefix = f"{TMP_PREFIX}{os.getpid()}-"
         self.shards: list[dict[str, Any]] = []
         self._f: BinaryIO | None = None
@@ -337,7 +341,7 @@ class _ShardWriter:
     def write(self, line: bytes, text_bytes: int) -> None:
         if self._f is None or self._size >= self.shard_bytes:
             self._close()
-            name = f"part-{len(self.shards):05d}.jsonl{_SUFFIX[self.compress]}"
+            name = f"{self.stem}-{len(self.shards):05d}.jsonl{_SUFFIX[self.compress]}"
             self._f = _open_shard(self.out / (self.prefix + name), self.compress)
             self.shards.append({"path": name, "documents": 0, "bytes": 0})
             self._size = 0
@@ -351,20 +355,24 @@ class _ShardWriter:
             self._f.close()
             self._f = None
 
-    def commit(self) -> None:
-        """fsync the new shards, drop the old report (the directory is incomplete from now on),
-        rename the shards into place and delete old shards this run did not write."""
-        from scratchllm.io import fsync_dir
-
+    def sync(self) -> None:
         self._close()
         for s in self.shards:
             with open(self.out / (self.prefix + s["path"]), "rb+") as f:
                 os.fsync(f.fileno())
-        (self.out / "report.json").unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Rename the (synced) shards into place and delete old shards this run did not write.
+
+        The caller removes the old report.json first, so a crash in between leaves a directory
+        that says it is incomplete.
+        """
+        from scratchllm.io import fsync_dir
+
         new = {s["path"] for s in self.shards}
         for s in self.shards:
             os.replace(self.out / (self.prefix + s["path"]), self.out / s["path"])
-        for old in self.out.glob("part-*.jsonl*"):
+        for old in self.out.glob(f"{self.stem}-*.jsonl*"):
             if old.name not in new:
                 old.unlink()
         fsync_dir(self.out)
@@ -390,6 +398,7 @@ class _Run:
         self.docs_in = self.bytes_in = self.lines_dropped = 0
         self.n_kept = 0  # documents that survived the filters (pass 1)
         self.dedup_info: dict[str, Any] = {}
+        self.removed_writer: _ShardWriter | None = None
 
     # ---------------------------------------------------------------- plumbing
     def _pool(self) -> Any:
@@ -397,9 +406,13 @@ class _Run:
             _init_worker(self.config, self.boilerplate, False)
             return None
         import multiprocessing
+        import sys
 
-        # spawn: safe whatever threads the parent runs; workers rebuild their state from the config.
-        ctx = multiprocessing.get_context("spawn")
+        # "fork" on Linux: workers start at once and a user's script needs no
+        # `if __name__ == "__main__":` guard (with "spawn" each worker re-imports __main__, and an
+        # unguarded script would start pools recursively). The workers only run numpy and the
+        # standard library, so no thread of the parent is needed in them. Elsewhere: "spawn".
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         return ctx.Pool(self.workers, _init_worker, (self.config, self.boilerplate, True))
 
     def _batches(self) -> Iterator[list[Document]]:
@@ -419,9 +432,11 @@ class _Run:
                 n > self.config.max_doc_bytes // 4
                 and len(doc.text.encode("utf-8")) > self.config.max_doc_bytes
             ):
+                nbytes = len(doc.text.encode("utf-8"))
                 self.docs_in += 1
-                self.bytes_in += len(doc.text.encode("utf-8"))
-                self.removed.add("too_large", len(doc.text.encode("utf-8")), _example(doc.where, doc.text))
+                self.bytes_in += nbytes
+                self.removed.add("too_large", nbytes, _example(doc.where, doc.text))
+                self._write_removed("too_large", doc.where, _record(doc, doc.text), nbytes)
                 continue
             batch.append(doc)
             size += n
@@ -460,6 +475,11 @@ class _Run:
         self.timer["boilerplate"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- pass 1
+    def _write_removed(self, rule: str, doc_where: str, record: dict[str, Any], nbytes: int) -> None:
+        if self.removed_writer is not None:
+            line = json.dumps({"rule": rule, "where": doc_where, **record}, ensure_ascii=False) + "\n"
+            self.removed_writer.write(line.encode("utf-8"), nbytes)
+
     def filter_and_hash(self) -> None:
         """Normalise, filter and hash every document; survivors go to ``kept.jsonl`` + array files."""
         import numpy as np
@@ -471,14 +491,16 @@ class _Run:
         work = self.work
         keys: list[Any] = []
         counts: list[Any] = []
-        offsets: list[int] = [0]
-        kept_bytes: list[int] = []
+        # 8 bytes per kept document each (a Python list of ints would cost ~36)
+        offsets = array.array("q", [0])
+        kept_bytes = array.array("q")
         files = {
             "kept": open(work / "kept.jsonl", "wb"),  # noqa: SIM115
             "sig": open(work / "signatures.u32", "wb"),  # noqa: SIM115
             "sh": open(work / "shingles.u32", "wb"),  # noqa: SIM115
             **{f"band{b}": open(work / f"band-{b:03d}.u64", "wb") for b in range(bands if near else 0)},  # noqa: SIM115
         }
+        pool = self._pool()  # (before the progress bar starts its monitor thread)
         bar = tqdm(
             total=self.source.text_bytes,
             unit="B",
@@ -486,7 +508,6 @@ class _Run:
             desc="clean",
             disable=None if self.progress else True,
         )
-        pool = self._pool()
         try:
             texts = lambda batch: [d.text for d in batch]  # noqa: E731
             for batch, res in _in_order(self._batches(), _clean_job, pool, 2 * self.workers, texts):
@@ -500,18 +521,14 @@ class _Run:
                     self.docs_in += 1
                     self.bytes_in += nbytes
                     if reason is not None:
-                        ex = (
-                            _example(doc.where, doc.text, value)
-                            if self.removed.wants_example(reason)
-                            else None
+                        wanted = self.removed.wants_example(reason)
+                        self.removed.add(
+                            reason, nbytes, _example(doc.where, doc.text, value) if wanted else None
                         )
-                        self.removed.add(reason, nbytes, ex)
+                        self._write_removed(reason, doc.where, _record(doc, doc.text, value=value), nbytes)
                         continue
                     text = next(kept_iter)
-                    record: dict[str, Any] = {"text": text, "source": doc.source}
-                    if doc.line is not None:
-                        record["line"] = doc.line
-                    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+                    line = (json.dumps(_record(doc, text), ensure_ascii=False) + "\n").encode("utf-8")
                     files["kept"].write(line)
                     offsets.append(offsets[-1] + len(line))
                     kept_bytes.append(len(text.encode("utf-8")))
@@ -537,8 +554,8 @@ class _Run:
         self.n_kept = len(kept_bytes)
         self.keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
         self.shingle_counts = np.concatenate(counts) if counts else np.zeros(self.n_kept, dtype=np.int64)
-        self.line_offsets = np.asarray(offsets, dtype=np.int64)
-        self.kept_bytes = np.asarray(kept_bytes, dtype=np.int64)
+        self.line_offsets = np.frombuffer(offsets, dtype=np.int64)
+        self.kept_bytes = np.frombuffer(kept_bytes, dtype=np.int64)
 
     # ---------------------------------------------------------------- dedup
     def deduplicate(self) -> None:
@@ -624,26 +641,45 @@ class _Run:
                 if of[i] >= 0 and shown[rule] < self.config.examples:
                     shown[rule] += 1
                     want[int(of[i])] = ""
-        with open(self.work / "kept.jsonl", "rb") as f:
+        keep_all = self.removed_writer is not None
+        with open(self.work / "kept.jsonl", "rb") as f, open(self.work / "kept.jsonl", "rb") as partners:
+
+            def partner_where(i: int) -> str:
+                if i in want and want[i]:
+                    return want[i]
+                partners.seek(int(self.line_offsets[i]))
+                return _where(json.loads(partners.readline()))
+
             for i, line in enumerate(f):
                 if i in want:
-                    rec = json.loads(line)
-                    want[i] = _where(rec)
+                    want[i] = _where(json.loads(line))
                 nbytes = int(self.kept_bytes[i])
                 for rule, of in (("exact_duplicate", self.exact_of), ("near_duplicate", self.near_of)):
-                    if of[i] >= 0:
-                        ex = None
+                    if of[i] < 0:
+                        continue
+                    ex = None
+                    if removed.wants_example(rule) or keep_all:
+                        rec = json.loads(line)
+                        extra: dict[str, Any] = {"duplicate_of": partner_where(int(of[i]))}
+                        if rule == "near_duplicate":
+                            extra["jaccard"] = round(float(self.near_score[i]), 4)
                         if removed.wants_example(rule):
-                            rec = json.loads(line)
-                            extra: dict[str, Any] = {"duplicate_of": want.get(int(of[i]), "")}
-                            if rule == "near_duplicate":
-                                extra["jaccard"] = round(float(self.near_score[i]), 4)
                             ex = _example(_where(rec), rec["text"], **extra)
-                        removed.add(rule, nbytes, ex)
-                        break
+                        self._write_removed(rule, _where(rec), {**rec, **extra}, nbytes)
+                    removed.add(rule, nbytes, ex)
+                    break
                 else:
                     writer.write(line, nbytes)
         self.timer["write_shards"] = time.perf_counter() - t
+
+
+def _record(doc: Document, text: str, **extra: Any) -> dict[str, Any]:
+    """A JSON line of the output: ``{"text", "source", "line"}`` (line only for records)."""
+    record: dict[str, Any] = {"text": text, "source": doc.source}
+    if doc.line is not None:
+        record["line"] = doc.line
+    record.update({k: v for k, v in extra.items() if v is not None})
+    return record
 
 
 def _where(record: dict[str, Any]) -> str:
@@ -699,6 +735,9 @@ def clean(
     writer = _ShardWriter(out, config.shard_bytes, config.compress)
     run = _Run(source, config, work, workers, progress)
     run.timer["scan"] = scan_seconds
+    if config.keep_removed:
+        run.removed_writer = _ShardWriter(out, config.shard_bytes, config.compress, stem="removed")
+    writers = [w for w in (writer, run.removed_writer) if w is not None]
     try:
         if config.boilerplate:
             run.find_boilerplate()
@@ -706,10 +745,19 @@ def clean(
         run.deduplicate()
         run.write_shards(writer)
         report = _report(run, writer, out, __version__, time.perf_counter() - t_start)
-        writer.commit()
+        for w in writers:
+            w.sync()
+        # From here the old output is replaced: drop its report first (incomplete until the new one).
+        (out / "report.json").unlink(missing_ok=True)
+        for w in writers:
+            w.commit()
+        if run.removed_writer is None:
+            for old in out.glob("removed-*.jsonl*"):
+                old.unlink()
         atomic_write_json(out / "report.json", report)
     except BaseException:
-        writer.discard()
+        for w in writers:
+            w.discard()
         shutil.rmtree(work, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -760,6 +808,7 @@ def _report(run: _Run, writer: _ShardWriter, out: Path, version: str, seconds: f
         "text_field": run.source.text_field,
         "config": run.config.to_dict(),
         "shards": writer.shards,
+        "removed_shards": run.removed_writer.shards if run.removed_writer is not None else [],
         "workers": run.workers,
         "timings": timings,
         "seconds": round(seconds, 3),

@@ -123,12 +123,14 @@ RULES: tuple[Rule, ...] = (
 RULE_NAMES = tuple(r.name for r in RULES)
 
 _WHITESPACE = H.byte_table(b" \t\n\r\x0b\x0c")
-_ALNUM = H.byte_table(b"abcdefghijklmnopqrstuvwxyz0123456789", non_ascii=True)
+_ALNUM = H.byte_table(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", non_ascii=True)
 _LETTER = H.byte_table(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", non_ascii=True)
-_ASCII_LOWER = np.arange(256, dtype=np.uint8)
-_ASCII_LOWER[ord("A") : ord("Z") + 1] += 32
+ASCII_LOWER = np.arange(256, dtype=np.uint8)
+ASCII_LOWER[ord("A") : ord("Z") + 1] += 32
 _END_PUNCT = H.byte_table(b".!?\"'")
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+_WORD_TABLE = H.run_table(_WHITESPACE)
+_TOKEN_TABLE = H.run_table(~_ALNUM, byte_map=ASCII_LOWER)
 
 
 @dataclass(frozen=True)
@@ -174,44 +176,79 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
 
 
-def _repeats(keys: np.ndarray) -> np.ndarray:
-    """True for every element equal to an earlier one (order kept: the first occurrence is False)."""
-    order = np.argsort(keys, kind="stable")
-    k = keys[order]
-    dup = np.zeros(len(keys), dtype=bool)
-    dup[order[1:]] = k[1:] == k[:-1]
-    return dup
-
-
 def _in_doc_keys(hashes: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
     """Hashes made unique per document, so equal spans in different documents never match."""
     with np.errstate(over="ignore"):
         return H.mix64(hashes ^ (doc_of.astype(np.uint64) * H.NGRAM_MULT[30]))
 
 
+class Segments:
+    """Lines or paragraphs of a batch, described by the words they hold (empty ones do not count)."""
+
+    def __init__(self, bt: BatchText, breaks: np.ndarray) -> None:
+        # breaks: sorted byte positions of the separators; a word's segment = separators before it.
+        seg = np.searchsorted(breaks, bt.w_start)
+        self.first = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1]))) if len(seg) else seg
+        self.last = np.append(self.first[1:], len(seg)) - 1 if len(seg) else seg
+        self.words = self.last - self.first + 1
+        self.doc = bt.w_doc[self.first]
+        wprefix = bt.word_char_prefix
+        self.chars = wprefix[self.last + 1] - wprefix[self.first] + (self.words - 1)  # single spaces
+        self.repeat = H.repeats(_in_doc_keys(H.sequence_hashes(bt.w_hash, self.first), self.doc))
+
+
 class BatchText:
-    """A batch of documents as bytes, with the spans every statistic needs (computed once)."""
+    """A batch of documents as one byte array, with the words every statistic starts from.
+
+    Words (runs of non-whitespace bytes) are found once; their hashes, the lower-cased
+    letter/digit tokens, the lines and the paragraphs are computed on first use and kept.
+    Documents are joined by a blank line, so no word, line or paragraph crosses two documents.
+    """
 
     def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
         self.n = len(texts)
         self.data, self.doc_start, self.doc_end = H.concat_texts(texts)
         data = self.data
-        # characters: every byte that does not continue a UTF-8 sequence starts one
-        self.char_prefix = np.concatenate(([0], np.cumsum((data & 0xC0) != 0x80)))
-        self.doc_chars = self.chars(self.doc_start, self.doc_end)
-        # words: runs of non-whitespace
+        self.ascii = not len(data) or int(data.max()) < 0x80
         self.w_start, self.w_end = H.runs(~_WHITESPACE[data])
         self.w_doc = H.owner(self.w_start, self.doc_start)
-        self.w_chars = self.chars(self.w_start, self.w_end)
+        w_bytes = self.w_end - self.w_start
+        if self.ascii or not len(w_bytes):
+            self.w_chars = w_bytes
+        else:  # characters = bytes that do not continue a UTF-8 sequence (whitespace has none)
+            cont = np.add.reduceat(((data & 0xC0) == 0x80).astype(np.int32), self.w_start)
+            self.w_chars = w_bytes - cont
+        self.word_char_prefix = np.concatenate(([0], np.cumsum(self.w_chars)))
+        self.doc_chars = np.fromiter((len(t) for t in texts), dtype=np.float64, count=self.n)
+        self._cache: dict[str, Any] = {}
 
-    def chars(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        return self.char_prefix[ends] - self.char_prefix[starts]
+    @property
+    def w_hash(self) -> np.ndarray:
+        if "w_hash" not in self._cache:
+            self._cache["w_hash"] = H.run_hashes(self.data, self.w_start, self.w_end, _WORD_TABLE)
+        return self._cache["w_hash"]
 
     def lower_tokens(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Runs of letters/digits (and non-ASCII) of the ASCII-lower-cased text: (hashes, doc, start)."""
-        lowered = _ASCII_LOWER[self.data]
-        starts, ends = H.runs(_ALNUM[lowered])
-        return H.span_hashes(lowered, starts, ends), H.owner(starts, self.doc_start), starts
+        """Runs of letters/digits (and non-ASCII bytes), hashed lower-cased: (hashes, doc, start)."""
+        if "tokens" not in self._cache:
+            starts, ends = H.runs(_ALNUM[self.data])
+            hashes = H.run_hashes(self.data, starts, ends, _TOKEN_TABLE)
+            self._cache["tokens"] = (hashes, H.owner(starts, self.doc_start), starts)
+        return self._cache["tokens"]
+
+    @property
+    def lines(self) -> Segments:
+        if "lines" not in self._cache:
+            self._cache["lines"] = Segments(self, np.flatnonzero(self.data == ord("\n")))
+        return self._cache["lines"]
+
+    @property
+    def paragraphs(self) -> Segments:
+        if "paragraphs" not in self._cache:
+            nl = self.data == ord("\n")
+            self._cache["paragraphs"] = Segments(self, np.flatnonzero(nl[:-1] & nl[1:]))
+        return self._cache["paragraphs"]
 
 
 _STOP_HASHES: np.ndarray | None = None
@@ -222,45 +259,31 @@ def _stop_hashes() -> np.ndarray:
     if _STOP_HASHES is None:
         data = np.frombuffer(" ".join(STOP_WORDS).encode(), dtype=np.uint8)
         starts, ends = H.runs(_ALNUM[data])
-        _STOP_HASHES = np.sort(H.span_hashes(data, starts, ends))
+        _STOP_HASHES = np.sort(H.run_hashes(data, starts, ends, _TOKEN_TABLE))
     return _STOP_HASHES
 
 
-def _segments(bt: BatchText, sep_mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Lines or paragraphs: spans between separators, their doc, characters and in-doc repeats."""
-    starts, ends = H.runs(~sep_mask)
-    doc = H.owner(starts, bt.doc_start)
-    chars = bt.chars(starts, ends)
-    rep = _repeats(_in_doc_keys(H.span_hashes(bt.data, starts, ends), doc)) if len(starts) else starts > 0
-    return {"start": starts, "end": ends, "doc": doc, "chars": chars, "repeat": rep}
-
-
-def _line_shapes(bt: BatchText, lines: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _line_shapes(bt: BatchText, lines: Segments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per line: starts with a bullet, ends with an ellipsis, ends with terminal punctuation."""
     d = bt.data
-    s, e = lines["start"], lines["end"]
-    length = e - s
+    s = bt.w_start[lines.first]  # the line's first byte that is not whitespace
+    e = bt.w_end[lines.last]  # one past its last one
     n = len(d)
 
     def at(idx: np.ndarray) -> np.ndarray:
         return d[np.clip(idx, 0, n - 1)]
 
-    def triple(first: np.ndarray, codes: list[bytes]) -> np.ndarray:
+    def triple(first: np.ndarray, codes: list[str]) -> np.ndarray:
         b0, b1, b2 = at(first), at(first + 1), at(first + 2)
         hit = np.zeros(len(first), dtype=bool)
-        for c in codes:
+        for c in (code.encode() for code in codes):
             hit |= (b0 == c[0]) & (b1 == c[1]) & (b2 == c[2])
-        return hit & (length >= 3)
+        return hit & (e - s >= 3)
 
     first = at(s)
-    bullet = (
-        (first == ord("-"))
-        | (first == ord("*"))
-        | triple(s, ["•".encode(), "‣".encode(), "◦".encode(), "⁃".encode()])
-    )
-    last3 = e - 3
-    ellipsis = triple(last3, [b"...", "…".encode()])
-    punct = _END_PUNCT[at(e - 1)] | triple(last3, ["”".encode(), "’".encode(), "…".encode()])
+    bullet = (first == ord("-")) | (first == ord("*")) | triple(s, ["•", "‣", "◦", "⁃"])
+    ellipsis = triple(e - 3, ["...", "…"])
+    punct = _END_PUNCT[at(e - 1)] | triple(e - 3, ["”", "’", "…"])
     return bullet, ellipsis, punct
 
 
@@ -270,17 +293,20 @@ def _ngram_stats(
     """Top 2/3/4-gram and repeated 5..10-gram character fractions per document."""
     out: dict[str, np.ndarray] = {}
     n_docs = bt.n
-    word_h = H.span_hashes(bt.data, bt.w_start, bt.w_end)
-    wprefix = np.concatenate(([0], np.cumsum(bt.w_chars)))
+    word_h = bt.w_hash
+    wprefix = bt.word_char_prefix
     doc_word_chars = _per_doc(bt.w_doc, bt.w_chars.astype(np.float64), n_docs)
     n_words = len(word_h)
 
-    def grams(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def grams(n: int, docs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Start word, doc and in-doc key of every n-gram inside one document (of ``docs``)."""
         if n_words < n:
             z = np.zeros(0, dtype=np.int64)
             return z, z, z.astype(np.uint64)
         k = np.arange(n_words - n + 1)
         valid = bt.w_doc[k] == bt.w_doc[k + n - 1]
+        if docs is not None:
+            valid &= docs[bt.w_doc[k]]
         k = k[valid]
         return k, bt.w_doc[k], _in_doc_keys(H.ngram_hashes(word_h, n)[valid], bt.w_doc[k])
 
@@ -289,11 +315,8 @@ def _ngram_stats(
             k, doc, keys = grams(n)
             top = np.zeros(n_docs)
             if len(k):
-                order = np.argsort(keys, kind="stable")
-                ks = keys[order]
-                group_start = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
-                counts = np.diff(np.append(group_start, len(ks)))
-                first = order[group_start]
+                positions, start, counts = H.sorted_groups(keys)
+                first = positions[start]
                 value = counts * (wprefix[k[first] + n] - wprefix[k[first]])
                 np.maximum.at(top, doc[first], value.astype(np.float64))
             out[f"top_{n}gram"] = _ratio(top, doc_word_chars)
@@ -302,17 +325,18 @@ def _ngram_stats(
         floor = min(thresholds[f"max_dup_{n}gram"] for n in range(5, 11))
         for n in range(5, 11):
             frac = np.zeros(n_docs)
-            k, doc, keys = grams(n)
-            sel = candidates[doc] if len(k) else np.zeros(0, dtype=bool)
-            k, doc, keys = k[sel], doc[sel], keys[sel]
-            if len(k):
-                rep = _repeats(keys)
-                cover = np.zeros(n_words + 1, dtype=np.int64)
-                np.add.at(cover, k[rep], 1)
-                np.add.at(cover, k[rep] + n, -1)
-                covered = np.cumsum(cover[:-1]) > 0
-                frac = _ratio(_per_doc(bt.w_doc[covered], bt.w_chars[covered].astype(np.float64), n_docs),
-                              doc_word_chars)  # fmt: skip
+            if candidates.any():
+                k, doc, keys = grams(n, candidates)
+                if len(k):
+                    rep = H.repeats(keys)
+                    cover = np.zeros(n_words + 1, dtype=np.int64)
+                    np.add.at(cover, k[rep], 1)
+                    np.add.at(cover, k[rep] + n, -1)
+                    covered = np.cumsum(cover[:-1]) > 0
+                    frac = _ratio(
+                        _per_doc(bt.w_doc[covered], bt.w_chars[covered].astype(np.float64), n_docs),
+                        doc_word_chars,
+                    )
             out[f"dup_{n}gram"] = frac
             # A repeated (n+1)-gram contains repeated n-grams covering the same words, so the
             # fraction never grows with n: only documents above the smallest threshold can fail later.
@@ -320,52 +344,54 @@ def _ngram_stats(
     return out
 
 
-def document_stats(texts: list[str], config: QualityConfig | None = None) -> dict[str, np.ndarray]:
-    """Every statistic the rules use, one array entry per document (see the module docstring)."""
+def document_stats(
+    texts: list[str], config: QualityConfig | None = None, batch: BatchText | None = None
+) -> dict[str, np.ndarray]:
+    """Every statistic the rules use, one array entry per document (see the module docstring).
+
+    ``batch``: the texts already as a :class:`BatchText` (its words and hashes are reused).
+    """
     config = config or QualityConfig()
-    bt = BatchText(texts)
+    bt = batch or BatchText(texts)
     n = bt.n
     rules = config.rules
     words = _per_doc(bt.w_doc, None, n)
-    stats: dict[str, np.ndarray] = {"words": words, "chars": bt.doc_chars.astype(np.float64)}
+    stats: dict[str, np.ndarray] = {"words": words, "chars": bt.doc_chars}
     stats["mean_word_length"] = _ratio(_per_doc(bt.w_doc, bt.w_chars.astype(np.float64), n), words)
     if "symbol_ratio" in rules:
         hashes = np.array([t.count("#") for t in texts], dtype=np.float64)
         ellipses = np.array([t.count("...") + t.count("…") for t in texts], dtype=np.float64)
         stats["symbol_ratio"] = _ratio(np.maximum(hashes, ellipses), words)
     if "alpha_words" in rules:
-        letter_prefix = np.concatenate(([0], np.cumsum(_LETTER[bt.data])))
-        has_letter = (letter_prefix[bt.w_end] - letter_prefix[bt.w_start]) > 0
+        if len(bt.w_start):
+            has_letter = np.logical_or.reduceat(_LETTER[bt.data], bt.w_start)  # (+ trailing spaces)
+        else:
+            has_letter = np.zeros(0, dtype=bool)
         stats["alpha_words"] = _ratio(_per_doc(bt.w_doc[has_letter], None, n), words)
     if "stop_words" in rules:
         tok_h, tok_doc, _ = bt.lower_tokens()
         stop = np.isin(tok_h, _stop_hashes())
         stats["stop_words"] = _per_doc(tok_doc[stop], None, n)
     if rules & {"bullet_lines", "ellipsis_lines", "line_punctuation", "dup_lines"}:
-        lines = _segments(bt, bt.data == ord("\n"))
-        n_lines = _per_doc(lines["doc"], None, n)
+        lines = bt.lines
+        n_lines = _per_doc(lines.doc, None, n)
         bullet, ellipsis, punct = _line_shapes(bt, lines)
         stats["lines"] = n_lines
-        stats["bullet_lines"] = _ratio(_per_doc(lines["doc"][bullet], None, n), n_lines)
-        stats["ellipsis_lines"] = _ratio(_per_doc(lines["doc"][ellipsis], None, n), n_lines)
-        stats["punctuated_lines"] = _ratio(_per_doc(lines["doc"][punct], None, n), n_lines)
-        rep = lines["repeat"]
-        stats["dup_lines"] = _ratio(_per_doc(lines["doc"][rep], None, n), n_lines)
+        stats["bullet_lines"] = _ratio(_per_doc(lines.doc[bullet], None, n), n_lines)
+        stats["ellipsis_lines"] = _ratio(_per_doc(lines.doc[ellipsis], None, n), n_lines)
+        stats["punctuated_lines"] = _ratio(_per_doc(lines.doc[punct], None, n), n_lines)
+        rep = lines.repeat
+        stats["dup_lines"] = _ratio(_per_doc(lines.doc[rep], None, n), n_lines)
         stats["dup_line_chars"] = _ratio(
-            _per_doc(lines["doc"][rep], lines["chars"][rep].astype(np.float64), n), stats["chars"]
+            _per_doc(lines.doc[rep], lines.chars[rep].astype(np.float64), n), stats["chars"]
         )
     if "dup_paragraphs" in rules:
-        nl = bt.data == ord("\n")
-        double = np.zeros(len(bt.data), dtype=bool)
-        pair = nl[:-1] & nl[1:]
-        double[:-1] |= pair
-        double[1:] |= pair
-        paras = _segments(bt, double)
-        n_paras = _per_doc(paras["doc"], None, n)
-        rep = paras["repeat"]
-        stats["dup_paragraphs"] = _ratio(_per_doc(paras["doc"][rep], None, n), n_paras)
+        paras = bt.paragraphs
+        n_paras = _per_doc(paras.doc, None, n)
+        rep = paras.repeat
+        stats["dup_paragraphs"] = _ratio(_per_doc(paras.doc[rep], None, n), n_paras)
         stats["dup_paragraph_chars"] = _ratio(
-            _per_doc(paras["doc"][rep], paras["chars"][rep].astype(np.float64), n), stats["chars"]
+            _per_doc(paras.doc[rep], paras.chars[rep].astype(np.float64), n), stats["chars"]
         )
     if rules & {"top_ngrams", "dup_ngrams"}:
         stats.update(_ngram_stats(bt, config.thresholds, "top_ngrams" in rules, "dup_ngrams" in rules))
@@ -411,15 +437,18 @@ def _fails(rule: str, s: dict[str, np.ndarray], t: Mapping[str, float]) -> tuple
 
 
 def judge(
-    texts: list[str], config: QualityConfig | None = None
+    texts: list[str], config: QualityConfig | None = None, batch: BatchText | None = None
 ) -> tuple[list[str | None], list[float | None]]:
-    """For each document: the first rule it fails (None = kept) and that rule's statistic."""
+    """For each document: the first rule it fails (None = kept) and that rule's statistic.
+
+    ``batch``: the same texts as a :class:`BatchText`, when the caller has one to share.
+    """
     config = config or QualityConfig()
     if not texts:
         return [], []
     if not config.rules:
         return [None] * len(texts), [None] * len(texts)
-    stats = document_stats(texts, config)
+    stats = document_stats(texts, config, batch)
     reason: list[str | None] = [None] * len(texts)
     value: list[float | None] = [None] * len(texts)
     undecided = np.ones(len(texts), dtype=bool)
