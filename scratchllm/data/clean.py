@@ -698,8 +698,11 @@ def clean(
     workers: int | None = None,
     progress: bool = True,
     force: bool = False,
+    ignore_dirs: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Clean ``inputs`` into ``out_dir`` (JSONL shards + ``report.json``); returns the report.
+
+    ``ignore_dirs``: more directories whose files are never read (``out_dir`` never is).
 
     ``workers``: None = one per core (up to 8) for corpora over :data:`POOL_MIN_BYTES`, else
     in-process; 0 or 1 = in-process. Raises :class:`ScratchLLMError` for anything the user can
@@ -718,7 +721,12 @@ def clean(
     out = Path(out_dir)
     ensure_empty_dir(out, force=force, create=False)
     source = Inputs(
-        inputs, text_field=text_field, include=include, exclude=exclude, on_error=on_error, ignore_dirs=[out]
+        inputs,
+        text_field=text_field,
+        include=include,
+        exclude=exclude,
+        on_error=on_error,
+        ignore_dirs=[out, *ignore_dirs],
     )
     t = time.perf_counter()
     source.scan(progress=progress)
@@ -825,8 +833,12 @@ def report_table(report: dict[str, Any]) -> str:
 
     lines = [f"  {'':<22} {'documents':>12} {'':>7}  {'MB':>12}", row("in", n_in, b_in)]
     for r in report["removed"]:
-        lines.append(row(f"- {r['rule']}", r["documents"], r["bytes"]))
+        if r["documents"]:
+            lines.append(row(f"- {r['rule']}", r["documents"], r["bytes"]))
     lines.append(row("= kept", report["documents_kept"], report["bytes_kept"]))
+    idle = [r["rule"] for r in report["removed"] if not r["documents"]]
+    if idle:
+        lines.append(f"  removed nothing: {', '.join(idle)}")
     errors = report["input_errors"]
     if errors.get("count"):
         kinds = ", ".join(f"{k} {v:,}" for k, v in errors["by_kind"].items())

@@ -545,7 +545,9 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{TMP_PREFIX}clean-{os.getpid()}"
     try:
-        report = run_clean(inputs, tmp, clean, workers=workers, progress=progress, **reading)
+        report = run_clean(
+            inputs, tmp, clean, workers=workers, progress=progress, ignore_dirs=[out], **reading
+        )
         cleaned = Inputs([tmp])
         cleaned.scan()
         meta = _prepare(
