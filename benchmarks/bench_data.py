@@ -15,8 +15,9 @@ with ``scratchllm prepare --workers 2`` (a 2,048-id BPE trained here), each as a
 whose peak RSS is measured (``ru_maxrss``). Rows:
 
 * **clean throughput** on the large corpus (MB/s of input, wall clock), peer: the small corpus —
-  flat means it scales linearly. ``extra`` has every stage's MB/s from the report (seconds of work
-  in that stage, summed over processes) and the prepare stage's MB/s.
+  flat means it scales linearly. ``extra`` has every stage's MB/s per CPU second from the report
+  (CPU time, summed over processes: unlike the wall clock it does not depend on how busy the
+  machine is) and the prepare stage's MB/s.
 * **peak RSS** of clean and of prepare, large vs small corpus (flat = memory does not grow with
   the corpus).
 * **near-duplicate precision and recall** against the planted truth on the large corpus. A
@@ -109,39 +110,20 @@ def precision_recall(src: Path, out: Path) -> dict[str, float]:
     }
 
 
-def datasketch_peer(src_file: Path) -> dict[str, float]:
-    """datasketch MinHash + MinHashLSH over the same normalised 5-gram shingles; a document is a
-    near duplicate when LSH returns an earlier document (datasketch's usual recipe: no verification)."""
-    from datasketch import MinHash, MinHashLSH
-
-    from scratchllm.data.normalize import normalize
-
-    texts, keys, jac, kinds = [], [], {}, {}
+def _truth_file(src_file: Path) -> tuple[list[str], set[int], dict[int, str]]:
+    """One shard's texts, the lines that are copies (exact, or true Jaccard >= 0.8), their kinds."""
+    texts, positive, kinds = [], set(), {}
     with open(src_file, encoding="utf-8") as fh:
         for k, line in enumerate(fh, 1):
             rec = json.loads(line)
             texts.append(rec["text"])
-            keys.append(k)
             kinds[k] = rec["kind"]
-            if "jaccard" in rec:
-                jac[k] = rec["jaccard"]
-    nbytes = sum(len(t.encode("utf-8")) for t in texts)
-    t0 = time.perf_counter()
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
-    flagged = set()
-    for k, text in zip(keys, texts):
-        words = "".join(c.lower() if c.isalnum() else " " for c in normalize(text)).split()
-        shingles = {" ".join(words[i : i + 5]).encode() for i in range(max(1, len(words) - 4))}
-        m = MinHash(num_perm=128)
-        m.update_batch(list(shingles))
-        if lsh.query(m):
-            flagged.add(k)
-        else:
-            lsh.insert(str(k), m)
-    seconds = time.perf_counter() - t0
-    positive = {k for k, j in jac.items() if j >= THRESHOLD} | {
-        k for k, kind in kinds.items() if kind == "exact"
-    }
+            if rec["kind"] == "exact" or rec.get("jaccard", 0) >= THRESHOLD:
+                positive.add(k)
+    return texts, positive, kinds
+
+
+def _scores(flagged: set[int], positive: set[int], nbytes: int, seconds: float) -> dict[str, float]:
     return {
         "mb_per_s": nbytes / 1e6 / seconds,
         "recall": len(flagged & positive) / max(1, len(positive)),
@@ -149,6 +131,28 @@ def datasketch_peer(src_file: Path) -> dict[str, float]:
         "seconds": seconds,
         "mb": nbytes / 1e6,
     }
+
+
+def datasketch_peer(src_file: Path) -> dict[str, float]:
+    """datasketch MinHash + MinHashLSH over the same normalised 5-gram shingles; a document is a
+    near duplicate when LSH returns an earlier document (datasketch's usual recipe: no verification)."""
+    from datasketch import MinHash, MinHashLSH
+
+    from scratchllm.data.normalize import normalize
+
+    texts, positive, _ = _truth_file(src_file)
+    t0 = time.perf_counter()
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
+    flagged = set()
+    for k, text in enumerate(texts, 1):
+        words = "".join(c.lower() if c.isalnum() else " " for c in normalize(text)).split()
+        m = MinHash(num_perm=128)
+        m.update_batch([" ".join(words[i : i + 5]).encode() for i in range(max(1, len(words) - 4))])
+        if lsh.query(m):
+            flagged.add(k)
+        else:
+            lsh.insert(str(k), m)
+    return _scores(flagged, positive, sum(len(t.encode("utf-8")) for t in texts), time.perf_counter() - t0)
 
 
 def ours_near_only(src_file: Path, out: Path) -> dict[str, float]:
@@ -161,29 +165,9 @@ def ours_near_only(src_file: Path, out: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     report = clean([src_file], out, cfg, workers=1, progress=False, force=True)
     seconds = time.perf_counter() - t0
-    kinds, jac = _truth_file(src_file)
-    removed = _removed(out)
-    flagged = {k for (_, k), r in removed.items() if r == "near_duplicate"}
-    positive = {k for k, j in jac.items() if j >= THRESHOLD} | {
-        k for k, kind in kinds.items() if kind == "exact"
-    }
-    return {
-        "mb_per_s": report["bytes_in"] / 1e6 / seconds,
-        "recall": len(flagged & positive) / max(1, len(positive)),
-        "precision": len(flagged & positive) / max(1, len(flagged)),
-        "seconds": seconds,
-    }
-
-
-def _truth_file(src_file: Path) -> tuple[dict, dict]:
-    kinds, jac = {}, {}
-    with open(src_file, encoding="utf-8") as fh:
-        for k, line in enumerate(fh, 1):
-            rec = json.loads(line)
-            kinds[k] = rec["kind"]
-            if "jaccard" in rec:
-                jac[k] = rec["jaccard"]
-    return kinds, jac
+    _, positive, _ = _truth_file(src_file)
+    flagged = {line for (_, line), rule in _removed(out).items() if rule == "near_duplicate"}
+    return _scores(flagged, positive, report["bytes_in"], seconds)
 
 
 def _train_tokenizer(src: Path, path: Path) -> None:
