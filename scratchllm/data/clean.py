@@ -182,7 +182,7 @@ class _BatchResult:
     bands: Any = None  # uint64 [kept, bands]
     signatures: Any = None  # uint32 [kept, K] (verify="signature")
     shingles: Any = None  # uint32 concatenated sorted sets (verify="exact")
-    shingle_counts: Any = None  # int64 [kept]
+    shingle_counts: Any = None  # uint32 [kept]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -232,7 +232,7 @@ def _clean_job(texts: list[str]) -> _BatchResult:
         sig = D.minhash(sh, sh_doc, len(kept), _W["perms"])
         bands, rows = _W["lsh"]
         result.bands = D.band_keys(sig, bands, rows)
-        result.shingle_counts = np.bincount(sh_doc, minlength=len(kept)).astype(np.int64)
+        result.shingle_counts = np.bincount(sh_doc, minlength=len(kept)).astype(np.uint32)
         if cfg.dedup.verify == "exact":
             result.shingles = sh  # sorted per document: what the exact Jaccard check reads back
         else:
@@ -493,10 +493,13 @@ class _Run:
         work = self.work
         keys: list[Any] = []
         counts: list[Any] = []
-        # 8 bytes per kept document each (a Python list of ints would cost ~36)
-        offsets = array.array("q", [0])
-        kept_bytes = array.array("q")
+        # Per kept document: where its line starts in kept.jsonl and its text's size. They go to
+        # files, not memory (8 bytes per document each); pass 2 reads them back in order.
+        position = 0
+        n_kept = 0
         files = {
+            "offsets": open(work / "offsets.i64", "wb"),  # noqa: SIM115
+            "sizes": open(work / "sizes.i64", "wb"),  # noqa: SIM115
             "kept": open(work / "kept.jsonl", "wb"),  # noqa: SIM115
             "sig": open(work / "signatures.u32", "wb"),  # noqa: SIM115
             "sh": open(work / "shingles.u32", "wb"),  # noqa: SIM115
@@ -518,6 +521,7 @@ class _Run:
                 t = time.process_time()
                 self.lines_dropped += res.lines_dropped
                 kept_iter = iter(res.kept_texts)
+                offsets, sizes = array.array("q"), array.array("q")
                 for doc, reason, value in zip(batch, res.reasons, res.values):
                     nbytes = len(doc.text.encode("utf-8"))
                     self.docs_in += 1
@@ -532,8 +536,12 @@ class _Run:
                     text = next(kept_iter)
                     line = (json.dumps(_record(doc, text), ensure_ascii=False) + "\n").encode("utf-8")
                     files["kept"].write(line)
-                    offsets.append(offsets[-1] + len(line))
-                    kept_bytes.append(len(text.encode("utf-8")))
+                    offsets.append(position)
+                    sizes.append(len(text.encode("utf-8")))
+                    position += len(line)
+                n_kept += len(sizes)
+                offsets.tofile(files["offsets"])
+                sizes.tofile(files["sizes"])
                 if res.keys is not None:
                     keys.append(res.keys)
                 if near and res.bands is not None:
@@ -553,11 +561,9 @@ class _Run:
             if pool is not None:
                 pool.terminate()
                 pool.join()
-        self.n_kept = len(kept_bytes)
+        self.n_kept = n_kept
         self.keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
-        self.shingle_counts = np.concatenate(counts) if counts else np.zeros(self.n_kept, dtype=np.int64)
-        self.line_offsets = np.frombuffer(offsets, dtype=np.int64)
-        self.kept_bytes = np.frombuffer(kept_bytes, dtype=np.int64)
+        self.shingle_counts = np.concatenate(counts) if counts else np.zeros(self.n_kept, dtype=np.uint32)
 
     # ---------------------------------------------------------------- dedup
     def deduplicate(self) -> None:
@@ -571,7 +577,7 @@ class _Run:
         n = self.n_kept
         self.exact_of = np.full(n, -1, dtype=np.int64)
         self.near_of = np.full(n, -1, dtype=np.int64)
-        self.near_score = np.zeros(n)
+        self.near_score = np.zeros(n, dtype=np.float32)
         if cfg.exact and n:
             self.exact_of = D.duplicate_of_earlier(self.keys)
         info: dict[str, Any] = {"documents": n, "exact_duplicates": int((self.exact_of >= 0).sum())}
@@ -608,8 +614,8 @@ class _Run:
         from scratchllm.data import dedup as D
 
         if cfg.verify == "exact":
-            path, ends = self.work / "shingles.u32", np.cumsum(self.shingle_counts)
-            starts, itemsize = ends - self.shingle_counts, 4
+            ends = np.cumsum(self.shingle_counts, dtype=np.int64)
+            path, starts, itemsize = self.work / "shingles.u32", ends - self.shingle_counts, 4
             width = None
         else:
             path, itemsize, width = self.work / "signatures.u32", 4, cfg.num_perm
@@ -631,31 +637,41 @@ class _Run:
     # ---------------------------------------------------------------- pass 2
     def write_shards(self, writer: _ShardWriter) -> None:
         """Copy the surviving lines of ``kept.jsonl`` into the shards; record dedup examples."""
+        import numpy as np
+
         t = time.process_time()
         if hasattr(self, "_close_later"):
             self._close_later.close()
         removed = self.removed
         # The partners of the examples shown: their sources are picked up on the way (partner < doc).
         want: dict[int, str] = {}
-        shown = {"exact_duplicate": 0, "near_duplicate": 0}
-        for i in range(self.n_kept):
-            for rule, of in (("exact_duplicate", self.exact_of), ("near_duplicate", self.near_of)):
-                if of[i] >= 0 and shown[rule] < self.config.examples:
-                    shown[rule] += 1
-                    want[int(of[i])] = ""
+        for of in (self.exact_of, self.near_of):
+            for i in np.flatnonzero(of >= 0)[: self.config.examples].tolist():
+                want[int(of[i])] = ""
         keep_all = self.removed_writer is not None
-        with open(self.work / "kept.jsonl", "rb") as f, open(self.work / "kept.jsonl", "rb") as partners:
+        work = self.work
+        with (
+            open(work / "kept.jsonl", "rb") as f,
+            open(work / "kept.jsonl", "rb") as partners,
+            open(work / "offsets.i64", "rb") as offsets,
+            open(work / "sizes.i64", "rb") as sizes_file,
+        ):
 
             def partner_where(i: int) -> str:
-                if i in want and want[i]:
+                if want.get(i):
                     return want[i]
-                partners.seek(int(self.line_offsets[i]))
+                offsets.seek(8 * i)
+                partners.seek(int(np.frombuffer(offsets.read(8), dtype=np.int64)[0]))
                 return _where(json.loads(partners.readline()))
 
+            sizes = np.zeros(0, dtype=np.int64)
+            base = 0
             for i, line in enumerate(f):
+                if i - base >= len(sizes):  # the next block of text sizes (read in order, 1 MB at a time)
+                    base, sizes = i, np.fromfile(sizes_file, dtype=np.int64, count=1 << 17)
                 if i in want:
                     want[i] = _where(json.loads(line))
-                nbytes = int(self.kept_bytes[i])
+                nbytes = int(sizes[i - base])
                 for rule, of in (("exact_duplicate", self.exact_of), ("near_duplicate", self.near_of)):
                     if of[i] < 0:
                         continue

@@ -192,16 +192,31 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return H.mix64(acc)
 
 
+def _group_firsts(sorted_top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a sorted array: the positions that repeat the previous value, and each one's group start.
+
+    Only the repeats (a small share of a corpus) get index arrays; nothing of size N but one
+    boolean per element is built, which keeps dedup's memory to a few bytes per document.
+    """
+    same = sorted_top[1:] == sorted_top[:-1]
+    later = np.flatnonzero(same) + 1
+    if not len(later):
+        return later, later
+    starts = np.flatnonzero(~same) + 1  # every group start except position 0
+    first = np.concatenate(([0], starts))[np.searchsorted(starts, later, side="right")]
+    return later, first
+
+
 def duplicate_of_earlier(keys: np.ndarray) -> np.ndarray:
     """For each position: the index of the first earlier equal key, or -1 (exact dedup by sorting)."""
-    order = np.argsort(keys, kind="stable")
-    k = keys[order]
-    group_start = np.concatenate(([True], k[1:] != k[:-1]))
-    first = order[np.maximum.accumulate(np.where(group_start, np.arange(len(k)), 0))]
+    order = np.argsort(keys, kind="stable")  # stable: equal keys stay in input order
+    later, first = _group_firsts(keys[order])
     out = np.full(len(keys), -1, dtype=np.int64)
-    dup = ~group_start
-    out[order[dup]] = first[dup]
+    out[order[later]] = order[first]
     return out
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np.ndarray:
@@ -210,21 +225,27 @@ def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np
     For each band, documents are sorted by band hash; in every bucket of two or more, each later
     member is paired with the bucket's first (earliest) member. ``alive``: which documents take
     part (exact duplicates and documents without shingles do not).
+
+    Memory: the band hash's top 32 bits and the document index are packed into one uint64 and
+    sorted in place (so equal hashes come out in document order, and no argsort array is
+    needed). Two different band hashes agree on 32 bits with probability 2^-32 per pair: that
+    only adds a candidate, which verification then rejects.
     """
-    idx = np.flatnonzero(alive)
+    idx = np.flatnonzero(alive).astype(np.uint64)
+    if len(idx) >= 1 << 32:  # pragma: no cover - 4 billion documents
+        raise ScratchLLMError("near-duplicate removal handles at most 2^32 documents per run")
     codes = []
     n = np.int64(len(alive))
     for column in band_columns:
-        vals = column[idx]
-        order = np.argsort(vals, kind="stable")
-        v = vals[order]
-        group_start = np.concatenate(([True], v[1:] != v[:-1]))
-        if group_start.all():
-            continue
-        first = idx[order[np.maximum.accumulate(np.where(group_start, np.arange(len(v)), 0))]]
-        member = idx[order]
-        pick = ~group_start
-        codes.append(first[pick] * n + member[pick])
+        packed = column[idx]
+        del column
+        packed &= ~_LOW32
+        packed |= idx
+        packed.sort()
+        later, first = _group_firsts((packed >> np.uint64(32)).astype(np.uint32))
+        if len(later):
+            earlier_doc = (packed[first] & _LOW32).astype(np.int64)
+            codes.append(earlier_doc * n + (packed[later] & _LOW32).astype(np.int64))
     if not codes:
         return np.zeros((0, 2), dtype=np.int64)
     unique = np.sort(np.concatenate(codes))
@@ -258,7 +279,7 @@ def verified_duplicates(
     depend on how pairs were found. A document already confirmed as a copy is not checked again.
     """
     partner = np.full(n_docs, -1, dtype=np.int64)
-    score = np.zeros(n_docs, dtype=np.float64)
+    score = np.zeros(n_docs, dtype=np.float32)
     if len(pairs) == 0:
         return partner, score, 0
     order = np.lexsort((pairs[:, 0], pairs[:, 1]))

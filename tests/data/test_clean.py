@@ -308,3 +308,24 @@ def test_prepare_clean_cli(char_tok_file, corpus, tmp_path, capsys):
     assert meta["clean"]["removed_by_rule"]["near_duplicate"] > 0
     assert main(["prepare", "--tokenizer", str(char_tok_file), "--clean", "--out", str(tmp_path / "q")]) == 2
     assert "--clean needs --input" in capsys.readouterr().err
+
+
+def test_clean_and_prepare_do_not_import_torch_or_unused_readers(tmp_path, char_tok_file):
+    src = tmp_path / "a.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": f"Line {i} of the text.\nAnd more."}) + "\n" for i in range(50))
+    )
+    code = (
+        "import sys\nfrom scratchllm.cli.main import main\n"
+        f"assert main(['clean', {str(src)!r}, '--out', {str(tmp_path / 'c')!r}, '--quiet',"
+        " '--no-filters']) == 0\n"
+        f"assert main(['prepare', '--tokenizer', {str(char_tok_file)!r}, '--input', {str(tmp_path / 'c')!r}, "
+        f"'--out', {str(tmp_path / 'p')!r}, '--quiet']) == 0\n"
+        "for name in ('torch', 'pyarrow', 'zstandard'):\n"
+        "    assert name not in sys.modules, name\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -233,7 +233,7 @@ def test_exact_duplicate_of_earlier_keeps_the_first():
 
 
 def test_candidate_pairs_and_verification():
-    bands = [np.array([1, 2, 1, 3, 1], dtype=np.uint64), np.array([5, 6, 7, 6, 8], dtype=np.uint64)]
+    bands = [H.mix64(np.array(b, dtype=np.uint64)) for b in ([1, 2, 1, 3, 1], [5, 6, 7, 6, 8])]
     alive = np.array([True, True, True, True, False])
     pairs = D.candidate_pairs(bands, alive)
     assert pairs.tolist() == [[0, 2], [1, 3]]  # doc 4 is not alive; pairs are (first of bucket, later)
