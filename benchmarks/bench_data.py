@@ -1,6 +1,6 @@
 """Data cleaning at scale: a synthetic corpus with planted duplicates, cleaned and prepared.
 
-    python -m benchmarks.run --only data            # quick: 5 MB and 20 MB corpora
+    python -m benchmarks.run --only data            # quick: 2 MB and 8 MB corpora
     python -m benchmarks.run --full --only data     # 100 MB and 1 GB corpora
 
 The corpus is :mod:`scratchllm.data.synthetic`: JSONL shards of English-like documents with
@@ -170,7 +170,7 @@ def ours_near_only(src_file: Path, out: Path) -> dict[str, float]:
     return _scores(flagged, positive, report["bytes_in"], seconds)
 
 
-def _train_tokenizer(src: Path, path: Path) -> None:
+def _train_tokenizer(src: Path, path: Path, sample: int) -> None:
     from scratchllm.tokenizer.bpe import train_bpe
 
     texts, size = [], 0
@@ -178,19 +178,19 @@ def _train_tokenizer(src: Path, path: Path) -> None:
         for line in fh:
             texts.append(json.loads(line)["text"])
             size += len(texts[-1])
-            if size > 2_000_000:
+            if size > sample:
                 break
     train_bpe(texts, 2048).save(path)
 
 
 def run(quick: bool = True) -> list[Row]:
-    small, big = (5_000_000, 20_000_000) if quick else (100_000_000, 1_000_000_000)
+    small, big = (2_000_000, 8_000_000) if quick else (100_000_000, 1_000_000_000)
     env = {**os.environ, "TQDM_DISABLE": "1"}
     results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="scratchllm-bench-data-") as tmp:
         tmp = Path(tmp)
         tok = tmp / "bpe.json"
-        _train_tokenizer(corpus(small), tok)
+        _train_tokenizer(corpus(small), tok, 500_000 if quick else 2_000_000)
         for size in (small, big):
             src = corpus(size)
             out = tmp / f"clean-{size}"
