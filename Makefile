@@ -1,6 +1,7 @@
 # scratchllm — the targets a new user can guess.
 #   make demo    train a small GPT on the embedded corpus and print samples (installs first)
-#   make test    run the test suite (installs first)
+#   make test    run the test suite (installs first; hypothesis with a fixed seed)
+#   make fuzz    the property tests with 20x the examples and fresh random seeds (long)
 #   make lint    ruff
 #   make bench / bench-quick   peer benchmarks (ratios measured in one run)
 #   make bench-llamacpp        the generation benchmark with llama.cpp as a peer (builds it first)
@@ -11,7 +12,7 @@ PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-quick bench-llamacpp clean
+.PHONY: install demo test fuzz lint bench bench-quick bench-llamacpp clean
 
 install: $(STAMP)
 
@@ -27,8 +28,14 @@ demo: install
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: install
-	$(PY) -m pytest -q; rc=$$?; \
+	SCRATCHLLM_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The long random search: every hypothesis test (the `hypothesis` marker), profile "fuzz" from
+# tests/hypothesis_profiles.py (20x the examples, not derandomized, failures replayed from .hypothesis/).
+fuzz: install
+	SCRATCHLLM_HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m hypothesis; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no property tests" >&2; exit 1; fi; exit $$rc
 
 lint: install
 	$(VENV)/bin/ruff check scratchllm tests benchmarks

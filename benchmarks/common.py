@@ -22,7 +22,10 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Set by ``benchmarks.run --results-dir`` (the test suite writes to a temporary directory).
 RESULTS_ENV = "SCRATCHLLM_BENCH_RESULTS"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Reference data (tinyshakespeare, GPT-2's vocabulary): ../shared/data, or $SCRATCHLLM_SHARED_DATA.
+SHARED_DATA = Path(
+    os.environ.get("SCRATCHLLM_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 
 @dataclass

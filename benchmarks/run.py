@@ -17,9 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_ENV, Row, format_table, machine_info, results_dir, write_results
+from benchmarks.common import (
+    RESULTS_ENV,
+    SHARED_DATA,
+    Row,
+    format_table,
+    machine_info,
+    results_dir,
+    write_results,
+)
 
-BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data"]
+#: Benchmarks that read ../shared/data (the others generate their inputs).
+NEEDS_SHARED = {"tokenizer", "memory", "quality"}
 
 
 def _as_row(r: Row | dict) -> Row:
@@ -87,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         module_name = f"benchmarks.bench_{name}"
         if importlib.util.find_spec(module_name) is None:
             print(f"[{name}] not available", file=sys.stderr)
+            failed.append(name)
+            continue
+        if name in NEEDS_SHARED and not (SHARED_DATA / "tinyshakespeare.txt").is_file():
+            print(
+                f"[{name}] FAILED: needs the reference data in {SHARED_DATA} (tinyshakespeare.txt, "
+                "gpt2/): put the project's shared/ folder beside the checkout or set SCRATCHLLM_SHARED_DATA",
+                file=sys.stderr,
+            )
             failed.append(name)
             continue
         print(f"[{name}] running ({'quick' if quick else 'full'}) ...", file=sys.stderr, flush=True)

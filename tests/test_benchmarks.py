@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data"]
 
 
 @pytest.mark.slow

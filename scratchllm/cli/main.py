@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "train a small GPT on the embedded corpus and print samples (the main job)"),
     "tokenizer": ("tokenizer", "train, inspect and use tokenizers (char, word, byte-level BPE, GPT-2)"),
     "prepare": ("prepare", "tokenize text files into train/val token shards"),
+    "clean": ("clean", "normalise, filter and de-duplicate a corpus into clean JSONL shards"),
     "inspect": ("inspect", "show a model's parameters, memory, FLOPs and layer table"),
     "train": ("train", "pretrain a model (GPT, BERT, seq2seq) on prepared data"),
     "generate": ("generate", "generate text from a trained model or a Hugging Face GPT-2 directory"),

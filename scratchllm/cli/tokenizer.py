@@ -16,8 +16,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from scratchllm.cli.clean import add_input_args
 from scratchllm.cli.common import add_json_arg, add_out_arg, print_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.base import EOT
@@ -41,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--input",
         nargs="+",
-        metavar="FILE",
-        help="UTF-8 text files or directories of *.txt (default: the embedded default corpus)",
+        metavar="FILE_OR_DIR",
+        help="files or directories, read as prepare reads them: text, Markdown, JSON lines, Parquet, "
+        "optionally compressed (default: the embedded default corpus)",
     )
     add_out_arg(t, help="tokenizer JSON file to write")
     t.add_argument(
@@ -64,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
     )
     add_json_arg(t)
+    add_input_args(t)
 
     e = sub.add_parser("encode", help="print the token ids of a text")
     _add_tokenizer_arg(e)
@@ -94,54 +98,50 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-def read_text_file(path: Path) -> str:
-    """Read a UTF-8 text file, with one clear error for missing, empty or binary files."""
-    if not path.exists():
-        raise ScratchLLMError(f"input file not found: {path}")
-    if not path.is_file():
-        raise ScratchLLMError(f"input {path} is not a regular file")
-    data = path.read_bytes()
-    if not data:
-        raise ScratchLLMError(f"input file {path} is empty")
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise ScratchLLMError(
-            f"input file {path} looks binary (NUL byte at offset {nul}); expected UTF-8 text"
+def _training_texts(args: argparse.Namespace) -> tuple[Iterable[str], str]:
+    """The documents to train on (streamed) and a description of where they came from.
+
+    Inputs are found and read by :class:`scratchllm.data.readers.Inputs`, the rule ``prepare`` and
+    ``clean`` use too; everything is checked (and bad records handled per ``--on-error``) first.
+    """
+    if args.input:
+        from scratchllm.data.readers import Inputs
+
+        inputs = Inputs(
+            args.input,
+            text_field=args.text_field,
+            include=args.include,
+            exclude=args.exclude,
+            on_error=args.on_error,
         )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ScratchLLMError(
-            f"input file {path} is not valid UTF-8 text (bad byte at offset {err.start}); "
-            "convert it to UTF-8 first"
-        ) from None
+        inputs.scan(progress=not args.quiet and sys.stderr.isatty())
+        names = [f.name for f in inputs.files]
+        source = ", ".join(names[:5]) + (f" and {len(names) - 5} more file(s)" if len(names) > 5 else "")
+        if inputs.errors.total:
+            source += f" ({inputs.errors.total} bad record(s) skipped)"
+        return (doc.text for doc in inputs.documents()), source
+    from scratchllm.data.corpus import DEFAULT_CORPUS_NAME, default_corpus
 
-
-def _input_files(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
-            if not found:
-                raise ScratchLLMError(f"input directory {path} contains no *.txt files")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
-
-
-def _training_texts(inputs: list[str] | None) -> tuple[list[str], str]:
-    if inputs:
-        files = _input_files(inputs)
-        return [read_text_file(f) for f in files], ", ".join(map(str, files))
-    try:
-        from scratchllm.data.corpus import DEFAULT_CORPUS_NAME, default_corpus
-    except ImportError:  # the data package is not installed in this checkout: use the same source
-        from pydoc_data.topics import topics
-
-        return ["\n\n".join(topics[k].strip() for k in sorted(topics))], "pydoc_data.topics"
     return [default_corpus()], DEFAULT_CORPUS_NAME
+
+
+class _Counted:
+    """Iterate texts once, counting their characters (the trainer consumes them as a stream)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts, self.chars = texts, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.chars += len(text)
+            yield text
+
+
+def _joined(texts: _Counted, source: str) -> str:
+    text = "\n".join(texts)
+    if not text:
+        raise ScratchLLMError(f"no text to train on in {source}")
+    return text
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -159,9 +159,8 @@ def _train(args: argparse.Namespace) -> int:
         vocab_size = args.vocab_size or DEFAULT_BPE_VOCAB
         _check_vocab_size(vocab_size, specials)
         resolve_pattern(args.pattern)
-    texts, source = _training_texts(args.input)
-    if not any(texts):
-        raise ScratchLLMError(f"no text to train on in {source}")
+    stream, source = _training_texts(args)
+    texts = _Counted(stream)
     t0 = time.perf_counter()
     if args.kind == "bpe":
         from scratchllm.tokenizer.bpe import train_bpe
@@ -177,11 +176,11 @@ def _train(args: argparse.Namespace) -> int:
     elif args.kind == "word":
         from scratchllm.tokenizer.word import WordTokenizer
 
-        tok = WordTokenizer.train("\n".join(texts), args.vocab_size, specials)
+        tok = WordTokenizer.train(_joined(texts, source), args.vocab_size, specials)
     else:
         from scratchllm.tokenizer.char import CharTokenizer
 
-        tok = CharTokenizer.train("\n".join(texts), specials)
+        tok = CharTokenizer.train(_joined(texts, source), specials)
         if args.vocab_size and args.vocab_size < tok.vocab_size:
             raise ScratchLLMError(
                 f"the text has {tok.vocab_size - len(specials)} distinct characters "
@@ -190,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
             )
     seconds = time.perf_counter() - t0
     tok.save(out)
-    n_chars = sum(len(t) for t in texts)
+    n_chars = texts.chars
     summary = {
         "out": str(out),
         "kind": tok.kind,

@@ -51,16 +51,19 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from scratchllm.data.readers import InputFile, Inputs, open_binary
 from scratchllm.errors import ScratchLLMError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from scratchllm.data.clean import CleanConfig
     from scratchllm.tokenizer.base import Tokenizer
 
 FORMAT_VERSION = 1
@@ -68,8 +71,6 @@ FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
 #: With ``workers=None``, inputs smaller than this are encoded in-process (a pool costs a second).
 POOL_MIN_BYTES = 8 << 20
-#: How much of a file is sniffed for binary content before anything is written.
-SNIFF_BYTES = 8192
 #: Splits with fewer tokens than this are refused: no (input, target) pair can be made from them.
 MIN_SPLIT_TOKENS = 2
 
@@ -83,102 +84,57 @@ _SPACE_CUT = re.compile(rb"[\x21-\x7e](?= [A-Za-z])")
 
 
 @dataclass(frozen=True)
-class _Source:
-    """One document: a file on disk, or an in-memory text (the default corpus)."""
+class _Doc:
+    """One document to tokenise: its name for messages, its size in bytes, and how to read it."""
 
     name: str
     size: int
-    path: Path | None = None
-    data: bytes | None = None
+    data: bytes | None = None  # in memory (a record, a default-corpus topic) ...
+    file: InputFile | None = None  # ... or a plain-text file, streamed
 
     def open(self) -> BinaryIO:
-        return open(self.path, "rb") if self.path is not None else io.BytesIO(self.data or b"")
+        return open_binary(self.file) if self.file is not None else io.BytesIO(self.data or b"")
 
 
-def _sniff(path: Path) -> str | None:
-    """Why ``path`` does not look like UTF-8 text (from its first bytes), or None when it does."""
-    with open(path, "rb") as f:
-        head = f.read(SNIFF_BYTES)
-    if b"\x00" in head:
-        return f"NUL byte at byte offset {head.index(0)}"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        # A multi-byte character cut by the sniff window is fine; anything else is not UTF-8.
-        truncated = err.reason == "unexpected end of data" and len(head) == SNIFF_BYTES
-        if not truncated:
-            return f"invalid UTF-8 byte 0x{head[err.start]:02x} at byte offset {err.start}"
-    return None
+class _Corpus:
+    """The documents of a run in order: the default corpus, or what :class:`Inputs` reads.
 
+    Plain-text files are streamed from disk in chunks; records (JSONL lines, Parquet rows) are
+    small and come as bytes, one at a time. ``total_bytes`` is known before anything is written
+    (the scan counted it), which places the validation split.
+    """
 
-def _walk_sorted(root: Path) -> list[Path]:
-    """Regular files under ``root``, sorted by their path below it; hidden files and dirs skipped."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
-    return sorted((f for f in files if f.is_file()), key=lambda f: f.relative_to(root).parts)
+    def __init__(self, inputs: Inputs | None) -> None:
+        self.inputs = inputs
+        if inputs is None:
+            from scratchllm.data.corpus import DEFAULT_CORPUS_NAME, default_corpus_documents
 
+            self._topics = [d.encode("utf-8") for d in default_corpus_documents()]
+            self.total_bytes = sum(map(len, self._topics))
+            self.documents = len(self._topics)
+            self.entries: list[dict[str, Any]] = [
+                {"path": DEFAULT_CORPUS_NAME, "bytes": self.total_bytes, "documents": self.documents}
+            ]
+        else:
+            self.total_bytes = inputs.text_bytes
+            self.documents = inputs.documents_count
+            self.entries = inputs.summary()["files"]
 
-def _collect_sources(
-    inputs: Sequence[str | os.PathLike] | None, out_dir: Path
-) -> tuple[list[_Source], list[dict[str, Any]], list[dict[str, str]]]:
-    """Expand files and directories into documents; returns (sources, meta entries, skipped)."""
-    if not inputs:
-        from scratchllm.data.corpus import DEFAULT_CORPUS_NAME, default_corpus_documents
+    def __iter__(self) -> Iterator[_Doc]:
+        if self.inputs is None:
+            from scratchllm.data.corpus import DEFAULT_CORPUS_NAME
 
-        docs = [d.encode("utf-8") for d in default_corpus_documents()]
-        sources = [_Source(f"{DEFAULT_CORPUS_NAME} document {i}", len(d), data=d) for i, d in enumerate(docs)]
-        entry = {"path": DEFAULT_CORPUS_NAME, "bytes": sum(s.size for s in sources), "documents": len(docs)}
-        return sources, [entry], []
-
-    out_resolved = out_dir.resolve()
-    sources: list[_Source] = []
-    entries: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, size: int) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            sources.append(_Source(str(path), size, path=path))
-            entries.append({"path": str(path), "bytes": size})
-
-    for raw in inputs:
-        path = Path(raw)
-        try:
-            if path.is_file():
-                size = path.stat().st_size
-                if size == 0:
-                    raise ScratchLLMError(f"input file {path} is empty; give a file with text in it")
-                why = _sniff(path)
-                if why:
-                    raise ScratchLLMError(f"input {path} is not UTF-8 text ({why}); give text files only")
-                add(path, size)
-            elif path.is_dir():
-                found = 0
-                for file in _walk_sorted(path):
-                    if file.resolve().parent == out_resolved:
-                        continue  # never read our own output back in
-                    size = file.stat().st_size
-                    why = "empty" if size == 0 else _sniff(file)
-                    if why:
-                        skipped.append({"path": str(file), "reason": why})
-                        continue
-                    add(file, size)
-                    found += 1
-                if not found:
-                    raise ScratchLLMError(f"input directory {path} contains no non-empty UTF-8 text files")
-            elif path.exists():
-                raise ScratchLLMError(f"input {path} is neither a file nor a directory")
-            else:
-                raise ScratchLLMError(f"input not found: {path}")
-        except OSError as err:  # permission denied, a file vanishing mid-walk, ...
-            raise ScratchLLMError(
-                f"cannot read input {err.filename or path}: {err.strerror or err}"
-            ) from None
-    return sources, entries, skipped
+            for i, data in enumerate(self._topics):
+                yield _Doc(f"{DEFAULT_CORPUS_NAME} document {i}", len(data), data=data)
+            return
+        assert self.inputs.stats is not None
+        for file in self.inputs.readable_files():
+            if file.format == "text":
+                yield _Doc(file.name, self.inputs.stats[file.path].text_bytes, file=file)
+                continue
+            for doc in self.inputs.file_documents(file):
+                data = doc.text.encode("utf-8")
+                yield _Doc(doc.where, len(data), data=data)
 
 
 # ----------------------------------------------------------------------------- 2. cutting chunks
@@ -305,7 +261,7 @@ class _Piece(NamedTuple):
     is_val: bool
 
 
-def _pieces(sources: list[_Source], split_byte: int, chunk_bytes: int, cuts: _Cuts) -> Iterator[_Piece]:
+def _pieces(docs: Iterable[_Doc], split_byte: int, chunk_bytes: int, cuts: _Cuts) -> Iterator[_Piece]:
     """All documents as one ordered stream of pieces, each marked train or val.
 
     The ``<|endoftext|>`` between two documents goes with what precedes it; when the split point
@@ -314,18 +270,39 @@ def _pieces(sources: list[_Source], split_byte: int, chunk_bytes: int, cuts: _Cu
     """
     doc_start = 0
     in_val = False
-    for k, src in enumerate(sources):
+    for k, doc in enumerate(docs):
         if k:
-            yield _Piece(src.name, 0, None, in_val)
+            yield _Piece(doc.name, 0, None, in_val)
             in_val = in_val or doc_start >= split_byte
-        split_at = None if in_val or split_byte - doc_start >= src.size else split_byte - doc_start
-        with src.open() as f:
-            for offset, data, after in _document_pieces(
-                f, chunk_bytes=chunk_bytes, split_at=split_at, cuts=cuts
-            ):
-                in_val = in_val or after
-                yield _Piece(src.name, offset, data, in_val)
-        doc_start += src.size
+        split_at = None if in_val or split_byte - doc_start >= doc.size else split_byte - doc_start
+        if doc.data is not None and split_at is None and len(doc.data) <= chunk_bytes:
+            yield _Piece(doc.name, 0, doc.data, in_val)  # a small record: one piece as it is
+        else:
+            with doc.open() as f:
+                for offset, data, after in _document_pieces(
+                    f, chunk_bytes=chunk_bytes, split_at=split_at, cuts=cuts
+                ):
+                    in_val = in_val or after
+                    yield _Piece(doc.name, offset, data, in_val)
+        doc_start += doc.size
+
+
+def _batches(pieces: Iterable[_Piece], chunk_bytes: int) -> Iterator[list[_Piece]]:
+    """Group consecutive pieces of the same split into tasks of about ``chunk_bytes`` of text.
+
+    A large file's pieces are each a task already; a corpus of many small records would otherwise
+    cost one task (and one round trip to a worker) per record and per ``<|endoftext|>``.
+    """
+    batch: list[_Piece] = []
+    size = 0
+    for piece in pieces:
+        if batch and (piece.is_val != batch[0].is_val or size >= chunk_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(piece)
+        size += len(piece.data) if piece.data is not None else 0
+    if batch:
+        yield batch
 
 
 # ----------------------------------------------------------------------------- 3. encoding pieces
@@ -351,14 +328,14 @@ def _init_worker(tokenizer_dict: dict[str, Any], dtype: str) -> None:
     _set_tokenizer(tokenizer_classes()[tokenizer_dict["kind"]].from_dict(tokenizer_dict), dtype)
 
 
-def _encode_piece(piece: _Piece) -> tuple[bool, bytes, int]:
-    """Decode and encode one piece; returns (is_val, token ids as bytes, input bytes consumed)."""
+def _encode_piece(piece: _Piece) -> Any:
+    """Decode and encode one piece: its token ids as an int64 array."""
     import numpy as np
 
     tok = _worker_tokenizer
     assert tok is not None
     if piece.data is None:
-        return piece.is_val, np.array([tok.eot_id], dtype=_worker_dtype).tobytes(), 0
+        return np.array([tok.eot_id], dtype=np.int64)
     data = piece.data
     if b"\x00" in data:
         raise ScratchLLMError(
@@ -385,16 +362,26 @@ def _encode_piece(piece: _Piece) -> tuple[bool, bytes, int]:
             f"the tokenizer produced id {int(ids.max())} outside its vocabulary of {tok.vocab_size} "
             f"while encoding {piece.source}"
         )
-    return piece.is_val, ids.astype(_worker_dtype).tobytes(), len(data)
+    return ids
+
+
+def _encode_batch(batch: list[_Piece]) -> tuple[bool, bytes, int]:
+    """Encode a batch of pieces; returns (is_val, token ids as bytes, input bytes consumed)."""
+    import numpy as np
+
+    ids = [_encode_piece(piece) for piece in batch]
+    nbytes = sum(len(p.data) for p in batch if p.data is not None)
+    out = ids[0] if len(ids) == 1 else np.concatenate(ids)
+    return batch[0].is_val, out.astype(_worker_dtype).tobytes(), nbytes
 
 
 def _encode_in_order(
-    pieces: Iterator[_Piece], pool: Any, max_pending: int
+    batches: Iterator[list[_Piece]], pool: Any, max_pending: int
 ) -> Iterator[tuple[bool, bytes, int]]:
-    """Like ``pool.imap(_encode_piece, pieces)`` but never more than ``max_pending`` chunks ahead."""
+    """Like ``pool.imap(_encode_batch, batches)`` but never more than ``max_pending`` batches ahead."""
     pending: deque[Any] = deque()
-    for piece in pieces:
-        pending.append(pool.apply_async(_encode_piece, (piece,)) if pool is not None else piece)
+    for batch in batches:
+        pending.append(pool.apply_async(_encode_batch, (batch,)) if pool is not None else batch)
         while len(pending) > max_pending:
             yield _result(pending.popleft())
     while pending:
@@ -402,7 +389,7 @@ def _encode_in_order(
 
 
 def _result(item: Any) -> tuple[bool, bytes, int]:
-    return _encode_piece(item) if isinstance(item, _Piece) else item.get()
+    return _encode_batch(item) if isinstance(item, list) else item.get()
 
 
 # ----------------------------------------------------------------------------- 4. writing the shards
@@ -419,7 +406,7 @@ class _TooSmall(Exception):
 
 def _write_shards(
     tok: Tokenizer,
-    sources: list[_Source],
+    corpus: _Corpus,
     out: Path,
     *,
     dtype: str,
@@ -441,8 +428,13 @@ def _write_shards(
     cuts = _Cuts()
     counts = {False: 0, True: 0}
     itemsize = 2 if dtype == "uint16" else 4
-    total = sum(s.size for s in sources)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True)
+    bar = tqdm(
+        total=corpus.total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="prepare",
+        disable=None if progress else True,
+    )
     pool = None
     try:
         if workers >= 2:
@@ -454,8 +446,8 @@ def _write_shards(
         else:
             _set_tokenizer(tok, dtype)
         with atomic_open(out / "train.bin") as train_f, atomic_open(out / "val.bin") as val_f:
-            pieces = _pieces(sources, split_byte, chunk_bytes, cuts)
-            for is_val, ids, nbytes in _encode_in_order(pieces, pool, 2 * workers if pool else 0):
+            batches = _batches(_pieces(corpus, split_byte, chunk_bytes, cuts), chunk_bytes)
+            for is_val, ids, nbytes in _encode_in_order(batches, pool, 2 * workers if pool else 0):
                 (val_f if is_val else train_f).write(ids)
                 counts[is_val] += len(ids) // itemsize
                 bar.update(nbytes)
@@ -498,19 +490,25 @@ def prepare(
     workers: int | None = None,
     progress: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
+    text_field: str = "text",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    on_error: str = "fail",
+    clean: CleanConfig | None = None,
 ) -> dict[str, Any]:
     """Tokenise ``inputs`` (files/directories; None or empty = the default corpus) into ``out_dir``.
 
-    Returns the ``meta.json`` contents plus ``out_dir`` and ``seconds``. ``workers``: None picks
-    the CPU count for inputs over :data:`POOL_MIN_BYTES` (in-process otherwise), 0 or 1 means
-    in-process, N >= 2 a pool of N. Raises :class:`ScratchLLMError` for anything the user can fix;
-    nothing in ``out_dir`` is replaced unless the whole run succeeds (and ``force`` is set when
-    ``out_dir`` already holds files).
+    ``text_field``, ``include``, ``exclude`` and ``on_error`` say how inputs are found and read
+    (:mod:`scratchllm.data.readers`). ``clean``: run :func:`scratchllm.data.clean.clean` first
+    (normalise, filter, de-duplicate; its report is kept as ``clean-report.json``) and tokenise what
+    it keeps, so the split is made after de-duplication. Returns the ``meta.json`` contents plus
+    ``out_dir`` and ``seconds``. ``workers``: None picks the CPU count for inputs over
+    :data:`POOL_MIN_BYTES` (in-process otherwise), 0 or 1 means in-process, N >= 2 a pool of N.
+    Raises :class:`ScratchLLMError` for anything the user can fix; nothing in ``out_dir`` is
+    replaced unless the whole run succeeds (and ``force`` is set when ``out_dir`` already holds files).
     """
-    from scratchllm import __version__
-    from scratchllm.data.shards import tokenizer_fingerprint
-    from scratchllm.io import atomic_write_json, ensure_empty_dir, sha256_file
-    from scratchllm.tokenizer import Tokenizer, load_tokenizer, tokenizer_classes
+    from scratchllm.io import ensure_empty_dir
+    from scratchllm.tokenizer import Tokenizer, load_tokenizer
 
     t0 = time.perf_counter()
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
@@ -521,12 +519,90 @@ def prepare(
         raise ScratchLLMError(f"--workers must be >= 0, got {workers}")
     if chunk_bytes < 16:
         raise ScratchLLMError(f"chunk_bytes must be at least 16, got {chunk_bytes}")
+    reading = {"text_field": text_field, "include": include, "exclude": exclude, "on_error": on_error}
+    if clean is None:
+        # Check every input before touching the output directory.
+        source = None if not inputs else Inputs(inputs, ignore_dirs=[out], **reading)
+        if source is not None:
+            source.scan(progress=progress)
+        return _prepare(
+            tok,
+            source,
+            out,
+            t0=t0,
+            val_fraction=val_fraction,
+            force=force,
+            workers=workers,
+            progress=progress,
+            chunk_bytes=chunk_bytes,
+        )
 
-    # Check every input before touching the output directory.
-    sources, entries, skipped = _collect_sources(inputs, out)
-    total_bytes = sum(s.size for s in sources)
-    if len(sources) > 1:
+    from scratchllm.data.clean import clean as run_clean
+    from scratchllm.io import TMP_PREFIX, atomic_write_bytes
+
+    ensure_empty_dir(out, force=force, create=False)  # fail fast, before a long clean
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{TMP_PREFIX}clean-{os.getpid()}"
+    try:
+        report = run_clean(
+            inputs, tmp, clean, workers=workers, progress=progress, ignore_dirs=[out], **reading
+        )
+        cleaned = Inputs([tmp])
+        cleaned.scan()
+        meta = _prepare(
+            tok,
+            cleaned,
+            out,
+            t0=t0,
+            val_fraction=val_fraction,
+            force=True,
+            workers=workers,
+            progress=progress,
+            chunk_bytes=chunk_bytes,
+            extra={"clean": _clean_summary(report), "sources": report["inputs"]},
+        )
+        atomic_write_bytes(out / "clean-report.json", (tmp / "report.json").read_bytes())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _clean_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What meta.json says about the clean stage (the whole report is clean-report.json)."""
+    keys = ("documents_in", "bytes_in", "documents_kept", "bytes_kept", "removed_by_rule", "input_errors")
+    return {"report": "clean-report.json", **{k: report[k] for k in keys if k in report}}
+
+
+def _prepare(
+    tok: Tokenizer,
+    source: Inputs | None,
+    out: Path,
+    *,
+    t0: float,
+    val_fraction: float,
+    force: bool,
+    workers: int | None,
+    progress: bool,
+    chunk_bytes: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`prepare` once the inputs are validated: write the shards and meta.json."""
+    from scratchllm import __version__
+    from scratchllm.data.shards import tokenizer_fingerprint
+    from scratchllm.io import atomic_write_json, ensure_empty_dir, sha256_file
+    from scratchllm.tokenizer import tokenizer_classes
+
+    corpus = _Corpus(source)
+    total_bytes = corpus.total_bytes
+    if corpus.documents > 1:
         tok.eot_id  # noqa: B018 - raises a clear error when the tokenizer has no <|endoftext|>
+    if corpus.documents == 0:
+        raise ScratchLLMError("no documents to prepare: every input record was skipped (see --on-error)")
     dtype = token_dtype(tok.vocab_size)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if total_bytes >= POOL_MIN_BYTES else 1
@@ -538,9 +614,15 @@ def prepare(
     ensure_empty_dir(out, force=force)
     try:
         counts, unsafe_cuts = _write_shards(
-            tok, sources, out, dtype=dtype, split_byte=split_byte, chunk_bytes=chunk_bytes,
-            workers=workers, progress=progress,
-        )  # fmt: skip
+            tok,
+            corpus,
+            out,
+            dtype=dtype,
+            split_byte=split_byte,
+            chunk_bytes=chunk_bytes,
+            workers=workers,
+            progress=progress,
+        )
         for name, n in (("training", counts[False]), ("validation", counts[True])):
             if n < MIN_SPLIT_TOKENS:
                 raise ScratchLLMError(
@@ -555,6 +637,7 @@ def prepare(
         raise
 
     tok.save(out / "tokenizer.json")
+    summary = source.summary() if source is not None else {}
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "dtype": dtype,
@@ -568,15 +651,20 @@ def prepare(
         "tokenizer_file_sha256": sha256_file(out / "tokenizer.json"),
         "val_fraction": val_fraction,
         "split_byte": split_byte,
-        "documents": len(sources),
+        "documents": corpus.documents,
         "total_bytes": total_bytes,
-        "sources": entries,
-        "skipped": skipped,
+        "sources": corpus.entries,
+        "skipped": summary.get("skipped_files", []),
+        "input_errors": summary.get("input_errors", {"count": 0}),
         "chunk_bytes": chunk_bytes,
         "unsafe_cuts": unsafe_cuts,
         "text_decoding": "utf-8, BOM dropped, universal newlines",
         "created_by": f"scratchllm {__version__}",
+        **(extra or {}),
     }
+    if source is not None:
+        meta["text_field"] = source.text_field
+        meta["skipped_count"] = summary["skipped_files_count"]
     atomic_write_json(out / "meta.json", meta)
     _remove_stale_temp_files(out)
     return {**meta, "out_dir": str(out), "seconds": round(time.perf_counter() - t0, 3)}

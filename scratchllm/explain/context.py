@@ -301,29 +301,14 @@ def tiny_date_model(seed: int = 0, steps: int = 200) -> DateModel:
 
     from scratchllm.data import seq2seq as s2s
     from scratchllm.model.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-    from scratchllm.tasks.seq2seq import Seq2SeqTask
+    from scratchllm.tasks.seq2seq import Seq2SeqTask, with_seq2seq_vocabulary
     from scratchllm.tokenizer import CharTokenizer
-    from scratchllm.tokenizer.specials import SEQ2SEQ_SPECIAL_TOKENS, Seq2SeqSpecialIds, with_special_tokens
 
     pairs = [p for p in s2s.date_pairs(20_000, seed) if re.fullmatch(DATE_FORMAT, p[0])]
     train_pairs, val_pairs = pairs[:-50], pairs[-50:]
     base = CharTokenizer.train("".join(s + t for s, t in pairs), special_tokens=())
-    tok = with_special_tokens(base, SEQ2SEQ_SPECIAL_TOKENS)
-    sp = Seq2SeqSpecialIds(tok)
-    cfg = Seq2SeqConfig(
-        context_length=16,
-        n_layer=1,
-        n_head=2,
-        n_embd=64,
-        dropout=0.0,
-        label_smoothing=0.0,
-        src_vocab_size=tok.vocab_size,
-        tgt_vocab_size=tok.vocab_size,
-        pad_id=sp.pad,
-        bos_id=sp.bos,
-        eos_id=sp.eos,
-        src_pad_id=sp.pad,
-    )
+    shape = Seq2SeqConfig(context_length=16, n_layer=1, n_head=2, n_embd=64, dropout=0.0, label_smoothing=0.0)
+    tok, cfg = with_seq2seq_vocabulary(base, shape)
     torch.manual_seed(seed)
     model = Seq2SeqTransformer(cfg)
     task = Seq2SeqTask(tok, train_pairs, val_pairs, context_length=cfg.context_length, batch_size=32)

@@ -86,6 +86,26 @@ class Seq2SeqTask:
         return "\n".join(f"{s!r} -> {h!r} (reference {t!r})" for (s, t), h in zip(pairs, hyps, strict=True))
 
 
+def with_seq2seq_vocabulary(base: Tokenizer, model_config: Any) -> tuple[Tokenizer, Any]:
+    """``base`` with ``<pad> <bos> <eos>`` appended, and ``model_config`` sized for it.
+
+    Source and target share that one vocabulary; the config's pad/bos/eos ids point at the
+    appended tokens. Returns ``(tokenizer, validated config)``."""
+    tok = mlm_data.with_special_tokens(base, s2s_data.SEQ2SEQ_SPECIAL_TOKENS)
+    sp = s2s_data.Seq2SeqSpecialIds(tok)
+    model_config = replace(
+        model_config,
+        src_vocab_size=tok.vocab_size,
+        tgt_vocab_size=tok.vocab_size,
+        pad_id=sp.pad,
+        bos_id=sp.bos,
+        eos_id=sp.eos,
+        src_pad_id=sp.pad,
+    )
+    model_config.validate()
+    return tok, model_config
+
+
 def seq2seq_task(
     data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None
 ) -> TaskSpec:
@@ -106,18 +126,7 @@ def seq2seq_task(
         train_pairs, val_pairs = s2s_data.hold_out_pairs(pairs, where=str(data))
         source, alphabet = str(data), "".join(s + t for s, t in pairs)
     base = tokenizer or CharTokenizer.train(alphabet, special_tokens=())
-    tok = mlm_data.with_special_tokens(base, s2s_data.SEQ2SEQ_SPECIAL_TOKENS)
-    sp = s2s_data.Seq2SeqSpecialIds(tok)
-    model_config = replace(
-        model_config,
-        src_vocab_size=tok.vocab_size,
-        tgt_vocab_size=tok.vocab_size,
-        pad_id=sp.pad,
-        bos_id=sp.bos,
-        eos_id=sp.eos,
-        src_pad_id=sp.pad,
-    )
-    model_config.validate()
+    tok, model_config = with_seq2seq_vocabulary(base, model_config)
     task = Seq2SeqTask(
         tok,
         train_pairs,

@@ -115,12 +115,16 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
 
     A cut after ``"\\n"`` is safe when the characters on both sides of that newline are not
     whitespace: both patterns then end a pre-token at the newline and start a fresh one after it,
-    with or without the cut. Yields ``(chunk, ends_at_safe_cut)``; chunks that end at a safe cut
-    can be concatenated in any order without changing their pre-tokens. Cutting lets us count
-    repeated chunks once (corpora repeat lines a lot) and spread the regex work over processes.
-    Every such chunk starts with a non-whitespace character — except possibly the first one of
-    the text, which is therefore never marked safe when it starts with whitespace (placed after
-    another chunk's final newline, "\n" + " x" would pre-tokenise differently).
+    with or without the cut. Yields ``(chunk, joinable)``. Cutting lets us count repeated chunks
+    once (corpora repeat lines a lot) and spread the regex work over processes.
+
+    ``joinable`` chunks may be concatenated with each other, in any order, without changing their
+    pre-tokens. That needs *both* ends to be safe: the chunk ends with ``"x\\n"`` (``x`` not
+    whitespace) and it starts with a character that is not whitespace. Only the first chunk of a
+    text can start with whitespace: glued after another chunk's ``"\\n"`` it would extend that
+    newline into a whitespace run the text never had (``"\\xa0 1"`` after ``"1\\n"`` pre-tokenises
+    as ``"\\n\\xa0"``, ``" 1"`` instead of ``"\\n"`` ... ``"\\xa0"``, ``" 1"``). Such a chunk, like
+    the last one, is counted on its own.
     """
     global _WS
     if _WS is None:
@@ -132,7 +136,7 @@ def _safe_chunks(text: str) -> Iterable[tuple[str, bool]]:
         line, nxt = lines[i], lines[i + 1]
         if line and nxt and line[-1] not in ws and nxt[0] not in ws:
             chunk = "\n".join(lines[start : i + 1]) + "\n"
-            yield chunk, chunk[0] not in ws
+            yield chunk, chunk[0] not in ws  # (true for every chunk but perhaps the first)
             start = i + 1
     tail = "\n".join(lines[start:])
     if tail:
@@ -182,10 +186,11 @@ def count_words(
             if not builtin:
                 tails[doc] += 1
                 continue
-            for chunk, safe in _safe_chunks(doc):
-                (chunk_counts if safe else tails)[chunk] += 1
-    # 2. Jobs: chunks with the same multiplicity are concatenated into blobs of ~1 MB (safe-cut
-    #    chunks can be joined), tails stay alone. Sorting makes the job list deterministic.
+            for chunk, joinable in _safe_chunks(doc):
+                (chunk_counts if joinable else tails)[chunk] += 1
+    # 2. Jobs: joinable chunks with the same multiplicity are concatenated into blobs of ~1 MB,
+    #    every other chunk (a text's first chunk when it starts with whitespace, its last) stays
+    #    alone. Sorting makes the job list deterministic.
     by_mult: dict[int, list[str]] = defaultdict(list)
     for chunk, n in chunk_counts.items():
         by_mult[n].append(chunk)

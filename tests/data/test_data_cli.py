@@ -58,7 +58,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     [
         (["--input", "@missing"], "input not found"),
         (["--input", "@empty.txt"], "is empty"),
-        (["--input", "@emptydir"], "contains no non-empty UTF-8 text files"),
+        (["--input", "@emptydir"], "contains no non-empty input files"),
         (["--input", "@nul.bin"], "NUL byte at byte offset 4"),
         (["--input", "@latin1.txt"], "invalid UTF-8 byte 0xe9 at byte offset 3"),
         (["--input", "@unknown.txt"], "U+2603"),

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import regex
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from scratchllm.data import default_corpus_documents, load_shards, prepare, token_dtype, tokenizer_fingerprint
 from scratchllm.errors import ScratchLLMError
@@ -162,7 +163,9 @@ def test_error_midway_leaves_existing_output_untouched(char_tok, tmp_path):
     out = tmp_path / "out"
     prepare(char_tok, [good], out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ScratchLLMError, match=r"bad.txt is not valid UTF-8: byte 0xff at byte offset 46000"):
+    with pytest.raises(
+        ScratchLLMError, match=r"bad.txt:4001: not valid UTF-8: byte 0xff at byte offset 46000"
+    ):
         prepare(char_tok, [bad], out, progress=False, force=True, chunk_bytes=1000)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left either
 
@@ -211,7 +214,7 @@ def _newlines(s: str) -> str:
 ALPHABET = ["a", "Z", "7", ".", "'", "s", " ", "  ", "\n", "\r\n", "\r", "\t", "é", "—", "漢", "\u00a0", "!?"]
 
 
-@settings(max_examples=300, deadline=None)
+@examples(300)
 @given(st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=40))
 def test_every_safe_cut_preserves_gpt2_and_gpt4_pretokens(parts):
     """Pre-tokenising the two sides of a safe cut separately gives the whole text's pre-tokens."""
@@ -224,7 +227,7 @@ def test_every_safe_cut_preserves_gpt2_and_gpt4_pretokens(parts):
             assert pattern.findall(_newlines(left)) + pattern.findall(_newlines(right)) == whole, (text, cut)
 
 
-@settings(max_examples=200, deadline=None)
+@examples(200)
 @given(
     st.lists(st.sampled_from(ALPHABET + ["Word.\n", "word "]), min_size=1, max_size=80), st.integers(16, 40)
 )
@@ -284,7 +287,7 @@ def test_split_inside_an_unsplittable_document_moves_to_the_next(char_tok, tmp_p
     assert shards.val.tolist() == char_tok.encode("Hello.\nWorld.\n")
 
 
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(
     st.lists(
         st.lists(st.sampled_from(ALPHABET[:12] + ["Word.\n", "word "]), min_size=1, max_size=30),

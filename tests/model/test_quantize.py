@@ -88,7 +88,7 @@ def test_unknown_kernel_is_an_error():
 @pytest.fixture(scope="module")
 def trained(shared_data):
     """A char model trained for a few dozen steps on the-verdict, and its validation batch."""
-    text = (shared_data / "the-verdict.txt").read_text()
+    text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text])
     torch.manual_seed(0)

@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 import regex
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import load_tokenizer
@@ -36,7 +37,7 @@ def test_incremental_trainer_learns_the_same_merges_as_the_naive_one(shakespeare
 _small_words = st.lists(st.sampled_from(b"ab "), min_size=1, max_size=16).map(bytes)
 
 
-@settings(max_examples=150, deadline=None)
+@examples(150)
 @given(
     st.dictionaries(
         st.binary(min_size=1, max_size=8) | _small_words, st.integers(1, 50), min_size=1, max_size=30
@@ -102,15 +103,37 @@ def test_chunked_counting_matches_the_plain_regex_on_real_text(shakespeare, patt
     assert count_words([text], pattern, special_tokens=[]) == dict(expected)
 
 
-@settings(max_examples=300, deadline=None)
+def _assert_counts_what_the_regex_sees(texts: list[str]) -> None:
+    for pattern in (GPT2_PATTERN, GPT4_PATTERN):
+        expected = Counter(w.encode() for text in texts for w in regex.findall(pattern, text))
+        assert count_words(texts, pattern, special_tokens=[]) == dict(expected), pattern
+
+
+@examples(300)
 @given(st.text(alphabet=list("ab1 .'\n\r\t\u00a0\u3000é,") + ["\u2028", "\U0001f916"], max_size=60))
 def test_chunked_counting_matches_the_plain_regex_on_whitespace_heavy_text(text):
     # The newline cuts must never change a pre-token, whatever the whitespace around them.
-    for pattern in (GPT2_PATTERN, GPT4_PATTERN):
-        expected = Counter(w.encode() for w in regex.findall(pattern, text))
-        assert count_words([text, text], pattern, special_tokens=[]) == {
-            k: 2 * v for k, v in expected.items()
-        }
+    _assert_counts_what_the_regex_sees([text, text])
+
+
+@examples(150)
+@given(st.lists(st.text(alphabet=list("a1 .\n\t\u00a0"), max_size=30), min_size=1, max_size=5))
+def test_chunked_counting_matches_the_plain_regex_on_several_documents(texts):
+    # Chunks of different documents are joined into one blob when they repeat equally often.
+    _assert_counts_what_the_regex_sees(texts)
+
+
+def test_a_text_starting_with_whitespace_is_not_glued_after_another_chunk():
+    """Issue 13, item 1: the example hypothesis found on a fresh clone.
+
+    ``"\xa0 1\n"`` (the text's first chunk) was joined after ``"1\n"`` for counting, and GPT-2's
+    pattern then saw ``"\n\xa0"`` — a whitespace run that does not exist in the text.
+    """
+    text = "\xa0 1\n1\n1"
+    words = count_words([text, text], GPT2_PATTERN, special_tokens=[])
+    assert words == {b"\xc2\xa0": 2, b" 1": 2, b"\n": 4, b"1": 4}
+    assert b"\n\xc2\xa0" not in words
+    _assert_counts_what_the_regex_sees([text, text])
 
 
 def test_custom_pattern(verdict):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +22,12 @@ def _error_line(capsys) -> str:
 
 
 @pytest.fixture
-def corpus(tmp_path, verdict):
-    path = tmp_path / "verdict.txt"
-    path.write_text(verdict, encoding="utf-8")
+def corpus(tmp_path):
+    """About 100 KB of English prose from the embedded corpus (no ../shared needed)."""
+    from scratchllm.data import default_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(default_corpus()[:100_000], encoding="utf-8")
     return path
 
 
@@ -96,9 +101,10 @@ def _bad_input(tmp_path, name: str, data: bytes):
     [
         (lambda d: d / "missing.txt", "not found"),
         (lambda d: _bad_input(d, "empty.txt", b""), "is empty"),
-        (lambda d: _bad_input(d, "model.bin", b"GPT\x00\x01\x02weights"), "looks binary"),
-        (lambda d: _bad_input(d, "latin1.txt", "café".encode("latin-1")), "not valid UTF-8"),
-        (lambda d: d, "contains no *.txt"),
+        (lambda d: _bad_input(d, "model.bin", b"GPT\x00\x01\x02weights"), "NUL byte at byte offset 3"),
+        (lambda d: _bad_input(d, "latin1.txt", "café".encode("latin-1")), "invalid UTF-8 byte 0xe9"),
+        (lambda d: d, "contains no non-empty input files"),
+        (lambda d: _bad_input(d, "bad.jsonl", b'{"text": "ok"}\nnot json\n'), "bad.jsonl:2: not JSON"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, make_input, message):
@@ -132,16 +138,29 @@ def test_decode_bad_ids(gpt2_files, capsys):
     assert "outside" in _error_line(capsys)
 
 
-def test_tokenizer_command_does_not_import_torch(tmp_path, corpus, gpt2_files):
+def test_tokenizer_command_does_not_import_torch(tmp_path, corpus):
+    # Neither torch nor the optional readers' libraries (pyarrow, zstandard) for plain text.
     out = tmp_path / "tok.json"
     code = (
         "import sys\n"
         "from scratchllm.cli.main import main\n"
         f"assert main(['tokenizer', 'train', '--input', {str(corpus)!r}, '--out', {str(out)!r}, "
         "'--vocab-size', '300', '--quiet']) == 0\n"
-        f"assert main(['tokenizer', 'show', '--tokenizer', {str(gpt2_files)!r}, '--text', 'hi']) == 0\n"
+        f"assert main(['tokenizer', 'show', '--tokenizer', {str(out)!r}, '--text', 'hi']) == 0\n"
         f"assert main(['tokenizer', 'encode', '--tokenizer', {str(out)!r}, '--text', 'hi']) == 0\n"
-        "assert 'torch' not in sys.modules, 'scratchllm tokenizer must not import torch'\n"
+        f"assert main(['tokenizer', 'decode', '--tokenizer', {str(out)!r}, '--ids', '104']) == 0\n"
+        "for heavy in ('torch', 'pyarrow', 'zstandard', 'numpy'):\n"
+        "    assert heavy not in sys.modules, f'scratchllm tokenizer must not import {heavy}'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_show_gpt2_without_torch(gpt2_files):
+    code = (
+        "import sys\nfrom scratchllm.cli.main import main\n"
+        f"assert main(['tokenizer', 'show', '--tokenizer', {str(gpt2_files)!r}, '--text', 'hi']) == 0\n"
+        "assert 'torch' not in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -154,3 +173,36 @@ def test_cli_training_is_byte_identical_for_any_worker_count(tmp_path, corpus):
         args = ["--input", str(corpus), str(corpus), "--out", str(outs[-1]), "--workers", workers, "--quiet"]
         assert main(["tokenizer", "train", "--vocab-size", "700", "--pattern", "gpt4", *args]) == 0
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/guide/tokenizer.md"])
+def test_documented_encode_json_is_what_the_command_prints(doc, gpt2_files, capsys):
+    """Issue 13.11: the docs showed a list where --json prints an object; they must agree."""
+    lines = [
+        line
+        for line in (ROOT / doc).read_text(encoding="utf-8").splitlines()
+        if "tokenizer encode" in line and "--json" in line
+    ]
+    assert lines, f"{doc} has no 'tokenizer encode ... --json' example"
+    for line in lines:
+        command, _, shown = line.partition("#")
+        args = shlex.split(command)[1:]  # drop "scratchllm"
+        args[args.index("--tokenizer") + 1] = str(gpt2_files)
+        assert main(args) == 0
+        assert json.loads(capsys.readouterr().out) == json.loads(shown.strip())
+
+
+def test_encode_and_decode_json_schema(tmp_path, corpus, capsys):
+    """--json is a stable object: encode {"ids", "count"}, decode {"text", "count"}."""
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--kind", "char", "--input", str(corpus), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "hello", "--json"]) == 0
+    encoded = json.loads(capsys.readouterr().out)
+    assert set(encoded) == {"ids", "count"} and encoded["count"] == len(encoded["ids"]) == 5
+    ids = ",".join(map(str, encoded["ids"]))
+    assert main(["tokenizer", "decode", "--tokenizer", str(out), "--ids", ids, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"text": "hello", "count": 5}

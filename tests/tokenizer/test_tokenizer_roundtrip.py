@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from scratchllm.tokenizer import CharTokenizer
 from scratchllm.tokenizer.bpe import clean_text
@@ -53,7 +54,7 @@ def test_unicode_stress_set_round_trips_in_every_kind(bpe):
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=300, deadline=None)
+@examples(300)
 @given(text=st.text(max_size=80))
 def test_bpe_round_trip_and_encoder_parity_on_arbitrary_text(small_bpe, gpt2_tok, text):
     for tok in (small_bpe, gpt2_tok):
@@ -62,7 +63,7 @@ def test_bpe_round_trip_and_encoder_parity_on_arbitrary_text(small_bpe, gpt2_tok
         assert tok.encode_reference(text) == ids
 
 
-@settings(max_examples=200, deadline=None)
+@examples(200)
 @given(
     text=st.text(
         alphabet=st.characters(codec="utf-8", categories=["So", "Mn", "Zs", "Cc", "Lo"]), max_size=40
@@ -75,14 +76,14 @@ def test_bpe_round_trip_on_emoji_marks_and_controls(small_bpe_gpt4, gpt2_tok, te
         assert tok.encode_reference(text) == ids
 
 
-@settings(max_examples=200, deadline=None)
+@examples(200)
 @given(text=st.text(max_size=60))
 def test_char_round_trip_on_its_vocabulary(text):
     tok = CharTokenizer.train(text + "x")  # any text is in the vocabulary of a tokenizer trained on it
     assert tok.decode(tok.encode(text)) == text
 
 
-@settings(max_examples=200, deadline=None)
+@examples(200)
 @given(data=st.binary(max_size=40))
 def test_surrogateescape_text_is_cleaned_the_same_way_by_both_encoders(gpt2_tok, data):
     # Lone surrogates cannot be UTF-8 encoded: both encoders replace them with U+FFFD (tiktoken's
