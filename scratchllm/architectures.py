@@ -61,6 +61,12 @@ class Architecture:
     is_classifier: bool = False
     #: it carries LoRA adapters that ``scratchllm lora merge`` can fold in.
     has_lora: bool = False
+    #: pretrained by masked-token prediction (+ next-sentence prediction): ``fill-mask``; ``eval``
+    #: reports masked-token and NSP accuracy.
+    masked_lm: bool = False
+    #: maps a source text to a target text (encoder-decoder): ``translate``; ``eval`` decodes and
+    #: reports exact match, character error rate and BLEU.
+    translates: bool = False
     #: the preset ``scratchllm train --arch NAME`` uses without ``--preset`` (laptop-sized).
     default_preset: str | None = None
 
@@ -92,6 +98,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             default_preset="bert-small",
             family="bert",
             classifier_base=True,
+            masked_lm=True,
         ),
         Architecture(
             "seq2seq",
@@ -102,6 +109,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             task=seq2seq_task,
             default_preset="seq2seq-small",
             family="seq2seq",
+            translates=True,
         ),
         Architecture(
             "gpt-lora",

@@ -130,6 +130,26 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ScratchLLMError(f"{what} {path} is not valid JSON ({err})") from None
 
 
+def read_json_records(path: str | os.PathLike, what: str = "file") -> list[Any]:
+    """The values of a JSON file holding a list (its text starts with ``[``) or of a JSON Lines
+    file (one value per non-blank line); errors name the file and, for JSON Lines, the line."""
+    path = Path(path)
+    raw = read_text(path, what)
+    if raw.lstrip().startswith("["):
+        try:
+            return list(json.loads(raw))
+        except json.JSONDecodeError as err:
+            raise ScratchLLMError(f"{path} is not valid JSON ({err})") from None
+    records = []
+    for n, line in enumerate(raw.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ScratchLLMError(f"{path} line {n} is not valid JSON ({err.msg})") from None
+    return records
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so memory stays flat."""
     h = hashlib.sha256()

@@ -34,7 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "show a model's parameters, memory, FLOPs and layer table"),
     "train": ("train", "pretrain a model (GPT, BERT, seq2seq) on prepared data"),
     "generate": ("generate", "generate text from a trained model or a Hugging Face GPT-2 directory"),
-    "eval": ("eval", "evaluate a model: loss, perplexity, speed, memory"),
+    "eval": ("eval", "evaluate any model: the metrics that fit it, prompting, robustness, speed, memory"),
     "convert": ("convert", "import/export GPT-2 weights in the Hugging Face format"),
     "finetune": ("finetune", "fine-tune a model: classification or instruction following (LoRA too)"),
     "classify": ("classify", "classify text with a fine-tuned classifier"),

@@ -23,7 +23,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,62 @@ def make_splits(
 
 def label_counts(examples: Sequence[Example]) -> dict[str, int]:
     return dict(sorted(Counter(e.label for e in examples).items()))
+
+
+@dataclass
+class ClassificationData:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    labels: list[str]
+    #: how the splits were made, saved in config.json (so --resume can check it is the same data)
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_classification_data(
+    train: str | Path,
+    *,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    split: str = "0.7,0.1,0.2",
+    text_column: str = "text",
+    label_column: str = "label",
+    balance: bool = False,
+    seed: int = 0,
+) -> ClassificationData:
+    """Read the labelled files and produce train/val/test splits.
+
+    With only ``train`` given, that file is (balanced, then) shuffled and cut by ``split`` — the
+    book's 70/10/20 by default. With ``val``/``test`` files, the training file is used whole and
+    ``balance`` applies to it alone.
+    """
+    tr, va, te, description = make_splits(
+        lambda p: read_labelled_file(p, text_column=text_column, label_column=label_column),
+        train,
+        val=val,
+        test=test,
+        split=split,
+        seed=seed,
+        prepare=(lambda rows: balance_undersample(rows, seed=seed)) if balance else None,
+    )
+    if val is None and test is None and not va:
+        raise ScratchLLMError(f"the split {split} leaves no validation rows; use a bigger val fraction")
+    labels = label_names(tr)
+    check_labels(va, labels, where=f"val file {val}" if val else "val split")
+    check_labels(te, labels, where=f"test file {test}" if test else "test split")
+    return ClassificationData(
+        tr,
+        va,
+        te,
+        labels,
+        {
+            **description,
+            "balance": balance,
+            "text_column": text_column,
+            "label_column": label_column,
+            "counts": {"train": label_counts(tr), "val": label_counts(va), "test": label_counts(te)},
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- encoding, batching

@@ -19,6 +19,7 @@ releases), and :data:`DEFAULT_CORPUS_NAME` says where the text came from.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
 
@@ -48,3 +49,29 @@ def default_corpus_documents() -> list[str]:
 def default_corpus() -> str:
     """The embedded corpus as one string (documents joined by a blank line)."""
     return _SEPARATOR.join(default_corpus_documents()) + "\n"
+
+
+def read_text_data(data: str | Path, *, what: str) -> tuple[str, str]:
+    """``--data`` as text: ``default`` (the embedded corpus), a text file, or a directory of ``*.txt``.
+
+    Returns ``(text, description of the source)``. Prepared token shards are refused with a hint:
+    models that read sentences (BERT) need the text itself.
+    """
+    from scratchllm.io import read_text
+
+    if str(data) == "default":
+        return default_corpus(), "default corpus"
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            if (path / "train.bin").is_file():
+                raise ScratchLLMError(
+                    f"{path} holds prepared token shards; {what} needs sentences, so give the text file "
+                    "itself (or --data default)"
+                )
+            raise ScratchLLMError(f"no .txt files in {path}; give a text file or --data default")
+        return "\n\n".join(read_text(f, "training text") for f in files), str(path)
+    if not path.exists():
+        raise ScratchLLMError(f"training text not found: {path} (give a .txt file, a directory or 'default')")
+    return read_text(path, "training text"), str(path)

@@ -29,12 +29,12 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.io import read_text
+from scratchllm.io import read_json_records
 
 IGNORE_INDEX = -100
 
@@ -144,20 +144,7 @@ def load_instruction_records(path: str | Path) -> list[dict[str, str]]:
     optional (missing or ``""`` means none).
     """
     path = Path(path)
-    raw = read_text(path, "instruction data file")
-    if raw.lstrip().startswith("["):
-        try:
-            records = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ScratchLLMError(f"{path} is not valid JSON ({err})") from None
-    else:
-        records = []
-        for n, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ScratchLLMError(f"{path} line {n} is not valid JSON ({err.msg})") from None
+    records = read_json_records(path, "instruction data file")
     if not records:
         raise ScratchLLMError(f"{path} holds no records")
     out = []
@@ -244,3 +231,39 @@ def template_of(config: Mapping[str, Any]) -> PromptTemplate:
     """The prompt template a run was trained with (``config.json``), or Alpaca for other models."""
     info = config.get("finetune") or {}
     return get_template(info.get("template")) if info.get("template") else get_template(None)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass
+class InstructionData:
+    train: list[dict[str, str]]
+    val: list[dict[str, str]]
+    test: list[dict[str, str]]
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_instruction_data(
+    train: str | Path,
+    *,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    split: str = "0.85,0.05,0.1",
+    seed: int = 0,
+) -> InstructionData:
+    """Records for train/val/test: three files, or one file shuffled (``seed``) and cut by ``split``."""
+    from scratchllm.data.classification import make_splits
+
+    tr, va, te, description = make_splits(
+        load_instruction_records, train, val=val, test=test, split=split, seed=seed
+    )
+    return InstructionData(
+        tr,
+        va,
+        te,
+        {
+            **description,
+            "counts": {"train": len(tr), "val": len(va), "test": len(te)},
+        },
+    )

@@ -21,6 +21,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.specials import (  # noqa: F401  (re-exported: the data's vocabulary)
@@ -49,6 +50,18 @@ def split_documents(text: str) -> list[list[str]]:
         if sentences:
             docs.append(sentences)
     return docs
+
+
+def split_documents_for_eval(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Hold out ~10 % of the documents (at least one) for evaluation; split sentences if only one."""
+    if len(docs) == 1:
+        sents = docs[0]
+        cut = max(2, len(sents) // 10)
+        return [sents[:-cut]], [sents[-cut:]]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, len(docs) // 10)
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
 
 
 # ----------------------------------------------------------------------------- masking
@@ -182,6 +195,44 @@ class PretrainingExamples:
             raise ScratchLLMError("no sentences found in the BERT training text")
         self.special, self.vocab_size, self.context_length = special, vocab_size, context_length
         self.mlm, self.nsp, self.mask_prob = mlm, nsp, mask_prob
+
+    @classmethod
+    def from_text(
+        cls,
+        documents: Sequence[Sequence[str]],
+        tokenizer: Any,
+        *,
+        context_length: int,
+        mlm: bool = True,
+        nsp: bool = True,
+        mask_prob: float = 0.15,
+        whole_word_mask: bool = False,
+    ) -> PretrainingExamples:
+        """Examples from documents of sentence *strings*, encoded with ``tokenizer`` (which must hold
+        BERT's special tokens: :func:`with_special_tokens`) — the one way training and ``eval`` build
+        them, so both mask alike. Random replacements draw from ordinary tokens only (never
+        ``[MASK]``, ``[PAD]``, ``<|endoftext|>``...); ``whole_word_mask`` masks whole words
+        (needs a tokenizer with ``encode_words``)."""
+        specials = set(tokenizer.special_tokens.values())
+        random_ids = [i for i in range(tokenizer.vocab_size) if i not in specials]
+        starts = None
+        if whole_word_mask:
+            flagged = [[word_start_flags(tokenizer.encode_words(s)) for s in doc] for doc in documents]
+            ids = [[i for i, _ in doc] for doc in flagged]
+            starts = [[f for _, f in doc] for doc in flagged]
+        else:
+            ids = [[tokenizer.encode(s) for s in doc] for doc in documents]
+        return cls(
+            ids,
+            special=BertSpecialIds.of(tokenizer),
+            vocab_size=tokenizer.vocab_size,
+            context_length=context_length,
+            mlm=mlm,
+            nsp=nsp,
+            mask_prob=mask_prob,
+            word_starts=starts,
+            random_ids=random_ids,
+        )
 
     def _sentence(self, d: int, s: int) -> tuple[list[int], list[bool]]:
         """Token ids of one sentence and, with whole-word masking, its word-start flags."""

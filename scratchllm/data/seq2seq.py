@@ -62,6 +62,22 @@ def read_parallel_tsv(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def hold_out_pairs(
+    pairs: Sequence[tuple[str, str]], *, where: str = "the data"
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(train, held_out)``: the pairs shuffled with seed 0, 10 % of them (1 to 500) held out.
+
+    ``train --arch seq2seq`` validates on the held-out part, and ``eval`` scores that same part
+    when given the run's own training file.
+    """
+    if len(pairs) < 2:
+        raise ScratchLLMError(f"{where} needs at least 2 pairs (one is held out for evaluation)")
+    shuffled = list(pairs)
+    random.Random(0).shuffle(shuffled)
+    n_val = max(1, min(500, len(shuffled) // 10))
+    return shuffled[n_val:], shuffled[:n_val]
+
+
 # ----------------------------------------------------------------------------- the date task
 
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,9 +38,10 @@ def evaluate_mlm(
     max_batches: int,
     mlm: bool = True,
     nsp: bool = True,
+    progress: Callable[[Any], Any] | None = None,
 ) -> dict[str, float]:
     """``val_loss`` (MLM + NSP), ``perplexity`` (of the MLM loss), ``masked_token_accuracy`` and
-    ``nsp_accuracy`` on ``max_batches`` held-out batches.
+    ``nsp_accuracy`` on ``max_batches`` held-out batches (and ``tokens``: how many it read).
 
     Batch ``i`` is drawn from a generator seeded with ``"val/i"``: the same positions are masked
     and the same sentence pairs made every time, so two checkpoints are scored on the same exercise
@@ -49,9 +51,12 @@ def evaluate_mlm(
     model.eval()
     device = model_device(model)
     sums = {"loss": 0.0, "mlm_nll": 0.0, "masked": 0.0, "mlm_correct": 0.0, "nsp_correct": 0.0, "n": 0}
+    tokens = 0
     try:
-        for i in range(max_batches):
+        steps = range(max_batches)
+        for i in progress(steps) if progress else steps:
             batch = mlm_batch(examples, batch_size, random.Random(f"val/{i}"))
+            tokens += int(batch["attention_mask"].sum())
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, m = bert_forward(model, batch, mlm=mlm, nsp=nsp)
             n_masked = m.get("n_masked", 0.0)
@@ -64,7 +69,7 @@ def evaluate_mlm(
     finally:
         model.train(was_training)
     n = max(sums["n"], 1)
-    out = {"val_loss": sums["loss"] / n}
+    out = {"val_loss": sums["loss"] / n, "tokens": tokens}
     if mlm and sums["masked"]:
         out["perplexity"] = math.exp(min(sums["mlm_nll"] / sums["masked"], 50.0))
         out["masked_token_accuracy"] = sums["mlm_correct"] / sums["masked"]

@@ -9,10 +9,25 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.data.batches import fixed_batches
-from scratchllm.data.classification import EncodedExample, collate_classification
+from scratchllm.data.classification import EncodedExample, Example, collate_classification, encode_examples
 from scratchllm.device import model_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluate.metrics import classification_metrics
+
+
+def encode_for_classifier(
+    examples: Sequence[Example], tokenizer: Any, labels: Sequence[str], fmt: Any, *, max_length: int
+) -> tuple[list[EncodedExample], int]:
+    """:func:`~scratchllm.data.classification.encode_examples`, each row then wrapped in the model's
+    :class:`~scratchllm.model.finetuned.TextFormat` (``fmt``: ``[CLS] ... [SEP]`` for a BERT).
+
+    ``max_length`` is the room for the text itself (the context length minus ``fmt.extra``).
+    Returns the examples and how many texts were truncated.
+    """
+    if max_length < 1:
+        raise ScratchLLMError(f"--max-length leaves no room for text (the model adds {fmt.extra} tokens)")
+    enc, truncated = encode_examples(examples, tokenizer, labels, max_length=max_length)
+    return [EncodedExample(fmt.wrap(e.ids), e.label) for e in enc], truncated
 
 
 @torch.no_grad()

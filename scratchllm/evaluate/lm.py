@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -131,3 +132,90 @@ def response_loss(
         count += int((targets != -100).sum())
     model.train(was_training)
     return total / max(count, 1)
+
+
+# ------------------------------------------------------------------------- log-likelihood of continuations
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """How likely a language model finds ``continuation`` right after ``context``.
+
+    ``logprob`` is ``sum_i log p(cont_i | context, cont_<i)`` in nats, over ``tokens`` tokens;
+    ``greedy`` says whether greedy decoding would have produced exactly this continuation (every
+    token was the arg-max); ``dropped`` counts context tokens cut from the left to fit the window,
+    ``read`` the tokens the model read for it.
+    """
+
+    logprob: float
+    tokens: int
+    greedy: bool
+    dropped: int = 0
+    read: int = 0
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: Any,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[Any], Any] | None = None,
+) -> list[ContinuationScore]:
+    """Score ``(context_ids, continuation_ids)`` pairs with a next-token language model.
+
+    This is the one primitive behind zero-/few-shot classification and multiple choice (and what
+    lm-evaluation-harness calls ``loglikelihood``): run ``context + continuation`` through the
+    model once and add up the log-probabilities it gave each continuation token at the position
+    before it. A row longer than the context window keeps its *last* ``context_length + 1`` tokens
+    (the continuation always survives; the start of the context goes). Rows are right-padded —
+    harmless under causal attention, where no real position can see the padding after it — and the
+    log-softmax is taken only at the continuation positions, so a large vocabulary costs little.
+    """
+    from scratchllm.data.batches import fixed_batches
+    from scratchllm.device import model_device
+    from scratchllm.errors import ScratchLLMError
+
+    ctx = model.config.context_length
+    rows: list[tuple[list[int], int, int]] = []  # (ids, continuation length, dropped)
+    for n, (context, cont) in enumerate(requests, start=1):
+        if not context or not cont:
+            raise ScratchLLMError(f"request {n}: both the context and the continuation need a token")
+        if len(cont) > ctx:
+            raise ScratchLLMError(
+                f"request {n}: the continuation has {len(cont)} tokens, more than the model's "
+                f"context_length {ctx}"
+            )
+        ids = [*context, *cont]
+        dropped = max(0, len(ids) - (ctx + 1))
+        rows.append((ids[dropped:], len(cont), dropped))
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    out: list[ContinuationScore] = []
+    try:
+        batches = fixed_batches(rows, batch_size)
+        for chunk in progress(batches) if progress else batches:
+            T = max(len(ids) for ids, _, _ in chunk) - 1
+            x = torch.zeros((len(chunk), T), dtype=torch.long)
+            r_idx, c_idx, targets = [], [], []
+            for b, (ids, k, _) in enumerate(chunk):
+                n = len(ids) - 1  # inputs ids[:-1]; position t predicts ids[t + 1]
+                x[b, :n] = torch.tensor(ids[:-1], dtype=torch.long)
+                r_idx += [b] * k
+                c_idx += range(n - k, n)
+                targets += ids[-k:]
+            logits = model(x.to(device))
+            picked = logits[torch.tensor(r_idx, device=device), torch.tensor(c_idx, device=device)]
+            logp = picked.float().log_softmax(-1)
+            tgt = torch.tensor(targets, device=device)
+            token_lp = logp.gather(1, tgt[:, None])[:, 0].double().tolist()
+            hits = (logp.argmax(-1) == tgt).tolist()
+            pos = 0
+            for ids, k, dropped in chunk:
+                lp, greedy = sum(token_lp[pos : pos + k]), all(hits[pos : pos + k])
+                out.append(ContinuationScore(lp, k, greedy, dropped, len(ids) - 1))
+                pos += k
+    finally:
+        model.train(was_training)
+    return out

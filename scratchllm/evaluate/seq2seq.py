@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -71,6 +71,7 @@ def evaluate_seq2seq(
     max_decode_len: int | None = None,
     max_len: int | None = None,
     beam: int = 1,
+    progress: Callable[[Any], Any] | None = None,
 ) -> dict[str, float]:
     """``val_loss`` and ``perplexity`` on the reference targets, then ``exact_match``, ``cer`` and
     ``bleu`` (character BLEU for a char tokenizer) of the model's own greedy (or beam) outputs for
@@ -85,9 +86,14 @@ def evaluate_seq2seq(
         encoded = s2s_data.encode_pairs(pairs, tokenizer, max_len=max_len or m.config.context_length)
         loss = reference_loss(m, tokenizer, encoded, batch_size=batch_size, max_examples=max_loss_examples)
         chosen = list(pairs)[:max_decode_examples]
-        hyps = translate(
-            m, tokenizer, [s for s, _ in chosen], beam=beam, batch_size=256, max_len=max_decode_len
-        )
+        sources = [s for s, _ in chosen]
+        # Decoded 256 sources at a time (``progress`` wraps that loop): the batches translate makes.
+        chunks = [sources[i : i + 256] for i in range(0, len(sources), 256)]
+        hyps = [
+            h
+            for chunk in (progress(chunks) if progress else chunks)
+            for h in translate(m, tokenizer, chunk, beam=beam, batch_size=256, max_len=max_decode_len)
+        ]
     finally:
         model.train(was_training)
     return {

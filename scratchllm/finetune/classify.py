@@ -18,14 +18,13 @@ The recipe of the book's chapter 6 (spam vs. ham), generalised to any labelled f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scratchllm.data.classification import EncodedExample, Example, encode_examples
 from scratchllm.errors import ScratchLLMError
-from scratchllm.evaluate.classify import evaluate_classifier
+from scratchllm.evaluate.classify import encode_for_classifier, evaluate_classifier
 from scratchllm.finetune.common import METRICS_FILE, FinetuneKind, progress_bars, run_finetune
 from scratchllm.tasks.classify import ClassificationData, ClassificationTask
 
@@ -86,7 +85,8 @@ def finetune_classify(
         ctx = model.config.context_length
         max_len = min(max_length or ctx, ctx) - fmt.extra  # room for [CLS]/[SEP] where the model wants them
         splits = [
-            _encode(rows, tokenizer, data.labels, max_len, fmt) for rows in (data.train, data.val, data.test)
+            encode_for_classifier(rows, tokenizer, data.labels, fmt, max_length=max_len)
+            for rows in (data.train, data.val, data.test)
         ]
         truncated = sum(n for _, n in splits)
         if truncated:
@@ -155,13 +155,3 @@ def finetune_classify(
         out.adapter,
         out.train_result,
     )
-
-
-def _encode(
-    examples: Sequence[Example], tokenizer: Any, labels: Sequence[str], max_len: int, fmt: Any
-) -> tuple[list[EncodedExample], int]:
-    """:func:`encode_examples`, each row then wrapped in the model's ``TextFormat``."""
-    if max_len < 1:
-        raise ScratchLLMError(f"--max-length leaves no room for text (the model adds {fmt.extra} tokens)")
-    enc, truncated = encode_examples(examples, tokenizer, labels, max_length=max_len)
-    return [EncodedExample(fmt.wrap(e.ids), e.label) for e in enc], truncated

@@ -28,10 +28,9 @@ from typing import Any
 
 from scratchllm.data.instruction import PromptTemplate, encode_instructions, get_template
 from scratchllm.errors import ScratchLLMError
+from scratchllm.evaluate.instruct import evaluate_instructions
 from scratchllm.evaluate.lm import response_loss
-from scratchllm.evaluate.metrics import text_metrics
 from scratchllm.finetune.common import METRICS_FILE, FinetuneKind, progress_bars, run_finetune
-from scratchllm.generate.engine import generate_responses
 from scratchllm.io import atomic_write_json
 from scratchllm.tasks.instruct import InstructionData, InstructionTask
 
@@ -138,29 +137,19 @@ def finetune_instruct(
             )
             out["val"] = {"response_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if data.test:
-            test: dict[str, Any] = {}
-            if task.test:
-                loss = response_loss(
-                    model,
-                    task.test,
-                    pad_id=task.pad_id,
-                    batch_size=task.batch_size,
-                    progress=bar("test loss"),
-                )
-                test = {"response_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-            prompts = [task.template.format(r["instruction"], r["input"]) for r in data.test]
-            replies = generate_responses(
+            test, replies = evaluate_instructions(
                 model,
                 tokenizer,
-                prompts,
-                max_new_tokens=max_new_tokens,
+                data.test,
+                task.template,
                 batch_size=task.batch_size,
-                progress=bar("generate"),
+                max_new_tokens=max_new_tokens,
+                encoded=task.test,
+                progress=lambda desc: bar("test loss" if desc == "loss" else desc),
             )
             path = run_dir / RESPONSES_FILE
             atomic_write_json(path, [{**r, "model_response": m} for r, m in zip(data.test, replies)])
             responses.append(path)
-            test.update(text_metrics(replies, [r["output"] for r in data.test]))
             out["test"] = test
         return out
 

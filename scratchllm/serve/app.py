@@ -67,6 +67,7 @@ from scratchllm.serve.schemas import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
 )
 
 log = logging.getLogger("scratchllm.serve")
@@ -391,6 +392,23 @@ def create_app(state: AppState) -> FastAPI:
         else:
             ids = served.tokenizer.encode(body.prompt)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.engine.context_length}
+
+    @app.get("/tokenizer_info", response_model=TokenizerInfo, responses=error_responses)
+    async def tokenizer_info() -> dict[str, Any]:
+        """What a remote-tokenizer client (lm-evaluation-harness's ``local-completions``) needs."""
+        served = state.ready()
+        tok = served.tokenizer
+        eot = tok.special_tokens.get("<|endoftext|>")
+        return {
+            "kind": getattr(tok, "kind", type(tok).__name__),
+            "vocab_size": tok.vocab_size,
+            "eos_token": None if eot is None else "<|endoftext|>",
+            "eos_token_id": eot,
+            "bos_token": None,
+            "pad_token": None,
+            "special_tokens": dict(tok.special_tokens),
+            "max_model_len": served.engine.context_length,
+        }
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=error_responses)
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:

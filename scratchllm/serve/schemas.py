@@ -220,6 +220,9 @@ class TokenizeRequest(Strict):
     model: Text | None = None
     prompt: Text | None = None
     messages: list[ChatMessage] | None = None
+    #: accepted for vLLM / lm-evaluation-harness compatibility; scratchllm tokenizers add no BOS or
+    #: other tokens of their own, so both values give the same ids.
+    add_special_tokens: bool | None = None
 
     @model_validator(mode="after")
     def _one(self) -> TokenizeRequest:
@@ -361,3 +364,14 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    kind: str
+    vocab_size: int
+    eos_token: str | None
+    eos_token_id: int | None
+    bos_token: str | None
+    pad_token: str | None
+    special_tokens: dict[str, int]
+    max_model_len: int

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from scratchllm.data.corpus import read_text_data  # noqa: F401  (re-exported for the task factories)
 from scratchllm.errors import ScratchLLMError
 
 if TYPE_CHECKING:
@@ -70,30 +70,3 @@ def train_context(model_config: Any, train_config: Any) -> int:
             f"train context_length {ctx} exceeds the model's context_length {model_config.context_length}"
         )
     return ctx
-
-
-def read_text_data(data: str | Path, *, what: str) -> tuple[str, str]:
-    """``--data`` as text: ``default`` (the embedded corpus), a text file, or a directory of ``*.txt``.
-
-    Returns ``(text, description of the source)``. Prepared token shards are refused with a hint:
-    models that read sentences (BERT) need the text itself.
-    """
-    from scratchllm.data.corpus import default_corpus
-    from scratchllm.io import read_text
-
-    if str(data) == "default":
-        return default_corpus(), "default corpus"
-    path = Path(data)
-    if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            if (path / "train.bin").is_file():
-                raise ScratchLLMError(
-                    f"{path} holds prepared token shards; {what} needs sentences, so give the text file "
-                    "itself (or --data default)"
-                )
-            raise ScratchLLMError(f"no .txt files in {path}; give a text file or --data default")
-        return "\n\n".join(read_text(f, "training text") for f in files), str(path)
-    if not path.exists():
-        raise ScratchLLMError(f"training text not found: {path} (give a .txt file, a directory or 'default')")
-    return read_text(path, "training text"), str(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -42,30 +41,16 @@ class BertPretrainingTask:
         self.tokenizer, self.batch_size = tokenizer, batch_size
         self.special = mlm_data.BertSpecialIds.of(tokenizer)
         self.mlm, self.nsp = mlm, nsp
-        # Random replacements are ordinary tokens: never [MASK], [PAD], <|endoftext|>, <|unk|>...
-        specials = set(tokenizer.special_tokens.values())
-        random_ids = [i for i in range(tokenizer.vocab_size) if i not in specials]
 
         def examples(docs: list[list[str]]) -> mlm_data.PretrainingExamples:
-            starts = None
-            if whole_word_mask:
-                flagged = [
-                    [mlm_data.word_start_flags(tokenizer.encode_words(s)) for s in doc] for doc in docs
-                ]
-                ids = [[i for i, _ in doc] for doc in flagged]
-                starts = [[f for _, f in doc] for doc in flagged]
-            else:
-                ids = [[tokenizer.encode(s) for s in doc] for doc in docs]
-            return mlm_data.PretrainingExamples(
-                ids,
-                special=self.special,
-                vocab_size=tokenizer.vocab_size,
+            return mlm_data.PretrainingExamples.from_text(
+                docs,
+                tokenizer,
                 context_length=context_length,
                 mlm=mlm,
                 nsp=nsp,
                 mask_prob=mask_prob,
-                word_starts=starts,
-                random_ids=random_ids,
+                whole_word_mask=whole_word_mask,
             )
 
         self.train_examples, self.val_examples = examples(train_docs), examples(val_docs)
@@ -119,18 +104,6 @@ class BertPretrainingTask:
         return f"masked: {dec(masked)}\nfilled: {dec(ids[1:-1])}\nreal:   {dec(sentence)}"
 
 
-def split_documents_for_eval(docs: list[list[str]], seed: int) -> tuple[list[list[str]], list[list[str]]]:
-    """Hold out ~10 % of the documents (at least one) for evaluation; split sentences if only one."""
-    if len(docs) == 1:
-        sents = docs[0]
-        cut = max(2, len(sents) // 10)
-        return [sents[:-cut]], [sents[-cut:]]
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, len(docs) // 10)
-    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
-
-
 def bert_task(
     data: str | Path, model_config: Any, cfg: Any, *, tokenizer: Tokenizer | None = None
 ) -> TaskSpec:
@@ -146,7 +119,7 @@ def bert_task(
     docs = mlm_data.split_documents(text)
     tok = mlm_data.with_special_tokens(tokenizer or CharTokenizer.train(text), mlm_data.BERT_SPECIAL_TOKENS)
     model_config = replace(model_config, vocab_size=tok.vocab_size)
-    train_docs, val_docs = split_documents_for_eval(docs, seed=0)
+    train_docs, val_docs = mlm_data.split_documents_for_eval(docs, seed=0)
     task = BertPretrainingTask(
         tok,
         train_docs,

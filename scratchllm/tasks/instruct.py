@@ -9,50 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from scratchllm.data.batches import EpochBatches
-from scratchllm.data.classification import make_splits
-from scratchllm.data.instruction import EncodedInstruction, collate_instruction, load_instruction_records
+from scratchllm.data.instruction import (  # noqa: F401  (InstructionData, load_instruction_data: re-exported)
+    EncodedInstruction,
+    InstructionData,
+    collate_instruction,
+    load_instruction_data,
+)
 from scratchllm.device import unwrap
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluate.lm import response_loss
 from scratchllm.generate.engine import generate_responses
-
-
-@dataclass
-class InstructionData:
-    train: list[dict[str, str]]
-    val: list[dict[str, str]]
-    test: list[dict[str, str]]
-    description: dict[str, Any] = field(default_factory=dict)
-
-
-def load_instruction_data(
-    train: str | Path,
-    *,
-    val: str | Path | None = None,
-    test: str | Path | None = None,
-    split: str = "0.85,0.05,0.1",
-    seed: int = 0,
-) -> InstructionData:
-    """Records for train/val/test: three files, or one file shuffled (``seed``) and cut by ``split``."""
-    tr, va, te, description = make_splits(
-        load_instruction_records, train, val=val, test=test, split=split, seed=seed
-    )
-    return InstructionData(
-        tr,
-        va,
-        te,
-        {
-            **description,
-            "counts": {"train": len(tr), "val": len(va), "test": len(te)},
-        },
-    )
 
 
 class InstructionTask:

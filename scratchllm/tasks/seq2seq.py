@@ -14,7 +14,6 @@ from scratchllm.data import mlm as mlm_data
 from scratchllm.data import seq2seq as s2s_data
 from scratchllm.data.batches import SeededBatches
 from scratchllm.device import unwrap
-from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluate.seq2seq import collate_pairs, evaluate_seq2seq
 from scratchllm.tasks.base import TaskSpec, data_record, train_context
 from scratchllm.tokenizer.base import Tokenizer
@@ -124,11 +123,7 @@ def seq2seq_task(
         source, alphabet = "built-in date task", s2s_data.date_task_alphabet()
     else:
         pairs = s2s_data.read_parallel_tsv(data)
-        if len(pairs) < 2:
-            raise ScratchLLMError(f"{data} needs at least 2 pairs (one is held out for evaluation)")
-        random.Random(0).shuffle(pairs)
-        n_val = max(1, min(500, len(pairs) // 10))
-        train_pairs, val_pairs = pairs[n_val:], pairs[:n_val]
+        train_pairs, val_pairs = s2s_data.hold_out_pairs(pairs, where=str(data))
         source, alphabet = str(data), "".join(s + t for s, t in pairs)
     base = tokenizer or CharTokenizer.train(alphabet, special_tokens=())
     tok, model_config = with_seq2seq_vocabulary(base, model_config)

@@ -328,14 +328,15 @@ def test_translate_names_the_bad_length_flag(flag, workspace):
 
 
 def test_generate_from_bert_and_fill_mask_without_mask(workspace, shared_data):
-    """A BERT run: generate refuses it, fill-mask refuses text without [MASK]."""
+    """A BERT run: generate refuses it, fill-mask refuses text without [MASK], eval refuses to
+    score it as a next-token language model."""
     bert = workspace.root / "bert"
     res = cli("train", "--arch", "bert", "--data", workspace.char_text, "--out", bert, *TINY, "--quiet")
     assert res.rc == 0, res.err[-2000:]
     for argv, verb in [
         (["generate", "--model", bert, "--prompt", "hi"], "generate"),
         (["fill-mask", "--model", bert, "--text", "no mask here"], "fill-mask"),
-        (["eval", "--model", bert, "--data", workspace.char_data], "eval"),
+        (["eval", "--model", bert, "--data", workspace.char_data, "--task", "lm"], "eval"),
     ]:
         res = cli(*argv)
         assert res.rc == 2 and res.err.strip().startswith(f"scratchllm {verb}: error: "), res.err

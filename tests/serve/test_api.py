@@ -332,6 +332,23 @@ def test_special_tokens_in_messages_stay_text(main_server, char_model_parts):
     assert main_server.post("/tokenize", {"prompt": "x", "messages": HELLO})[0] == 400
 
 
+def test_remote_tokenizer_endpoints_for_harnesses(main_server, char_model_parts):
+    """What lm-evaluation-harness's remote tokenizer reads: /tokenizer_info, /tokenize with
+    add_special_tokens (which adds nothing: scratchllm tokenizers have no BOS)."""
+    _, tok, _ = char_model_parts
+    status, info = main_server.get("/tokenizer_info")
+    assert status == 200
+    assert info["eos_token"] == "<|endoftext|>" and info["eos_token_id"] == tok.eot_id
+    assert info["vocab_size"] == tok.vocab_size and info["max_model_len"] == 128 and info["kind"] == "char"
+    assert info["bos_token"] is None and info["special_tokens"] == dict(tok.special_tokens)
+    for flag in (False, True):
+        _, out = main_server.post("/tokenize", {"prompt": "ab", "add_special_tokens": flag})
+        assert out["tokens"] == tok.encode("ab")
+    _, eos = main_server.post("/tokenize", {"prompt": info["eos_token"], "add_special_tokens": False})
+    assert eos["tokens"] == [tok.eot_id]
+    assert main_server.post("/tokenize", {"prompt": "ab", "add_special_tokens": "yes"})[0] == 400
+
+
 def test_sixteen_concurrent_greedy_requests_equal_each_alone(main_server, client):
     prompts = [f"User: {q}\nAssistant:" for q, _ in DIALOGUE]
     prompts += ["The quick", "fish", "A small", "The river", "one, two", "hello", "cats say", "water"]
