@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: OpenAI's limits.
+#: OpenAI's limits (except where said).
 MAX_STOP = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
-MAX_COMPLETION_LOGPROBS = 5
+#: OpenAI allows 5 on /v1/completions; like vLLM this server allows as many as chat's top_logprobs
+#: (the playground shows the top 10 alternatives of each token of a text continuation).
+MAX_COMPLETION_LOGPROBS = 20
 
 
 def _no_surrogates(text: str) -> str:

@@ -147,7 +147,7 @@ async function generate() {
   const prompt = $("prompt").value;
   const body = samplingBody();
   if (chat) { body.messages = [{ role: "user", content: prompt }]; body.logprobs = true; body.top_logprobs = 10; }
-  else { body.prompt = prompt; body.logprobs = 5; }
+  else { body.prompt = prompt; body.logprobs = 10; }
   state.tokens = [];
   output.innerHTML = chat ? "" : `<span class="prompt">${esc(prompt)}</span>`;
   hideAlts();
@@ -249,9 +249,14 @@ function heat(v) { // white -> deep blue; sqrt so weak links still show
 function drawMap(canvas, w) {
   const T = w.length, ctx = canvas.getContext("2d");
   const img = ctx.createImageData(T, T);
-  for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) {
-    const [r, g, b] = heat(j <= i ? w[i][j] : 0), o = 4 * (i * T + j);
+  for (let i = 0; i < T; i++) {
+    // colour relative to the row's strongest link: a query spread over 256 keys still shows where it looks
+    let top = 0;
+    for (let j = 0; j <= i; j++) top = Math.max(top, w[i][j]);
+    for (let j = 0; j < T; j++) {
+    const [r, g, b] = heat(j <= i && top > 0 ? w[i][j] / top : 0), o = 4 * (i * T + j);
     img.data[o] = r; img.data[o + 1] = g; img.data[o + 2] = b; img.data[o + 3] = 255;
+    }
   }
   // paint at 1 pixel per weight, then scale up without smoothing (one drawImage: fast at 512 tokens)
   const off = document.createElement("canvas"); off.width = T; off.height = T;
