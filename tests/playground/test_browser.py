@@ -19,7 +19,9 @@ CHROMIUM = os.environ.get("SCRATCHLLM_CHROMIUM") or shutil.which("chromium") or 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
@@ -33,7 +35,10 @@ def page(browser, play_server):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     pg = context.new_page()
     problems: list[str] = []
-    pg.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    pg.on(
+        "console",
+        lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None,
+    )
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.goto(play_server.url + "/")
     pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
@@ -90,18 +95,20 @@ def test_sampling_pipeline_follows_the_temperature_slider(page, artifacts):
     page.fill("#prompt", "User: hello")
     tab(page, "pipeline")
     page.wait_for_selector("#pipeline .stage")
-    width = "getComputedStyle(document.querySelector('[data-stage=\"1\"] .fill')).width"
-    first = page.evaluate(f"document.querySelector('[data-stage=\"1\"] .num').textContent")
+    bar = "document.querySelector('[data-stage=\"1\"] .fill').style.width"
+    num = "document.querySelector('[data-stage=\"1\"] .num').textContent"
+    first_bar, first_num = page.evaluate(bar), page.evaluate(num)
+    model_bar = page.evaluate("document.querySelector('[data-stage=\"0\"] .fill').style.width")
+    assert first_bar == model_bar  # temperature 1 is the model's own distribution
     slider = page.locator("#p-temperature")
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")  # keyboard: 1.0 -> 0.5
-    page.wait_for_function(
-        f"document.querySelector('[data-stage=\"1\"] .num').textContent !== {first!r}", timeout=10_000
-    )
+    page.wait_for_function(f"{num} !== {first_num!r}", timeout=10_000)
     assert page.input_value("#p-temperature") == "0.5"
     assert "temperature 0.5" in page.inner_text("#pipeline")
-    assert page.evaluate(width)
+    sharper = page.evaluate(bar)
+    assert float(sharper.rstrip("%")) > float(first_bar.rstrip("%"))  # colder: the favourite grows
     assert len(page.query_selector_all("#pipeline .stage")) == 5  # model, T, top-k, top-p, sampled
     page.screenshot(path=str(artifacts / "sampling.png"), full_page=True)
     assert not page.problems, page.problems
@@ -111,7 +118,9 @@ def test_attention_256_tokens_and_logit_lens(page, artifacts):
     long_text = ("User: where does the river run?\nAssistant: The river runs to the sea. " * 5)[:280]
     page.fill("#prompt", long_text)
     tab(page, "attention")
-    page.wait_for_function("document.querySelector('#a-status').textContent.includes('tokens')", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#a-status').textContent.includes('tokens')", timeout=30_000
+    )
     assert "280 tokens" in page.inner_text("#a-status")
     assert len(page.query_selector_all("#a-gallery canvas")) == 2
     # the heatmap is painted (not blank): some pixel of the lower triangle is not white
