@@ -49,12 +49,11 @@ def training_summary(run_dir: str | Path | None) -> dict[str, Any]:
     "checkpoints": [step, ...]}``; ``run`` is False (and the lists empty) for a model that is not
     a training run (e.g. a Hugging Face directory).
     """
-    from scratchllm.runs import list_checkpoints
+    from scratchllm.runs import list_checkpoints, read_metrics
 
     root = run_dir_of(run_dir)
     if root is None:
         return {"run": False, "train": [], "val": [], "checkpoints": []}
-    from scratchllm.train.metrics import read_metrics
 
     events = read_metrics(root / "metrics.jsonl")
     train, val = [], []
