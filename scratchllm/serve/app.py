@@ -845,6 +845,10 @@ def _from_validation(err: RequestValidationError) -> APIError:
     meaningful = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
     first = (meaningful or errors or [{"type": "value_error", "loc": (), "msg": "invalid request"}])[0]
     loc = [x for x in first.get("loc", ()) if x != "body"]
+    if "[key]" in loc:  # a bad key of an object (a logit_bias token id): name the object
+        loc = loc[: loc.index("[key]") - 1]
+    if first.get("type") == "union_tag_invalid":  # a message's role picks its kind: name the role
+        loc.append(str((first.get("ctx") or {}).get("discriminator", "")).strip("'"))
     # pydantic names the union member it tried ("str", "list[int]", "function-after[...]"): drop those
     names = [
         str(x) for x in loc if isinstance(x, int) or (str(x).isidentifier() and str(x) not in _TYPE_WORDS)
