@@ -242,23 +242,30 @@ loaders.pipeline = pipeline;
 
 // ------------------------------------------------------------------ 3. attention
 let attn = null, attnHead = 0, attnQuery = -1;
-function heat(v) { // white -> deep blue; sqrt so weak links still show
-  const t = Math.sqrt(Math.max(0, Math.min(1, v)));
-  return [Math.round(255 - 222 * t), Math.round(255 - 180 * t), Math.round(255 - 60 * t)];
-}
-function drawMap(canvas, w) {
+// white -> deep blue; sqrt so weak links still show. One lookup table: a 512-token map is 262k pixels.
+const HEAT = (() => {
+  const lut = new Uint8Array(256 * 3);
+  for (let k = 0; k < 256; k++) {
+    const t = Math.sqrt(k / 255);
+    lut.set([Math.round(255 - 222 * t), Math.round(255 - 180 * t), Math.round(255 - 60 * t)], 3 * k);
+  }
+  return lut;
+})();
+function drawMap(canvas, w) { // w: T rows of bytes (weight x 255)
   const T = w.length, ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(T, T);
+  const img = ctx.createImageData(T, T), px = img.data;
   for (let i = 0; i < T; i++) {
     // colour relative to the row's strongest link: a query spread over 256 keys still shows where it looks
+    const row = w[i];
     let top = 0;
-    for (let j = 0; j <= i; j++) top = Math.max(top, w[i][j]);
+    for (let j = 0; j <= i; j++) if (row[j] > top) top = row[j];
+    const scale = top > 0 ? 255 / top : 0;
     for (let j = 0; j < T; j++) {
-    const [r, g, b] = heat(j <= i && top > 0 ? w[i][j] / top : 0), o = 4 * (i * T + j);
-    img.data[o] = r; img.data[o + 1] = g; img.data[o + 2] = b; img.data[o + 3] = 255;
+      const k = 3 * (j <= i ? Math.round(row[j] * scale) : 0), o = 4 * (i * T + j);
+      px[o] = HEAT[k]; px[o + 1] = HEAT[k + 1]; px[o + 2] = HEAT[k + 2]; px[o + 3] = 255;
     }
   }
-  // paint at 1 pixel per weight, then scale up without smoothing (one drawImage: fast at 512 tokens)
+  // paint at 1 pixel per weight, then scale up without smoothing (one drawImage)
   const off = document.createElement("canvas"); off.width = T; off.height = T;
   off.getContext("2d").putImageData(img, 0, 0);
   ctx.imageSmoothingEnabled = false;
@@ -281,7 +288,7 @@ function drawAttention() {
 }
 function lines() { // the selected query's strongest keys, as a token-to-token list with bars
   const w = attn.weights[attnHead], q = attnQuery >= 0 ? attnQuery : w.length - 1;
-  const order = Array.from(w[q], (v, j) => [v, j]).filter(([, j]) => j <= q).sort((a, b) => b[0] - a[0]).slice(0, 8);
+  const order = Array.from(w[q], (v, j) => [v / 255, j]).filter(([, j]) => j <= q).sort((a, b) => b[0] - a[0]).slice(0, 8);
   $("a-lines").innerHTML = `<div><b>${esc(show(attn.tokens[q]))}</b> (position ${q}) attends to:</div>` + order.map(([v, j]) =>
     `<div class="bar-row"><span class="lab">${esc(show(attn.tokens[j]))}@${j}</span><span class="track"><span class="fill" style="width:${(100 * v).toFixed(1)}%"></span></span><span class="num">${pct(v)}</span></div>`).join("");
 }
@@ -292,10 +299,9 @@ async function attention() {
   try { attn = await api("/scratchllm/attention", { text: $("a-text").value, layer }); }
   catch (err) { setStatus("a-status", err.message, true); return; }
   // [n_head, T, T] bytes (weight x 255) -> per head, per query row, Float32Array views
-  const bytes = Uint8Array.from(atob(attn.weights_u8), (c) => c.charCodeAt(0)), T = attn.tokens.length;
-  const all = new Float32Array(bytes.length);
-  for (let i = 0; i < bytes.length; i++) all[i] = bytes[i] / 255;
-  attn.weights = [...Array(attn.n_head).keys()].map((h) => [...Array(T).keys()].map((i) => all.subarray((h * T + i) * T, (h * T + i + 1) * T)));
+  const raw = atob(attn.weights_u8), T = attn.tokens.length, bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  attn.weights = [...Array(attn.n_head).keys()].map((h) => [...Array(T).keys()].map((i) => bytes.subarray((h * T + i) * T, (h * T + i + 1) * T)));
   attnHead = Math.min(attnHead, attn.n_head - 1); attnQuery = -1;
   $("a-head").innerHTML = [...Array(attn.n_head).keys()].map((h) => `<option value="${h}">${h}</option>`).join("");
   $("a-head").value = String(attnHead);
@@ -324,7 +330,7 @@ $("a-map").addEventListener("mousemove", (e) => {
   if (!attn) return;
   const [i, j] = mapCell(e), T = attn.tokens.length;
   if (i < 0 || j < 0 || i >= T || j >= T) return;
-  const v = j <= i ? attn.weights[attnHead][i][j] : 0;
+  const v = j <= i ? attn.weights[attnHead][i][j] / 255 : 0;
   $("a-hover").textContent = `query ${i} ${show(attn.tokens[i])} → key ${j} ${show(attn.tokens[j])}: ${pct(v)}`;
 });
 $("a-map").addEventListener("click", (e) => { if (attn) { attnQuery = mapCell(e)[0]; drawAttention(); } });
