@@ -17,9 +17,11 @@ fetched from the internet) talks to the OpenAI endpoints for generation and to t
 ============================================  ===============================================
 
 The numbers come from :mod:`scratchllm.inspect` (what ``scratchllm inspect`` prints as well).
-Every forward pass runs on the engine's thread between two batching steps
-(:meth:`~scratchllm.serve.engine.Engine.call`), so it never overlaps a decoding step: the engine's
-KV cache and its running requests are left exactly as they were. Inputs are validated strictly
+Every forward pass through the served model runs on the engine's thread between two batching
+steps (:meth:`~scratchllm.serve.engine.Engine.call`), so it never overlaps a decoding step: the
+engine's KV cache and its running requests are left exactly as they were. Earlier checkpoints
+(embeddings atlas, checkpoint scrubber) are loaded into model objects of their own and run beside
+the engine. Inputs are validated strictly
 (400 otherwise) and capped: text length, tokens, layers, checkpoints.
 """
 
@@ -109,6 +111,7 @@ def add_playground(app: FastAPI, state: Any) -> None:
     from scratchllm.inspect import training as tr
 
     checkpoints = _Models()
+    scrub_lock = threading.Lock()
     logits_cache: OrderedDict[str, Any] = OrderedDict()
 
     async def on_engine(fn: Callable[[], Any]) -> Any:
@@ -227,8 +230,12 @@ def add_playground(app: FastAPI, state: Any) -> None:
     @app.post("/scratchllm/checkpoints/continue")
     async def continue_(body: ContinueRequest) -> dict[str, Any]:
         path = state.ready().path
-        # Other weights, their own model objects: nothing shared with the engine, but one at a
-        # time on the engine's thread, so a scrub never competes with serving for the CPU twice.
-        return await on_engine(
-            lambda: ins.checkpoint_continuations(path, body.prompt, max_tokens=body.max_tokens)
-        )
+
+        def work() -> dict[str, Any]:
+            # Other weights in their own model objects: nothing is shared with the engine, so this
+            # runs beside it (not on its thread, where loading 8 checkpoints would pause serving);
+            # one scrub at a time.
+            with scrub_lock:
+                return ins.checkpoint_continuations(path, body.prompt, max_tokens=body.max_tokens)
+
+        return await asyncio.to_thread(work)
