@@ -71,6 +71,25 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete events of a ``metrics.jsonl`` file (a torn or malformed line is skipped; a
+    missing file has none). Training writes it (:mod:`scratchllm.train.metrics`); anything that
+    only looks at a run (the playground, sweeps) reads it here, without importing training code."""
+    events = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
 # =========================================================================== config.json and run files
 def _config_dict(cfg: Any) -> Any:
     if cfg is None or isinstance(cfg, dict):

@@ -95,20 +95,26 @@ def plot_attention(
     return {"path": str(path), "layer": layer, "heads": n_head, "tokens": len(ids)}
 
 
+def pca_2d(w: Any) -> tuple[Any, list[float]]:
+    """Rows of ``w`` ``[N, C]`` projected onto their two principal components, and the share of the
+    variance each explains. PCA by SVD of the centred matrix: the two directions along which the
+    rows vary most."""
+    import torch
+
+    w = w - w.mean(dim=0, keepdim=True)
+    _, s, v = torch.linalg.svd(w, full_matrices=False)
+    return w @ v[:2].T, (s[:2] ** 2 / (s**2).sum().clamp_min(1e-12)).tolist()
+
+
 def plot_embeddings(model: Any, tokenizer: Any, path: str | Path, *, max_tokens: int = 300) -> dict[str, Any]:
     """Write a PNG of the first ``max_tokens`` token embeddings projected onto 2 principal components."""
-    import torch
 
     emb = getattr(model, "tok_emb", None)
     if emb is None:
         raise ScratchLLMError("this model has no token embedding table (tok_emb) to plot")
     n = min(max_tokens, emb.weight.shape[0], tokenizer.vocab_size)
-    w = emb.weight[:n].detach().float().cpu()
-    w = w - w.mean(dim=0, keepdim=True)
-    # PCA by SVD: the two directions along which the embeddings vary most.
-    _, s, v = torch.linalg.svd(w, full_matrices=False)
-    xy = (w @ v[:2].T).numpy()
-    explained = (s[:2] ** 2 / (s**2).sum()).tolist()
+    xy, explained = pca_2d(emb.weight[:n].detach().float().cpu())
+    xy = xy.numpy()
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.3)

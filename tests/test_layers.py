@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"runs"},
     {"convert", "train"},
     {"load"},
+    {"inspect"},
     {"finetune", "serve", "explain", "sweep"},
     {"cli"},
     {"__main__"},

@@ -11,6 +11,11 @@ examples:
   scratchllm inspect --list-presets
   scratchllm inspect --model runs/demo --attention-plot attn.png --text "The function returns"
   scratchllm inspect --model runs/demo --embedding-plot emb.png
+  scratchllm inspect --model runs/demo --text "The king" --tokens        # tokens, ids, BPE merge replay
+  scratchllm inspect --model runs/demo --text "The king" --logit-lens    # each layer's guess, each position
+  scratchllm inspect --model runs/demo --text "The king" --next-token --temperature 0.7 --top-k 5
+
+The numbers are the ones the playground (scratchllm serve, at /) shows: both call scratchllm.inspect.
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pics.add_argument("--layer", type=int, default=None, help="which layer to draw (default: the last)")
     pics.add_argument("--embedding-plot", metavar="PNG", help="write a 2-D PCA map of the token embeddings")
     pics.add_argument("--force", action="store_true", help="overwrite an existing picture")
+    look = p.add_argument_group("inside the model on --text (need --model; what the playground shows)")
+    look.add_argument(
+        "--tokens", action="store_true", help="the tokens of --text, with ids (BPE: the merges)"
+    )
+    look.add_argument(
+        "--logit-lens", action="store_true", help="each layer's top prediction at each position"
+    )
+    look.add_argument("--next-token", action="store_true", help="the sampling pipeline for the next token")
+    look.add_argument(
+        "--temperature", type=float, default=1.0, help="for --next-token (default 1; 0 = greedy)"
+    )
+    look.add_argument("--top-k", type=int, default=None, help="for --next-token")
+    look.add_argument("--top-p", type=float, default=None, help="for --next-token")
+    look.add_argument("--seed", type=int, default=0, help="for --next-token: the draw's seed")
     add_json_arg(p)
 
 
@@ -194,11 +213,70 @@ def _pictures(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[dict
     return done
 
 
+def _show(piece: str) -> str:
+    return piece.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t") or "∅"
+
+
+def _looks(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
+    """--tokens / --logit-lens / --next-token: scratchllm.inspect's numbers, printed unless --json."""
+    from scratchllm import inspect as ins
+
+    model, tok = loaded.model, loaded.tokenizer
+    out: dict[str, Any] = {}
+    w = sys.stdout.write
+    if args.tokens:
+        d = out["tokens"] = ins.tokenize(tok, args.text)
+        if not args.json:
+            w(f"{len(d['tokens'])} tokens ({d['kind']} tokenizer, vocabulary {d['vocab_size']:,})\n")
+            w("  " + " ".join(f"{_show(t['text'])}:{t['id']}" for t in d["tokens"]) + "\n")
+            for word in d["merges"] or []:
+                w("  " + "  ->  ".join(" ".join(_show(p) for p in parts) for parts in word["steps"]) + "\n")
+    if args.logit_lens:
+        d = out["logit_lens"] = ins.logit_lens(model, tok, args.text)
+        if not args.json:
+            w("\nlogit lens: the top next-token guess after each layer (0 = the embedding)\n")
+            w("  " + "layer".ljust(6) + " ".join(_show(t)[:4].ljust(4) for t in d["tokens"]) + "\n")
+            for row in d["layers"]:
+                w(
+                    f"  {row['layer']:<6}"
+                    + " ".join(_show(c[0]["text"])[:4].ljust(4) for c in row["top"])
+                    + "\n"
+                )
+    if args.next_token:
+        logits = ins.next_token_logits(model, tok, args.text)
+        d = out["next_token"] = ins.sampling_pipeline(
+            logits,
+            tok,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            show=10,
+        )
+        if not args.json:
+            names = [s["name"] for s in d["stages"]]
+            w("\nnext token: " + " -> ".join(names) + "\n")
+            w("  " + "token".ljust(10) + "".join(n[:14].rjust(15) for n in names) + "\n")
+            for i, c in enumerate(d["candidates"]):
+                w(
+                    "  "
+                    + _show(c["text"])[:10].ljust(10)
+                    + "".join(f"{s['p'][i]:15.2%}" for s in d["stages"])
+                    + "\n"
+                )
+            w("  " + "kept".ljust(10) + "".join(f"{s['kept']:15,}" for s in d["stages"]) + "\n")
+            w(f"  sampled (seed {d['seed']}): {_show(d['sampled']['text'])} (p = {d['sampled']['p']:.2%})\n")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
 
     if args.list_presets:
         return _list_presets(args.json)
+    looks = args.tokens or args.logit_lens or args.next_token
+    if looks and not (args.model and args.text):
+        raise ScratchLLMError("--tokens, --logit-lens and --next-token need --model RUN and --text TEXT")
     if (args.attention_plot or args.embedding_plot) and not args.model:
         raise ScratchLLMError("--attention-plot and --embedding-plot need a trained model: pass --model RUN")
     if args.attention_plot and not args.text:
@@ -215,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
         from scratchllm.load import load_model
 
         loaded = load_model(args.model, device="cpu")
+        if looks:
+            found = _looks(args, loaded)
+            if args.json:
+                print_json(found)
+            return 0
         model, arch, config, source = loaded.model, loaded.arch, loaded.model.config, loaded.source
     else:
         from scratchllm.architectures import get_architecture

@@ -28,10 +28,10 @@ def show_piece(piece: str | bytes) -> str:
 
 
 def pieces(tokenizer: Any, ids: list[int]) -> list[str]:
-    """How each token of ``ids`` reads on its own."""
-    if hasattr(tokenizer, "token_bytes"):
-        return [show_piece(tokenizer.token_bytes(i)) for i in ids]
-    return [show_piece(tokenizer.token_text(i)) for i in ids]
+    """How each token of ``ids`` reads on its own (the playground's labels, whitespace made visible)."""
+    from scratchllm.inspect.tokens import token_pieces
+
+    return [show_piece(p) for p in token_pieces(tokenizer, ids)]
 
 
 def _comparison_tokenizers(ctx: Context) -> list[tuple[str, Any]]:

@@ -80,7 +80,9 @@ POLL_S = 0.25
 #: The logprob reported for a token the model found impossible (JSON has no -Infinity).
 MIN_LOGPROB = -9999.0
 #: Paths that need no API key.
-OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect")
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/")
+#: The playground's static files (HTML, CSS, JS: no data; its API calls carry the key).
+OPEN_PREFIXES = ("/playground/",)
 
 
 # ============================================================================ state
@@ -106,6 +108,8 @@ class ServedModel:
     tokenizer: Any
     chat_format: ChatFormat
     meta: dict[str, Any]
+    #: where the model was loaded from (the playground's training view reads the run there).
+    path: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -180,7 +184,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         key = self.settings.api_key
-        if key and scope.get("path", "") not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if key and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             headers = dict(scope.get("headers") or [])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
@@ -845,6 +850,9 @@ def create_app(state: AppState) -> FastAPI:
             for h in handles:
                 h.cancel()
 
+    from scratchllm.serve.playground import add_playground
+
+    add_playground(app, state)
     return app
 
 
@@ -855,6 +863,10 @@ def _from_validation(err: RequestValidationError) -> APIError:
     meaningful = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
     first = (meaningful or errors or [{"type": "value_error", "loc": (), "msg": "invalid request"}])[0]
     loc = [x for x in first.get("loc", ()) if x != "body"]
+    if "[key]" in loc:  # a bad key of an object (a logit_bias token id): name the object
+        loc = loc[: loc.index("[key]") - 1]
+    if first.get("type") == "union_tag_invalid":  # a message's role picks its kind: name the role
+        loc.append(str((first.get("ctx") or {}).get("discriminator", "")).strip("'"))
     # pydantic names the union member it tried ("str", "list[int]", "function-after[...]"): drop those
     names = [
         str(x) for x in loc if isinstance(x, int) or (str(x).isidentifier() and str(x) not in _TYPE_WORDS)

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,6 +247,7 @@ class Engine:
         self._waiting: deque[_Req] = deque()
         self._running: list[_Req] = []
         self._lock = threading.Condition()
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ids = 0
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -299,6 +301,33 @@ class Engine:
             self._lock.notify()
         return handles
 
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` on the engine's thread between two steps; its result arrives in the Future.
+
+        For work that must not overlap a batched step: the playground's inspection passes switch
+        attention layers to their explicit path and hook the blocks, which would disturb (or be
+        disturbed by) a decoding step running at the same time. Calls run one at a time, in order.
+        """
+        future: Future = Future()
+        with self._lock:
+            if self._closing:
+                raise ScratchLLMError("the engine is shutting down")
+            self._calls.append((fn, future))
+            self._lock.notify()
+        return future
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._lock:
+                if not self._calls:
+                    return
+                fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as err:  # handed to the caller, which decides what it means
+                    future.set_exception(err)
+
     def start(self) -> None:
         """Run the loop in a daemon thread until :meth:`close`."""
         if self._thread is None:
@@ -314,15 +343,18 @@ class Engine:
             self._thread.join(timeout=30)
         for req in [*self._waiting, *self._running]:
             self._fail(req, "the server is shutting down", "shutdown")
+        while self._calls:
+            self._calls.popleft()[1].cancel()
         self._waiting.clear()
         self._running.clear()
 
     def idle(self) -> bool:
-        return not self._waiting and not self._running
+        return not self._waiting and not self._running and not self._calls
 
     @torch.inference_mode()
     def step(self) -> None:
-        """One iteration: retire, admit, prefill, then one batched decoding step."""
+        """One iteration: pending :meth:`call` work, retire, admit, prefill, one batched decoding step."""
+        self._run_calls()
         self._retire()
         self._admit()
         self._prefill()

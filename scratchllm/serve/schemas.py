@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: OpenAI's limits.
+#: OpenAI's limits (except where said).
 MAX_STOP = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
-MAX_COMPLETION_LOGPROBS = 5
+#: OpenAI allows 5 on /v1/completions; like vLLM this server allows as many as chat's top_logprobs
+#: (the playground shows the top 10 alternatives of each token of a text continuation).
+MAX_COMPLETION_LOGPROBS = 20
 
 
 def _no_surrogates(text: str) -> str:
@@ -61,32 +63,45 @@ class TextPart(Strict):
     text: Text
 
 
-class ChatMessage(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] | None = None
+#: What the official client puts in an assistant message it returned (sent back as history) for
+#: features this server lacks: accepted when empty. ``max_length=0`` puts that rule in the
+#: published schema (``maxItems``/``maxProperties``), so a request valid by ``/openapi.json`` is valid.
+Empty = Field(max_length=0, description="not supported by this server: only accepted when empty")
+
+
+class _MessageFields(Strict):
     name: Text | None = None
-    # What the official client puts in an assistant message it returned (sent back as history):
-    # accepted when empty.
     refusal: Text | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
-    audio: dict[str, Any] | None = None
+    tool_calls: Annotated[list[dict[str, Any]], Empty] | None = None
+    function_call: Annotated[dict[str, Any], Empty] | None = None
+    audio: Annotated[dict[str, Any], Empty] | None = None
     annotations: list[dict[str, Any]] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> ChatMessage:
-        if self.tool_calls or self.function_call or self.audio:
-            raise ValueError("tool calls and audio are not supported by this server")
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content")
-        return self
-
     def text(self) -> str:
-        if self.content is None:
+        content = getattr(self, "content", None)
+        if content is None:
             return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+        if isinstance(content, str):
+            return content
+        return "".join(part.text for part in content)
+
+
+class ChatMessage(_MessageFields):
+    """A system, developer or user message: it must say something."""
+
+    role: Literal["system", "developer", "user"]
+    content: Text | list[TextPart]
+
+
+class AssistantMessage(_MessageFields):
+    """An earlier answer sent back as history (content may be null, as the official client sends)."""
+
+    role: Literal["assistant"]
+    content: Text | list[TextPart] | None = None
+
+
+#: One message of a chat request, told apart by its ``role``.
+Message = Annotated[ChatMessage | AssistantMessage, Field(discriminator="role")]
 
 
 class _Common(Strict):
@@ -103,7 +118,9 @@ class _Common(Strict):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]] | None
+    ) = Field(None, description="token id (as a string) -> bias added to its logit")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     extra_body: ExtraBody | None = None
@@ -142,22 +159,27 @@ class _Common(Strict):
         return None if k is None or k <= 0 else k
 
 
+class ResponseFormat(Strict):
+    type: Literal["text"] = Field(description="only plain text: no JSON mode or schemas")
+
+
 class ChatCompletionRequest(_Common):
     """``POST /v1/chat/completions``."""
 
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1, description="deprecated by OpenAI: max_completion_tokens")
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    # OpenAI fields for features this server lacks: fine while they ask for nothing.
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Text | dict[str, Any] | None = None
+    # OpenAI fields for features this server lacks: fine while they ask for nothing (the schema
+    # says so, so that every request valid by /openapi.json is one this server serves).
+    tools: Annotated[list[dict[str, Any]], Empty] | None = None
+    tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: bool | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: Text | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    modalities: list[Text] | None = None
+    functions: Annotated[list[dict[str, Any]], Empty] | None = None
+    function_call: Literal["none", "auto"] | None = None
+    response_format: ResponseFormat | None = None
+    modalities: Annotated[list[Literal["text"]], Field(min_length=1, max_length=1)] | None = None
     reasoning_effort: Text | None = None
 
     @model_validator(mode="after")
@@ -167,14 +189,6 @@ class ChatCompletionRequest(_Common):
         both = self.max_tokens is not None and self.max_completion_tokens is not None
         if both and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_tokens and max_completion_tokens disagree; give one of them")
-        if self.tools or self.functions or self.tool_choice not in (None, "none", "auto"):
-            raise ValueError("tools and function calling are not supported by this server")
-        if self.function_call not in (None, "none", "auto"):
-            raise ValueError("function calling is not supported by this server")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise ValueError("only response_format {'type': 'text'} is supported by this server")
-        if self.modalities is not None and list(self.modalities) != ["text"]:
-            raise ValueError("only the text modality is supported")
         return self
 
     def max_new_tokens(self) -> int | None:
@@ -219,7 +233,7 @@ class TokenizeRequest(Strict):
 
     model: Text | None = None
     prompt: Text | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[Message] | None = None
     #: accepted for vLLM / lm-evaluation-harness compatibility; scratchllm tokenizers add no BOS or
     #: other tokens of their own, so both values give the same ids.
     add_special_tokens: bool | None = None

@@ -95,7 +95,7 @@ def prepare(loaded: Any, path: str | Path, options: EngineOptions, state: AppSta
         "max_batch": options.max_batch,
         "kv_cache_bytes": engine.cache.nbytes,
     }
-    return ServedModel(engine, loaded.tokenizer, chat_format, meta)
+    return ServedModel(engine, loaded.tokenizer, chat_format, meta, path=str(path))
 
 
 def serve(

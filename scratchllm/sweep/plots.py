@@ -51,7 +51,7 @@ def _by(points: list[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]
 
 
 def _learning_curve(run_dir: Path, flops_per_token: float) -> list[tuple[float, float]]:
-    from scratchllm.train.metrics import read_metrics
+    from scratchllm.runs import read_metrics
 
     curve = []
     for e in read_metrics(run_dir / "metrics.jsonl"):

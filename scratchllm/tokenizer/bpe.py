@@ -451,14 +451,24 @@ def train_bpe_naive(
 
 
 # ----------------------------------------------------------------------------- encoding
-def bpe_encode_piece(piece: bytes, ranks: dict[bytes, int], max_rank: int | None = None) -> list[bytes]:
+def bpe_encode_piece(
+    piece: bytes,
+    ranks: dict[bytes, int],
+    max_rank: int | None = None,
+    *,
+    trace: list[list[bytes]] | None = None,
+) -> list[bytes]:
     """Split one pre-token into BPE tokens: merge the lowest-rank adjacent pair until none is left.
 
     This is the reference algorithm (tiktoken's, in plain Python): ranks are looked up on the
     *concatenated bytes* of a pair, and among equal ranks the leftmost pair merges first.
     ``max_rank`` ignores merges at or above that rank (used to recover a merge list).
+    ``trace``, when given, receives the parts before the first merge and after every merge
+    (the playground's merge replay).
     """
     parts = [piece[i : i + 1] for i in range(len(piece))]
+    if trace is not None:
+        trace.append(list(parts))
     while len(parts) > 1:
         best_rank, best_i = None, -1
         for i in range(len(parts) - 1):
@@ -468,6 +478,8 @@ def bpe_encode_piece(piece: bytes, ranks: dict[bytes, int], max_rank: int | None
         if best_rank is None:
             break
         parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        if trace is not None:
+            trace.append(list(parts))
     return parts
 
 
@@ -524,15 +536,24 @@ class BPETokenizer(Tokenizer):
         return self._vocab_size
 
     # ---------------------------------------------------------------- the reference encoder
-    def _encode_pieces(self, text: str) -> Iterator[list[int]]:
-        """The ids of each special token and each pre-token of ``text``, one list per piece."""
+    def pre_tokens(self, text: str) -> Iterator[tuple[str, bool]]:
+        """``text`` cut into what BPE works on: ``(special token, True)`` and ``(pre-token, False)``
+        pieces, in order (each pre-token is merged on its own; merges never cross them)."""
         text = clean_text(text)
         segments = self._special_re.split(text) if self._special_re else [text]
         for k, segment in enumerate(segments):
             if k % 2 == 1:  # the splitter's capture group puts specials at odd positions
-                yield [self.special_tokens[segment]]
+                yield segment, True
                 continue
             for word in self._regex.findall(segment):
+                yield word, False
+
+    def _encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of each special token and each pre-token of ``text``, one list per piece."""
+        for word, special in self.pre_tokens(text):
+            if special:
+                yield [self.special_tokens[word]]
+            else:
                 piece = word.encode("utf-8")
                 cached = self._cache.get(piece)
                 if cached is None:

@@ -59,6 +59,9 @@ class TrainConfig:
     sample_tokens: int = 200
     #: write a checkpoint every this many steps; 0 means only at the end (and on SIGINT/SIGTERM).
     save_interval: int = 500
+    #: how many checkpoints to keep; 0: the newest two while training and only the final one at
+    #: the end. Keep more to compare checkpoints (the playground's training and embeddings views).
+    keep_checkpoints: int = 0
     #: write a metrics.jsonl line (and refresh the progress bar) every this many steps.
     log_interval: int = 10
     #: when stderr is not a terminal (a log file, CI, nohup): a plain progress line at most every
@@ -105,7 +108,14 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "eval_interval", "eval_steps", "save_interval", "threads"):
+        for name in (
+            "warmup_steps",
+            "eval_interval",
+            "eval_steps",
+            "save_interval",
+            "threads",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.context_length is not None and self.context_length < 1:

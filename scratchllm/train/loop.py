@@ -608,7 +608,8 @@ def _save(session: Session, state: LoopState, *, final: bool = False) -> Path | 
             optimizer=session.optimizer,
             trainer_state=trainer_state,
             only=session.store_only,
-            keep=1 if final else 2,
+            # by default the newest two while training (one may be torn), the final one at the end
+            keep=session.cfg.keep_checkpoints or (1 if final else 2),
         )
         restart = session.dirs.restart
         if restart is not None and not restart.done:  # --force: the new run replaces the old one now

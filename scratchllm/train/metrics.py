@@ -31,6 +31,7 @@ from typing import Any
 
 from scratchllm.device import peak_rss_mb  # noqa: F401  (logged with every train line)
 from scratchllm.io import atomic_write_bytes, atomic_write_text
+from scratchllm.runs import read_metrics  # the reader lives with the other run files
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -122,23 +123,6 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All complete events of a metrics.jsonl file (a torn or malformed line is skipped)."""
-    events = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            events.append(obj)
-    return events
 
 
 def _number(v: Any) -> float | None:
