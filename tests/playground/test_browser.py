@@ -34,6 +34,8 @@ def browser():
 def page(browser, play_server):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     pg = context.new_page()
+    # Generous waits: on a loaded 2-core CI machine a step of the tiny model can take seconds.
+    pg.set_default_timeout(120_000)
     problems: list[str] = []
     pg.on(
         "console",
@@ -41,7 +43,7 @@ def page(browser, play_server):
     )
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.goto(play_server.url + "/")
-    pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    pg.wait_for_selector("body[data-ready='1']", timeout=120_000)
     pg.problems = problems
     yield pg
     context.close()
@@ -84,7 +86,7 @@ def test_generate_stream_hover_and_stop(page, artifacts):
     page.click("#generate")
     page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3", timeout=60_000)
     page.click("#stop")
-    page.wait_for_selector("#output[data-done='1']", timeout=10_000)
+    page.wait_for_selector("#output[data-done='1']", timeout=60_000)
     assert "stopped" in page.inner_text("#speed")
     assert len(page.query_selector_all("#output .tok")) < 260
     assert page.is_enabled("#generate") and not page.is_enabled("#stop")
@@ -104,7 +106,7 @@ def test_sampling_pipeline_follows_the_temperature_slider(page, artifacts):
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")  # keyboard: 1.0 -> 0.5
-    page.wait_for_function(f"{num} !== {first_num!r}", timeout=10_000)
+    page.wait_for_function(f"{num} !== {first_num!r}", timeout=60_000)
     assert page.input_value("#p-temperature") == "0.5"
     assert "temperature 0.5" in page.inner_text("#pipeline")
     sharper = page.evaluate(bar)
@@ -119,7 +121,7 @@ def test_attention_256_tokens_and_logit_lens(page, artifacts):
     page.fill("#prompt", long_text)
     tab(page, "attention")
     page.wait_for_function(
-        "document.querySelector('#a-status').textContent.includes('tokens')", timeout=30_000
+        "document.querySelector('#a-status').textContent.includes('tokens')", timeout=120_000
     )
     assert "280 tokens" in page.inner_text("#a-status")
     assert len(page.query_selector_all("#a-gallery canvas")) == 2
@@ -136,7 +138,7 @@ def test_attention_256_tokens_and_logit_lens(page, artifacts):
     page.screenshot(path=str(artifacts / "attention.png"), full_page=True)
 
     tab(page, "lens")
-    page.wait_for_selector("#lens tr td", timeout=30_000)
+    page.wait_for_selector("#lens tr td", timeout=120_000)
     rows = page.query_selector_all("#lens tr")
     assert len(rows) == 1 + 3  # header + embedding + 2 layers
     page.screenshot(path=str(artifacts / "logit-lens.png"), full_page=True)
@@ -150,7 +152,7 @@ def test_tokenizer_embeddings_training_and_phone_width(page, artifacts):
     page.screenshot(path=str(artifacts / "tokenizer.png"), full_page=True)
 
     tab(page, "embeddings")
-    page.wait_for_selector("#e-early-fig:not([hidden])", timeout=30_000)
+    page.wait_for_selector("#e-early-fig:not([hidden])", timeout=120_000)
     page.fill("#e-search", "e")
     page.press("#e-search", "Enter")
     page.wait_for_selector("#e-neighbours li")
