@@ -40,12 +40,11 @@ def probe_ids(tokenizer: Any, text: str | None) -> list[int]:
 
 
 def _neighbours(emb: torch.Tensor, ids: list[int], tokenizer: Any, k: int = 5) -> dict[str, list[str]]:
-    sims = _cosine(emb)[ids]
-    out = {}
-    for row, i in zip(sims, ids):
-        top = [j for j in row.topk(k + 1).indices.tolist() if j != i][:k]
-        out[pieces(tokenizer, [i])[0]] = pieces(tokenizer, top)
-    return out
+    from scratchllm.inspect.model import cosine_neighbours
+
+    with torch.no_grad():
+        near = {i: cosine_neighbours(emb, i, k)[0].tolist() for i in ids}
+    return {pieces(tokenizer, [i])[0]: pieces(tokenizer, near[i]) for i in ids}
 
 
 def first_block_input(model: Any, idx: torch.Tensor) -> torch.Tensor:

@@ -237,9 +237,22 @@ def embedding_map(model: Any, tokenizer: Any, *, max_points: int = MAX_EMBEDDING
     }
 
 
+def cosine_neighbours(table: Any, token_id: int, k: int) -> tuple[Any, Any]:
+    """The ``k`` rows of ``table`` (``[V, d]``) nearest row ``token_id`` by cosine, itself left out.
+
+    Cosine compares directions only, so a frequent token's larger embedding norm does not make it
+    everyone's neighbour. Returns ``(ids, cosines)``, nearest first."""
+    import torch
+
+    w = table / table.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sims = w @ w[token_id]
+    sims[token_id] = -2.0
+    val, idx = torch.topk(sims, min(k, w.shape[0] - 1))
+    return idx, val
+
+
 def nearest_tokens(model: Any, tokenizer: Any, token_id: int, *, k: int = 10) -> dict[str, Any]:
     """The ``k`` tokens whose embeddings point most nearly the same way as ``token_id``'s (cosine)."""
-    import torch
 
     w = _embedding_table(model)
     n = min(w.shape[0], int(tokenizer.vocab_size))
@@ -247,10 +260,7 @@ def nearest_tokens(model: Any, tokenizer: Any, token_id: int, *, k: int = 10) ->
         raise ScratchLLMError(f"token id {token_id} is outside the vocabulary (0..{n - 1})")
     if not 1 <= k <= 100:
         raise ScratchLLMError(f"k must be between 1 and 100 (got {k})")
-    w = w[:n] / w[:n].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    sims = w @ w[token_id]
-    sims[token_id] = -2.0
-    val, idx = torch.topk(sims, min(k, n - 1))
+    idx, val = cosine_neighbours(w[:n], token_id, k)
     labels = token_pieces(tokenizer, idx.tolist())
     return {
         "id": int(token_id),
