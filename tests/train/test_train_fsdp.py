@@ -235,3 +235,17 @@ def test_fsdp_run_resumes_on_one_process_with_the_flag_and_warns(fsdp_runs, tmp_
     assert any("strategy changed from 'fsdp' to 'single'" in m for m in messages)
     # the resumed weights were the sharded checkpoint's, re-assembled in one process
     assert not is_sharded_checkpoint(run / "checkpoints" / "step-00000008")
+
+
+def test_force_over_an_fsdp_run_replaces_it_once_every_shard_is_committed(fsdp_runs):
+    run = fsdp_runs / "forced"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    verify_checkpoint(run / "checkpoints" / "step-00000002")
+    assert not [p for p in fsdp_runs.iterdir() if p.name.startswith(".forced.tmp-")]
+    steps = [e["step"] for e in read_metrics(run / "metrics.jsonl") if e["event"] == "train"]
+    assert steps == [1, 2]
+    published = load(run / "model.safetensors")
+    model = make_model(seed=9)
+    weights.load_weights(run / "model.safetensors", model)
+    assert not same_weights(model.state_dict(), make_model(seed=4).state_dict())
+    assert published.keys() == load(fsdp_runs / "full" / "model.safetensors").keys()

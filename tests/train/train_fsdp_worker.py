@@ -9,7 +9,9 @@ test_train_loop.py with ``strategy="fsdp"`` on 2 ranks:
 * ``paused``    the same run paused at step 3 (``stop_at``), then resumed in a fresh model;
 * ``ckpt_on``   ``full`` with activation checkpointing (the test compares it with ``full``);
 * ``accum_fsdp`` / ``accum_ddp``  one step of 2 micro-batches, FSDP and DDP (must agree);
-* ``grown``     a one-process run (made by the test before) resumed on 2 ranks under FSDP.
+* ``grown``     a one-process run (made by the test before) resumed on 2 ranks under FSDP;
+* ``forced``    a 1-step run, then ``--force`` over it with a 2-step run (rank 0 trains in a staging
+                directory until the first checkpoint; every rank must write its shards there).
 
 ``live-full.safetensors`` holds ``full``'s live weights at the end, gathered with
 ``DTensor.full_tensor()`` — what the consolidated checkpoint must equal.
@@ -99,6 +101,9 @@ def worker(rank: int, out: str, port: int) -> None:
             allow_world_size_change=True,
             **quiet,
         )
+    one = dict(batch_size=2, eval_steps=0, save_interval=1)
+    train(make_model(dropout=0.0), task(), fsdp_cfg(max_steps=1, **one), out_dir / "forced", **quiet)
+    train(make_model(seed=4), task(), fsdp_cfg(max_steps=2, **one), out_dir / "forced", force=True, **quiet)
     shutdown_distributed(DistEnv(world_size=2))
 
 
