@@ -249,3 +249,47 @@ def test_force_over_an_fsdp_run_replaces_it_once_every_shard_is_committed(fsdp_r
     weights.load_weights(run / "model.safetensors", model)
     assert not same_weights(model.state_dict(), make_model(seed=4).state_dict())
     assert published.keys() == load(fsdp_runs / "full" / "model.safetensors").keys()
+
+
+def test_convert_consolidate_cli(fsdp_runs, tmp_path, capsys):
+    from scratchllm.cli.main import main
+
+    out = tmp_path / "one"
+    assert main(["convert", "--consolidate", str(fsdp_runs / "full"), "--out", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sharded"] and info["step"] == 6 and "model.safetensors" in info["files"]
+    assert same_weights(load(out / "model.safetensors"), load(fsdp_runs / "full" / "model.safetensors"))
+    assert load_run(out).model.config.n_embd == 16
+    # a populated --out is refused, and so is an --out inside the checkpoint
+    assert main(["convert", "--consolidate", str(fsdp_runs / "full"), "--out", str(out)]) == 2
+    assert "already contains files" in capsys.readouterr().err
+    inside = fsdp_runs / "full" / "checkpoints" / "x"
+    assert main(["convert", "--consolidate", str(fsdp_runs / "full"), "--out", str(inside)]) == 2
+    assert "overlaps" in capsys.readouterr().err and not inside.exists()
+    assert main(["convert", "--consolidate", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_inspect_prints_per_process_memory_for_fsdp(capsys):
+    from scratchllm.cli.main import main
+
+    argv = ["inspect", "--preset", "gpt2-xl", "--world-size", "8", "--device", "cuda", "--json"]
+    assert main([*argv, "--strategy", "fsdp"]) == 0
+    fsdp = json.loads(capsys.readouterr().out)["training_memory"]
+    assert main([*argv, "--strategy", "ddp"]) == 0
+    ddp = json.loads(capsys.readouterr().out)["training_memory"]
+    params = 1_557_611_200
+    assert fsdp["bytes"]["weights"] == -(-params // 8) * 4 and ddp["bytes"]["weights"] == params * 4
+    assert fsdp["bytes"]["optimizer"] == 2 * fsdp["bytes"]["weights"]
+    assert fsdp["bytes"]["gathered"] < ddp["bytes"]["ddp_buckets"] / 4
+    ckpt = fsdp["bytes_activation_checkpointing"]
+    assert (
+        ckpt["activations"] < fsdp["bytes"]["activations"] / 4 and ckpt["weights"] == fsdp["bytes"]["weights"]
+    )
+    assert main(["inspect", "--preset", "gpt2-xl", "--strategy", "fsdp", "--world-size", "8"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "training memory per process (fsdp, 8 process(es), cpu" in text and "activation checkpointing" in text
+    )
+    assert main(["inspect", "--preset", "tiny", "--world-size", "0"]) == 2
+    assert "--world-size must be >= 1" in capsys.readouterr().err
