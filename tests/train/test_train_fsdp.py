@@ -4,9 +4,7 @@ DDP, sharded safetensors checkpoints, bit-exact resume, consolidation, re-shardi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from scratchllm.train.loop import train
 from scratchllm.train.metrics import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train_ddp import free_port  # noqa: E402
+from test_train_ddp import run_worker  # noqa: E402
 from test_train_loop import make_cfg, make_model, make_shards, same_weights  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "train_fsdp_worker.py"
@@ -58,17 +56,7 @@ def fsdp_runs(tmp_path_factory) -> Path:
             progress=False,
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return run_worker(WORKER, out, timeout=300)
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:
