@@ -317,6 +317,31 @@ def reshard(model: Any) -> None:
             fn()
 
 
+@contextlib.contextmanager
+def gathered(model: Any, reshard_after_forward: bool) -> Any:
+    """Every FSDP unit of ``model`` gathered (whole weights on every rank) for the duration: for
+    evaluation and samples, which call more than ``forward`` (the encoder-decoder's ``encode``,
+    ``start_decoding`` and KV-cached ``decode_step``...), where FSDP's hooks would not gather.
+
+    Costs one copy of the full weights per rank while it lasts (in the compute dtype), and no
+    collective inside: every rank may run its own decoding loop. Afterwards the blocks reshard
+    after each forward pass again (``reshard_after_forward``) and every weight is sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:  # the root too: shard_model gave every unit the same setting
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in units:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in units:
+            m.set_reshard_after_forward(reshard_after_forward, recurse=False)
+        reshard(model)
+
+
 def shard_rows(t: Any) -> tuple[int, int] | None:
     """``(first_row, rows)`` of this rank's slice of a DTensor sharded by rows on a 1-D mesh; None
     for an ordinary (whole, replicated) tensor.

@@ -73,11 +73,11 @@ from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import (
     DistEnv,
     ShardedModel,
+    gathered,
     init_distributed,
     is_dtensor,
     local_tensor,
     prepare_model,
-    reshard,
 )
 from scratchllm.train.estimate import check_fits, estimate_run, measure_step
 from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, mfu, plot_losses
@@ -576,19 +576,12 @@ def optimizer_step(session: Session, state: LoopState) -> StepOutcome:
 
 
 # ============================================================================ evaluation and samples
-def evaluate_and_sample(
+def _eval_and_sample(
     session: Session, state: LoopState, *, evaluate: bool, sample: bool
 ) -> tuple[dict[str, float], str | None]:
-    """Val metrics (rank 0, eval mode, no grad) and a sample (from forked RNGs, so that printing it
-    never changes what training draws next). A new best ``val_loss`` writes ``best.safetensors``."""
-    model, env, cfg = session.model, session.env, session.cfg
+    model, cfg = session.model, session.cfg
     scores: dict[str, float] = {}
     text = None
-    # The plain model (no DDP wrapper) runs on rank 0 alone. A sharded (FSDP) model needs every
-    # rank in each forward pass (each gathers a block's weights from all): they all evaluate the
-    # same batches and draw the same sample (same seed), in step; rank 0's results count.
-    if not env.is_main and not session.sharded:
-        return scores, text
     if evaluate and cfg.eval_steps > 0:
         model.eval()  # dropout off
         with torch.no_grad(), session.autocast:
@@ -600,8 +593,23 @@ def evaluate_and_sample(
             torch.manual_seed(cfg.seed + state.step)
             text = session.task.sample(model)
         model.train()
+    return scores, text
+
+
+def evaluate_and_sample(
+    session: Session, state: LoopState, *, evaluate: bool, sample: bool
+) -> tuple[dict[str, float], str | None]:
+    """Val metrics (rank 0, eval mode, no grad) and a sample (from forked RNGs, so that printing it
+    never changes what training draws next). A new best ``val_loss`` writes ``best.safetensors``."""
+    model, env, cfg = session.model, session.env, session.cfg
+    # The plain model (no DDP wrapper) runs on rank 0 alone. A sharded (FSDP) model is gathered
+    # whole on every rank for the duration (:func:`~.distributed.gathered`), and every rank
+    # evaluates the same batches and draws the same sample (same seed); rank 0's results count.
+    if not env.is_main and not session.sharded:
+        return {}, None
+    with gathered(model, cfg.fsdp_reshard_after_forward) if session.sharded else contextlib.nullcontext():
+        scores, text = _eval_and_sample(session, state, evaluate=evaluate, sample=sample)
     if session.sharded:
-        reshard(model)  # fsdp_reshard_after_forward=false keeps gathered weights after no_grad passes
         scores = env.from_main(scores)
         text = text if env.is_main else None
     val = scores.get("val_loss")

@@ -8,6 +8,7 @@ torchrun agents on 127.0.0.1, one process each), so the multi-node launch is che
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -174,3 +175,45 @@ def test_fsdp_sigkill_then_resume_is_bit_exact_and_equals_a_two_node_run(data_di
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ"
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa), "optimizer differs"
     print(f"\n{KILLS} SIGKILLs of the whole torchrun job ({during_save} inside a save), resumed at {resumed}")
+
+
+@pytest.mark.parametrize("arch", ["bert", "seq2seq"])
+def test_bert_and_seq2seq_train_under_fsdp_and_consolidate(arch, tmp_path):
+    """The other families shard the same way (their blocks + root); evaluation and samples, which
+    call more than ``forward`` (encode, KV-cached decode_step), run on the gathered model."""
+    from scratchllm.data.seq2seq import date_pairs
+
+    if arch == "seq2seq":
+        data = tmp_path / "pairs.tsv"
+        data.write_text("".join(f"{s}\t{t}\n" for s, t in date_pairs(200, seed=1)), encoding="utf-8")
+    else:
+        rng = random.Random(1)
+        words = ["a", "cat", "sat", "on", "the", "mat", "and", "dog", "ran", "far"]
+        data = tmp_path / "book.txt"
+        sentence = lambda: " ".join(rng.choice(words) for _ in range(8)).capitalize() + "."  # noqa: E731
+        data.write_text("\n\n".join(" ".join(sentence() for _ in range(6)) for _ in range(30)))
+    run = tmp_path / "run"
+    argv = ["--arch", arch, "--data", str(data), "--out", str(run), "--strategy", "fsdp", "--seed", "1"]
+    for kv in (
+        "n_layer=1", "n_embd=32", "n_head=2", "context_length=48", "batch_size=4", "max_steps=2",
+        "eval_steps=1", "eval_interval=2", "save_interval=2", "sample_interval=2",
+        "activation_checkpointing=true",
+    ):  # fmt: skip
+        argv += ["--set", kv]
+    proc = subprocess.run(
+        torchrun("--standalone", "--nproc-per-node", "2") + [*argv, "--device", "cpu", "--quiet", "--yes"],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    step = run / "checkpoints" / "step-00000002"
+    assert runs.is_sharded_checkpoint(step)
+    out = tmp_path / "one"
+    runs.consolidate_checkpoint(step, out)
+    a, b = runs.load_run(out).model.state_dict(), runs.load_run(step).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert "eval" in [json.loads(line)["event"] for line in lines]
