@@ -137,6 +137,13 @@ def _newest_step(run: Path) -> int:
     return ckpts[-1][0] if ckpts else 0
 
 
+def _saving(run: Path) -> bool:
+    try:
+        return any(e.name.startswith(".tmp-step") for e in os.scandir(run / "checkpoints"))
+    except FileNotFoundError:
+        return False
+
+
 def _final_state(run: Path) -> tuple[dict, dict]:
     final = run / "checkpoints" / runs.step_dir_name(MAX_STEPS)
     opt = runs.checkpoint_tensors(final, "optimizer")
@@ -152,7 +159,11 @@ def test_fsdp_sigkill_then_resume_is_bit_exact_and_equals_a_two_node_run(data_di
         t0 = time.monotonic()
         while proc.poll() is None and _newest_step(run) <= last + 1 and time.monotonic() - t0 < 240:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        if kill % 2:  # strike while a sharded save is being written (its .tmp- directory exists)
+            while proc.poll() is None and not _saving(run) and time.monotonic() - t0 < 240:
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(0.0, 0.4))
         assert proc.poll() is None, f"finished before kill #{kill + 1}: raise MAX_STEPS"
         for pid in descendants(proc.pid):
             with contextlib.suppress(ProcessLookupError):
@@ -170,6 +181,7 @@ def test_fsdp_sigkill_then_resume_is_bit_exact_and_equals_a_two_node_run(data_di
     proc = _start(data_dir, run, "--resume", "--quiet")
     out = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 0, out[-3000:]
+    assert during_save >= 1, "no kill landed inside a sharded save"
     a, oa = _final_state(run)
     b, ob = _final_state(two_nodes)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ"
