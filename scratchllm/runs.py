@@ -38,7 +38,13 @@ from scratchllm.architectures import build_model, config_from_dict
 from scratchllm.config import to_dict
 from scratchllm.errors import ScratchLLMError
 from scratchllm.io import atomic_open, atomic_write_json, read_json
-from scratchllm.weights import FORMAT_VERSION, is_partial, load_weights_into, read_safetensors
+from scratchllm.weights import (
+    FORMAT_VERSION,
+    ShardedTensors,
+    is_partial,
+    load_weights_into,
+    read_safetensors,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
@@ -49,8 +55,17 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+#: A sharded (FSDP) checkpoint: where each tensor's rows are (a :class:`~scratchllm.weights.ShardedTensors`
+#: index for the model and one for the optimizer), instead of one model/optimizer file.
+SHARDING_FILE = "sharding.json"
 
 STEP_RE = re.compile(r"^step-(\d{8,})$")
+
+
+def shard_file_name(kind: str, rank: int, world_size: int) -> str:
+    """``model-shard-00001-of-00008.safetensors``: rank 1's slice of a sharded checkpoint's ``kind``
+    (``model`` or ``optimizer``)."""
+    return f"{kind}-shard-{rank:05d}-of-{world_size:05d}.safetensors"
 
 
 def step_dir_name(step: int) -> str:
@@ -181,10 +196,18 @@ def save_run_weights(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write one of the run's top-level weights files, listed in the run manifest before it appears."""
-    from scratchllm.weights import weights_tensors, write_safetensors
+    from scratchllm.weights import weights_tensors
+
+    tensors, meta = weights_tensors(model, only=only, metadata=metadata)
+    return save_run_tensors(run_dir, name, tensors, meta)
+
+
+def save_run_tensors(run_dir: Path, name: str, tensors: dict[str, Any], meta: dict[str, str]) -> Path:
+    """Stream ``tensors`` (tensors or :class:`~scratchllm.weights.LazyTensor` s) into the run's
+    weights file ``name``: a temp file, its hash listed in the run manifest, then renamed into place."""
+    from scratchllm.weights import write_safetensors
 
     path = run_dir / name
-    tensors, meta = weights_tensors(model, only=only, metadata=metadata)
     written: list[str] = []
 
     def record() -> None:
@@ -291,10 +314,11 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     m = STEP_RE.match(name)
     if m and int(m.group(1)) != manifest["step"]:
         raise ScratchLLMError(f"{name}: {MANIFEST} is for step {manifest['step']} (copied from elsewhere?)")
-    for required in (MODEL_FILE, TRAINER_STATE_FILE):
+    weights = SHARDING_FILE if SHARDING_FILE in files else MODEL_FILE
+    for required in (weights, TRAINER_STATE_FILE):
         if required not in files:
             raise ScratchLLMError(f"{name}: {MANIFEST} does not list {required}")
-    for known in (OPTIMIZER_FILE, CONFIG_FILE):
+    for known in (OPTIMIZER_FILE, CONFIG_FILE, SHARDING_FILE, MODEL_FILE):
         # A file the loaders read must be covered by the manifest, or it could be swapped unnoticed.
         if known not in files and (path / known).exists():
             raise ScratchLLMError(f"{name}: {known} is not listed in {MANIFEST}")
@@ -315,7 +339,66 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 h.update(chunk)
         if h.hexdigest() != entry.get("sha256"):
             raise ScratchLLMError(f"{name}: {fname} sha256 mismatch (the file changed after it was saved)")
+    if weights == SHARDING_FILE:
+        for kind in ("model", "optimizer"):
+            if kind in _sharding(path):
+                for fname in checkpoint_tensors(path, kind).files():
+                    if fname not in files:
+                        raise ScratchLLMError(f"{name}: shard {fname} is not listed in {MANIFEST}")
     return manifest
+
+
+def find_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of ``run_dir`` whose manifest validates, and why each newer one was
+    skipped. Returns ``(path, skipped)``; ``path`` is None when none validates (``skipped`` then
+    lists every failure, and is empty when there simply are none). Temp leftovers are ignored."""
+    skipped: list[str] = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+        except ScratchLLMError as err:
+            skipped.append(str(err))
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a checkpoint written by several FSDP processes (one slice of every tensor each)."""
+    return (Path(path) / SHARDING_FILE).is_file()
+
+
+def _sharding(path: Path) -> dict[str, Any]:
+    doc = read_json(path / SHARDING_FILE, f"{path.name}/{SHARDING_FILE}")
+    if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
+        raise ScratchLLMError(f"{path.name}: {SHARDING_FILE} is malformed (no model index)")
+    return doc
+
+
+def checkpoint_tensors(path: str | os.PathLike, kind: str = "model") -> ShardedTensors:
+    """A checkpoint's weights (``kind="model"``) or optimizer state (``"optimizer"``) as a
+    :class:`~scratchllm.weights.ShardedTensors` reader, whether the checkpoint is sharded (FSDP:
+    its ``sharding.json`` says which file holds which rows) or holds one ordinary file."""
+    path = Path(path)
+    what = f"{path.name}/{kind}"
+    if is_sharded_checkpoint(path):
+        index = _sharding(path).get(kind)
+        if index is None:
+            raise ScratchLLMError(f"{path.name}: {SHARDING_FILE} has no {kind} index")
+        return ShardedTensors(path, index, what)
+    fname = MODEL_FILE if kind == "model" else OPTIMIZER_FILE
+    if not (path / fname).is_file():
+        raise ScratchLLMError(f"{path.name}: {fname} is missing")
+    return ShardedTensors.from_file(path / fname, f"{path.name}/{fname}")
+
+
+def read_weights(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a weights file, or of a checkpoint directory's weights (a sharded
+    checkpoint is consolidated in memory)."""
+    if path.is_dir():
+        src = checkpoint_tensors(path, "model")
+        return src.full_state(), src.metadata
+    return read_safetensors(path, what)
 
 
 # =========================================================================== loading
@@ -434,7 +517,7 @@ def _build_and_load(
     arch = cfg["architecture"]
     model_cfg = config_from_dict(arch, cfg["model"])
     check_vocab(tokenizer, model_cfg, what)
-    tensors, meta = read_safetensors(weights, what)
+    tensors, meta = read_weights(weights, what)
     model = build_model(arch, model_cfg)
     if is_partial(meta):
         attach_base(model, cfg, run_dir, base_loader, what)
@@ -494,7 +577,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu", *, base_loader: BaseL
         tok = _load_tokenizer_near(path, run_dir) if in_run else _load_tokenizer_near(path)
         return _build_and_load(
             cfg,
-            path / MODEL_FILE,
+            path if is_sharded_checkpoint(path) else path / MODEL_FILE,
             tok,
             device,
             f"checkpoint step {manifest['step']} of {run_dir}",
@@ -523,6 +606,56 @@ def load_run(path: str | os.PathLike, device: str = "cpu", *, base_loader: BaseL
         run_dir=path,
         base_loader=base_loader,
     )
+
+
+def consolidate_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """Write a checkpoint — sharded by FSDP or not — as an ordinary run directory ``out``
+    (``config.json``, ``tokenizer.json``, one ``model.safetensors``) that every command loads.
+
+    ``source`` is a checkpoint directory, or a run directory (its newest valid checkpoint). The
+    weights are streamed one tensor at a time from the shards (each assembled from every rank's
+    rows), so consolidating needs the memory of the largest tensor, not of the model. ``out``
+    must be empty or absent (the caller checks ``--force``). Returns what was written.
+    """
+    from scratchllm.io import atomic_write_json
+
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise ScratchLLMError(f"{source} is not a directory; give a checkpoint or a run directory")
+    if (source / MANIFEST).is_file() or STEP_RE.match(source.name):
+        ckpt = source
+        verify_checkpoint(ckpt)
+    else:
+        ckpt, skipped = find_valid_checkpoint(source)
+        if ckpt is None:
+            why = f" ({'; '.join(skipped)})" if skipped else ""
+            raise ScratchLLMError(f"{source} holds no valid checkpoint{why}; give a checkpoint directory")
+    in_run = ckpt.parent.name == CHECKPOINTS_DIR
+    run_dir = ckpt.parent.parent if in_run else ckpt.parent
+    cfg_path = ckpt / CONFIG_FILE if (ckpt / CONFIG_FILE).is_file() else run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ScratchLLMError(f"checkpoint {ckpt} has no config.json (nor does its run directory)")
+    doc = _read_config(cfg_path)
+    step = int(read_json(ckpt / MANIFEST, f"{ckpt.name}/{MANIFEST}")["step"])
+    doc["consolidated_from"] = {"checkpoint": str(ckpt.resolve()), "step": step}
+    src = checkpoint_tensors(ckpt, "model")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_recorded(out, CONFIG_FILE, lambda path: atomic_write_json(path, doc))
+    tok = next((d / TOKENIZER_FILE for d in (ckpt, run_dir) if (d / TOKENIZER_FILE).is_file()), None)
+    if tok is not None:
+        verify_run_file(tok.parent, TOKENIZER_FILE)
+        data = tok.read_bytes()
+        _write_recorded(out, TOKENIZER_FILE, lambda path: Path(path).write_bytes(data))
+    save_run_tensors(out, MODEL_FILE, src.lazy(), src.metadata)
+    return {
+        "checkpoint": str(ckpt),
+        "step": step,
+        "sharded": is_sharded_checkpoint(ckpt),
+        "shards": len(src.files()),
+        "tensors": len(src.names()),
+        "out": str(out),
+        "files": sorted(p.name for p in out.iterdir() if p.is_file()),
+    }
 
 
 # =========================================================================== who may write a run

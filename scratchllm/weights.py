@@ -19,6 +19,8 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,16 +184,45 @@ def _dedup_state_dict(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for name, t in state.items():
-        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if t.numel() and key in seen:
+        # A DTensor (a parameter sharded by FSDP) is compared by the slice this process holds and
+        # kept as it is: the sharded checkpoint writer stores each rank's slice.
+        sharded = hasattr(t, "to_local") and hasattr(t, "placements")
+        local = t.to_local() if sharded else t
+        key = (
+            local.device.type,
+            local.untyped_storage().data_ptr(),
+            local.storage_offset(),
+            tuple(t.shape),
+            t.dtype,
+        )
+        if local.numel() and key in seen:
             aliases[name] = seen[key]
             continue
         seen.setdefault(key, name)
-        kept[name] = t.detach().cpu().contiguous()
+        kept[name] = t.detach() if sharded else t.detach().cpu().contiguous()
     return kept, aliases
 
 
 _HEADER_DTYPE = {torch_name: header for header, (torch_name, _) in _DTYPES.items()}
+
+
+def header_dtype(dtype: Any) -> str:
+    """The safetensors name of a torch dtype (``torch.float32`` -> ``"F32"``)."""
+    name = _HEADER_DTYPE.get(str(dtype).removeprefix("torch."))
+    if name is None:
+        raise ValueError(f"dtype {dtype}: safetensors cannot store it")
+    return name
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor :func:`write_safetensors` fetches only when its turn comes: its shape and dtype
+    make the header, ``load()`` gives the data. Consolidating a sharded checkpoint streams this
+    way, with one whole tensor in memory at a time."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    load: Callable[[], Any]
 
 
 def write_safetensors(
@@ -213,7 +244,7 @@ def write_safetensors(
         dtype = _HEADER_DTYPE.get(str(t.dtype).removeprefix("torch."))
         if dtype is None:
             raise ValueError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
-        n = t.numel() * t.element_size()
+        n = math.prod(t.shape) * _DTYPES[dtype][1]
         header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     if metadata:
@@ -224,7 +255,13 @@ def write_safetensors(
     for chunk in (struct.pack("<Q", len(raw)), raw):
         f.write(chunk)
         digest.update(chunk)
-    for t in tensors.values():
+    for name, t in tensors.items():
+        if isinstance(t, LazyTensor):
+            t = t.load()
+            if tuple(t.shape) != tuple(header[name]["shape"]):
+                raise ValueError(
+                    f"tensor {name!r} has shape {list(t.shape)}, announced {header[name]['shape']}"
+                )
         data = t.detach().to("cpu").contiguous().reshape(-1)
         if data.numel():
             view = memoryview(data.view(torch.uint8).numpy())
@@ -347,3 +384,166 @@ def state_sha256(model: Any, *, exclude: tuple[str, ...] = ()) -> str:
         if t.numel():
             digest.update(memoryview(t.view(torch.uint8).numpy()))
     return digest.hexdigest()
+
+
+# =========================================================================== tensors split over files
+class ShardedTensors:
+    """Tensors whose rows are spread over several safetensors files — a sharded (FSDP) checkpoint,
+    where rank r wrote rows ``[offset, offset + rows)`` of each tensor — or held whole in one file
+    (:meth:`from_file`). :meth:`read` returns any row range of any tensor, opening only the files
+    that hold it; nothing else is loaded. This is how a checkpoint written by K processes is read
+    back by K' processes (each reads its own new slice) or consolidated into one ordinary file.
+
+    The *index* (JSON, next to the files) describes every tensor::
+
+        {"metadata": {...},                      # the weights file metadata (aliases, format...)
+         "tensors": {"tok_emb.weight": {"dtype": "F32", "shape": [23, 16], "parts": [
+             {"file": "model-shard-00000-of-00002.safetensors", "offset": 0, "rows": 12},
+             {"file": "model-shard-00001-of-00002.safetensors", "offset": 12, "rows": 11}]}}}
+
+    ``rows`` is null for a tensor stored whole in one file. The parts must tile the rows exactly;
+    each file's header is validated before the safetensors library opens it.
+    """
+
+    def __init__(self, directory: Path, index: dict[str, Any], what: str) -> None:
+        self.directory, self.what = Path(directory), what
+        try:
+            self.metadata: dict[str, str] = dict(index.get("metadata") or {})
+            self.tensors: dict[str, dict[str, Any]] = dict(index["tensors"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ScratchLLMError(f"{what}: its shard index is malformed") from None
+        for name, spec in self.tensors.items():
+            self._check(name, spec)
+        self._files: dict[str, Any] = {}
+        self._keys: dict[str, set[str]] = {}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, what: str | None = None) -> ShardedTensors:
+        """One ordinary safetensors file, every tensor whole (in the same reader interface)."""
+        path = Path(path)
+        header = read_safetensors_header(path, what)
+        tensors = {
+            name: {
+                "dtype": info["dtype"],
+                "shape": info["shape"],
+                "parts": [{"file": path.name, "rows": None}],
+            }
+            for name, info in header.items()
+            if name != "__metadata__"
+        }
+        return cls(
+            path.parent, {"metadata": header.get("__metadata__") or {}, "tensors": tensors}, what or str(path)
+        )
+
+    def _check(self, name: str, spec: Any) -> None:
+        def bad(msg: str) -> ScratchLLMError:
+            return ScratchLLMError(f"{self.what}: tensor {name!r} {msg}")
+
+        if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPES:
+            raise bad("has no valid dtype in the shard index")
+        shape, parts = spec.get("shape"), spec.get("parts")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"has a malformed shape {shape!r}")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+            raise bad("lists no files")
+        for p in parts:
+            f = p.get("file")
+            if not isinstance(f, str) or "/" in f or f.startswith("."):
+                raise bad(f"names a malformed file {f!r}")
+        if len(parts) == 1 and parts[0].get("rows") is None:
+            return
+        if not shape:
+            raise bad("is a scalar split into parts")
+        pos = 0
+        for p in sorted(parts, key=lambda p: p.get("offset", -1)):
+            if p.get("offset") != pos or type(p.get("rows")) is not int or p["rows"] < 0:
+                raise bad(f"has parts that do not tile its {shape[0]} rows (at row {pos})")
+            pos += p["rows"]
+        if pos != shape[0]:
+            raise bad(f"has parts covering {pos} of its {shape[0]} rows")
+
+    def files(self) -> list[str]:
+        """Every file the index refers to."""
+        return sorted({p["file"] for spec in self.tensors.values() for p in spec["parts"]})
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name]["shape"])
+
+    def dtype(self, name: str) -> Any:
+        import torch
+
+        return getattr(torch, _DTYPES[self.tensors[name]["dtype"]][0])
+
+    def _open(self, fname: str) -> Any:
+        handle = self._files.get(fname)
+        if handle is None:
+            from safetensors import safe_open
+
+            path = self.directory / fname
+            read_safetensors_header(path, f"{self.what}: {fname}")  # validated before the library parses it
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as err:
+                raise ScratchLLMError(
+                    f"{self.what}: {fname} is not a valid safetensors file ({err})"
+                ) from None
+            self._files[fname] = handle
+            self._keys[fname] = set(handle.keys())
+        return handle
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> Any:
+        """Rows ``start:stop`` of tensor ``name`` (the whole tensor by default) as a CPU tensor."""
+        import torch
+
+        spec = self.tensors[name]
+        shape = spec["shape"]
+        full_rows = shape[0] if shape else None
+        stop = full_rows if stop is None else stop
+        pieces = []
+        for part in spec["parts"]:
+            handle = self._open(part["file"])
+            if part.get("rows") is None:  # stored whole
+                if name not in self._keys[part["file"]]:
+                    raise ScratchLLMError(f"{self.what}: {part['file']} does not hold {name!r}")
+                t = handle.get_tensor(name)
+                self._check_shape(name, part, t.shape, shape)
+                return t if not shape or (start, stop) == (0, full_rows) else t[start:stop].clone()
+            lo, hi = max(start, part["offset"]), min(stop, part["offset"] + part["rows"])
+            if lo >= hi:
+                continue
+            if name not in self._keys[part["file"]]:
+                raise ScratchLLMError(f"{self.what}: {part['file']} does not hold its part of {name!r}")
+            sl = handle.get_slice(name)
+            self._check_shape(name, part, sl.get_shape(), [part["rows"], *shape[1:]])
+            pieces.append(sl[lo - part["offset"] : hi - part["offset"]])
+        if not pieces:
+            return torch.empty((0, *shape[1:]), dtype=self.dtype(name))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _check_shape(self, name: str, part: dict, got: Any, want: list[int]) -> None:
+        if list(got) != list(want):
+            raise ScratchLLMError(
+                f"{self.what}: {part['file']} holds {name!r} with shape {list(got)}, the index says {want}"
+            )
+
+    def lazy(self, names: list[str] | None = None) -> dict[str, LazyTensor]:
+        """The tensors as :class:`LazyTensor` s, for :func:`write_safetensors` to stream."""
+        return {
+            n: LazyTensor(self.shape(n), self.dtype(n), lambda n=n: self.read(n))
+            for n in (names or self.names())
+        }
+
+    def full_state(self) -> dict[str, Any]:
+        """Every tensor whole, in memory (what loading a model for inference needs anyway)."""
+        return {n: self.read(n) for n in self.names()}
+
+
+def index_entry(t: Any, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One tensor's entry in a :class:`ShardedTensors` index."""
+    return {"dtype": header_dtype(t.dtype), "shape": list(t.shape), "parts": parts}

@@ -1,8 +1,15 @@
-"""Convert GPT-2 models between scratchllm and the Hugging Face transformers format.
+"""Convert GPT-2 models between scratchllm and the Hugging Face transformers format, or
+consolidate a sharded (FSDP) checkpoint into an ordinary run directory.
 
 examples:
   scratchllm convert --from-hf gpt2 --out runs/gpt2      # HF directory -> scratchllm run directory
   scratchllm convert --to-hf runs/demo --out hf/demo     # run directory or checkpoint -> HF directory
+  scratchllm convert --consolidate runs/fsdp --out runs/fsdp-one    # newest valid checkpoint
+  scratchllm convert --consolidate runs/fsdp/checkpoints/step-00000200 --out runs/fsdp-200
+
+--consolidate streams the shards into one model.safetensors a tensor at a time (memory: the largest
+tensor, not the model) and copies config.json and tokenizer.json. Every command also reads a
+sharded checkpoint directly (--model runs/fsdp/checkpoints/step-...), gathering it in memory.
 
 A Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, vocab.json +
 merges.txt) can also be used directly wherever a model is expected, e.g.
@@ -32,7 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="export: a scratchllm run directory, checkpoint or .safetensors file of a GPT-2-compatible GPT",
     )
-    add_out_arg(p, help="output directory: a run directory (--from-hf) or a Hugging Face directory (--to-hf)")
+    direction.add_argument(
+        "--consolidate",
+        metavar="CHECKPOINT",
+        help="a checkpoint directory (sharded by FSDP or not), or a run directory (its newest valid "
+        "checkpoint) -> one ordinary run directory",
+    )
+    add_out_arg(
+        p,
+        help="output directory: a run directory (--from-hf, --consolidate) or a Hugging Face directory "
+        "(--to-hf)",
+    )
     add_json_arg(p)
 
 
@@ -91,7 +108,33 @@ def _export(args: argparse.Namespace) -> dict:
     }
 
 
+def _consolidate(args: argparse.Namespace) -> dict:
+    from scratchllm.io import ensure_empty_dir
+    from scratchllm.runs import consolidate_checkpoint
+
+    source, out = Path(args.consolidate).resolve(), Path(args.out).resolve()
+    if out == source or source in out.parents or out in source.parents:
+        raise ScratchLLMError(
+            f"--out {args.out} overlaps the checkpoint {args.consolidate}; choose a separate directory"
+        )
+    ensure_empty_dir(args.out, force=args.force, what="run directory", create=False)
+    result = consolidate_checkpoint(args.consolidate, args.out)
+    return {"direction": "consolidate", "input": str(args.consolidate), **result}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.consolidate:
+        result = _consolidate(args)
+        if args.json:
+            print_json(result)
+        else:
+            how = f"{result['shards']} shards" if result["sharded"] else "one file"
+            print(
+                f"consolidated {result['checkpoint']} (step {result['step']}, {how}, {result['tensors']} "
+                f"tensors) -> run directory {result['out']}"
+            )
+            print(f"files: {', '.join(result['files'])}")
+        return 0
     result = _import(args) if args.from_hf else _export(args)
     if args.json:
         print_json(result)

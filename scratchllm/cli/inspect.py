@@ -14,8 +14,14 @@ examples:
   scratchllm inspect --model runs/demo --text "The king" --tokens        # tokens, ids, BPE merge replay
   scratchllm inspect --model runs/demo --text "The king" --logit-lens    # each layer's guess, each position
   scratchllm inspect --model runs/demo --text "The king" --next-token --temperature 0.7 --top-k 5
+  scratchllm inspect --preset gpt2-xl --strategy fsdp --world-size 8 --device cuda
 
 The numbers are the ones the playground (scratchllm serve, at /) shows: both call scratchllm.inspect.
+
+--strategy / --world-size add the training memory *per process* (weights, gradients, AdamW state,
+what FSDP gathers or DDP's buckets, activations with and without activation checkpointing) for
+micro-batches of the config's batch_size x context_length, so you know before launching whether a
+run fits. --device cuda counts bf16 compute (autocast / FSDP's mixed precision).
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a run directory, a checkpoint, or a Hugging Face GPT-2 directory")
     add_config_args(p)
     p.add_argument("--list-presets", action="store_true", help="list the named presets and exit")
+    mem = p.add_argument_group("training memory per process")
+    mem.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), default=None, help="how the processes share the work"
+    )
+    mem.add_argument("--world-size", type=int, default=None, metavar="K", help="number of processes")
+    mem.add_argument(
+        "--device", default="cpu", help="cpu (fp32) or cuda (bf16 compute) for the training estimate"
+    )
     pics = p.add_argument_group("pictures (need --model)")
     pics.add_argument("--attention-plot", metavar="PNG", help="write every head's attention map for --text")
     pics.add_argument("--text", help="the text whose attention is drawn")
@@ -182,6 +196,47 @@ def _print_report(info: dict[str, Any], source: str) -> None:
         w(f"  {name.ljust(width)}  {shape:<16} {r['params']:>14,}\n")
 
 
+def training_memory(model: Any, train_cfg: Any, world_size: int, device: str) -> dict[str, Any]:
+    """Per-process training memory (bytes) of ``model`` under ``train_cfg.strategy`` on ``world_size``
+    processes, without and with activation checkpointing (:func:`scratchllm.train.estimate.estimate_run`)."""
+    import dataclasses
+
+    from scratchllm.train.estimate import estimate_run
+
+    seq_len = getattr(model.config, "context_length", None) or getattr(model.config, "max_len", 1)
+    out: dict[str, Any] = {
+        "strategy": train_cfg.strategy if world_size > 1 else "single",
+        "world_size": world_size,
+        "device": device,
+        "batch_size": train_cfg.batch_size,
+        "seq_len": seq_len,
+    }
+    for key, ckpt in (("bytes", False), ("bytes_activation_checkpointing", True)):
+        est = estimate_run(
+            model,
+            dataclasses.replace(train_cfg, activation_checkpointing=ckpt),
+            batch_size=train_cfg.batch_size,
+            seq_len=seq_len,
+            device=device,
+            world_size=world_size,
+            processes_sharing_memory=1,
+            available_bytes=None,
+        )
+        out[key] = est.parts()
+    return out
+
+
+def _print_training_memory(mem: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    who = f"{mem['strategy']}, {mem['world_size']} process(es), {mem['device']}"
+    w(f"\ntraining memory per process ({who}; micro-batch {mem['batch_size']} x {mem['seq_len']})\n")
+    plain, ckpt = mem["bytes"], mem["bytes_activation_checkpointing"]
+    w(f"  {'':22}{'':>16}  {'activation checkpointing':>24}\n")
+    for name in plain:
+        other = _mib(ckpt[name]) if ckpt[name] != plain[name] else ""
+        w(f"  {name:<22}{_mib(plain[name]):>16}  {other:>24}\n")
+
+
 def _list_presets(as_json: bool) -> int:
     from scratchllm.model.config import PRESETS
 
@@ -287,8 +342,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model and (args.preset or args.config or args.overrides):
         raise ScratchLLMError("give either --model or a config (--preset/--config/--set), not both")
 
+    if args.world_size is not None and args.world_size < 1:
+        raise ScratchLLMError(f"--world-size must be >= 1 (got {args.world_size})")
     import torch
 
+    train_cfg = None
     if args.model:
         from scratchllm.load import load_model
 
@@ -311,18 +369,30 @@ def run(args: argparse.Namespace) -> int:
         record = get_architecture(arch)
         sections = {"model": record.config(), "train": TrainConfig()}
         preset_sections = {k: v for k, v in (preset or {}).items() if k in sections}
-        config = resolve_configs(
+        resolved = resolve_configs(
             sections, preset=preset_sections or None, config_file=args.config, overrides=args.overrides
-        )["model"]
+        )
+        config, train_cfg = resolved["model"], resolved["train"]
         with torch.device("meta"):  # shapes only: no memory is allocated, nothing is initialised
             model = record.model(config)
         source = f"preset {args.preset}" if args.preset else "config"
     info = summarize(model, arch, config)
     info["source"] = source
+    if args.strategy or args.world_size:
+        import dataclasses
+
+        from scratchllm.train.config import TrainConfig
+
+        train_cfg = train_cfg or TrainConfig()
+        if args.strategy:
+            train_cfg = dataclasses.replace(train_cfg, strategy=args.strategy)
+        info["training_memory"] = training_memory(model, train_cfg, args.world_size or 1, args.device)
     if args.attention_plot or args.embedding_plot:
         info["pictures"] = _pictures(args, model, loaded.tokenizer if args.model else None)
     if args.json:
         print_json(info)
     else:
         _print_report(info, source)
+        if "training_memory" in info:
+            _print_training_memory(info["training_memory"])
     return 0

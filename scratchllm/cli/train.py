@@ -7,7 +7,9 @@ best.safetensors, checkpoints/, metrics.jsonl and loss.png.
 
 Ctrl-C or SIGTERM saves a checkpoint at the current step and exits; continue with the same
 command plus --resume (bit-exact on the same machine). Several processes: run the same command
-under 'torchrun --nproc_per_node K'.
+under 'torchrun --nproc_per_node K' — each holds the whole model (--strategy ddp, the default), or
+a 1/K shard of the weights, gradients and AdamW state (--strategy fsdp: FSDP2, sharded
+checkpoints; --set activation_checkpointing=true trades compute for activation memory).
 
 exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input, 3 loss stayed non-finite
 (the last good checkpoint is kept), 130 interrupted by Ctrl-C (after saving).
@@ -17,6 +19,7 @@ examples:
   scratchllm train --data data/shakespeare --out runs/shakespeare --preset char-shakespeare --resume
   scratchllm train --data data/d --out runs/r --preset tiny --set max_steps=500 --set lr=3e-4
   torchrun --nproc_per_node 2 -m scratchllm train --data data/d --out runs/ddp --preset tiny
+  torchrun --nproc_per_node 2 -m scratchllm train --data data/d --out runs/fsdp --preset tiny --strategy fsdp
   scratchllm train --arch bert --data book.txt --tokenizer bpe.json --out runs/bert --preset tiny
   scratchllm train --arch seq2seq --data pairs.tsv --tokenizer bpe.json --out runs/s2s
 """
@@ -64,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-world-size-change",
         action="store_true",
         help="resume with a different number of processes (not bit-exact)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default=None,
+        help="under torchrun: ddp (every process holds the whole model; the default) or fsdp (FSDP2: "
+        "each holds 1/K of the weights, gradients and optimizer state). Same as --set strategy=...",
     )
     add_threads_arg(p)
     p.add_argument(
@@ -138,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.train.pretrain import pretrain, setup_pretraining
 
     overrides = list(args.overrides) + ([f"threads={args.threads}"] if args.threads is not None else [])
+    overrides += [f"strategy={args.strategy}"] if args.strategy else []
     setup = setup_pretraining(
         args.data,
         args.out,

@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from scratchllm.device import unwrap
 from scratchllm.errors import ScratchLLMError
@@ -41,15 +41,31 @@ from scratchllm.runs import (
     MANIFEST,
     MODEL_FILE,
     OPTIMIZER_FILE,
+    SHARDING_FILE,
     TOKENIZER_FILE,
     TRAINER_STATE_FILE,
+    checkpoint_tensors,
+    find_valid_checkpoint,
+    is_sharded_checkpoint,
     list_checkpoints,
     record_run_file,
+    save_run_tensors,
+    shard_file_name,
     step_dir_name,
     verify_checkpoint,
 )
+from scratchllm.train.distributed import (
+    DistEnv,
+    is_sharded,
+    like_shard,
+    local_tensor,
+    reshard,
+    shard_rows,
+)
 from scratchllm.weights import (
     FORMAT_VERSION,
+    ShardedTensors,
+    index_entry,
     load_weights_into,
     read_safetensors,
     weights_tensors,
@@ -182,6 +198,7 @@ def clean_temp_leftovers(run_dir: str | os.PathLike) -> list[Path]:
     root = run_dir / CHECKPOINTS_DIR
     candidates = list(root.iterdir()) if root.is_dir() else []
     ours = tuple(f"{TMP_PREFIX}{name}." for name in (MODEL_FILE, BEST_FILE, CONFIG_FILE, TOKENIZER_FILE))
+    ours += (f"{TMP_PREFIX}shards-",)  # the rows of an FSDP model's best.safetensors, before consolidation
     if run_dir.is_dir():
         candidates += [p for p in run_dir.iterdir() if p.name.startswith(ours)]
     removed = []
@@ -206,6 +223,7 @@ def save_checkpoint(
     keep: int = 2,
     update_latest: bool = True,
     only: set[str] | None = None,
+    env: DistEnv | None = None,
 ) -> Path:
     """Commit a resumable checkpoint ``RUN/checkpoints/step-XXXXXXXX`` atomically; return its path.
 
@@ -217,8 +235,19 @@ def save_checkpoint(
     ``update_latest``, ``RUN/model.safetensors`` is updated atomically. ``only`` stores just those
     parameters (a fine-tune kept on top of its base model, see :func:`scratchllm.runs.attach_base`).
 
-    A failed write (disk full, I/O error) removes the temporary files, leaves every committed
-    checkpoint untouched and raises a :class:`ScratchLLMError` naming the path and the reason.
+    **Sharded (FSDP).** With ``env`` and a model whose parameters are sharded across its
+    processes, *every* rank calls this and writes only what it holds: its rows of every weight
+    (``model-shard-RRRRR-of-KKKKK.safetensors``) and of every optimizer moment
+    (``optimizer-shard-...``). Nothing is gathered on one rank. Rank 0 creates the temp directory,
+    waits until every rank has written and fsynced its files, writes ``trainer_state.json`` and
+    ``sharding.json`` (which rows of which tensor each file holds), then the manifest (every
+    rank's files) — last, as always — and renames the directory into place. Its
+    ``RUN/model.safetensors`` is then an ordinary, consolidated file, streamed from the shards
+    one tensor at a time. The directory must be on a filesystem every process sees.
+
+    A failed write (disk full, I/O error) on any rank removes the temporary files, leaves every
+    committed checkpoint untouched and raises a :class:`ScratchLLMError` naming the path and the
+    reason (on every rank).
     """
     from scratchllm import __version__ as version
     from scratchllm.train.state import to_jsonable
@@ -227,60 +256,236 @@ def save_checkpoint(
         raise ScratchLLMError(f"keep must be >= 1 checkpoint (got {keep})")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
+    sharded = env is not None and env.enabled and is_sharded(model)
+    env = env if sharded and env is not None else DistEnv()
     run_dir = Path(run_dir)
     root = run_dir / CHECKPOINTS_DIR
-    final = root / step_dir_name(step)
-    tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
+    final = Path(env.from_main(str(root / step_dir_name(step))))
+    tmp = Path(env.from_main(str(root / f"{TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}")))
     # Gather first (references, no copies; nothing on disk yet): a bug here cannot leave litter.
-    files: dict[str, Any] = {
-        MODEL_FILE: weights_tensors(model, only=only, metadata={"scratchllm_step": str(step)}),
-        TRAINER_STATE_FILE: (
+    metadata = {"scratchllm_step": str(step)}
+    if sharded:
+        files, layout, whole = _shard_files(model, optimizer, env, only=only, metadata=metadata)
+    else:
+        files = {MODEL_FILE: weights_tensors(model, only=only, metadata=metadata)}
+        if optimizer is not None:
+            files[OPTIMIZER_FILE] = optimizer_tensors(optimizer, model)
+    if env.is_main:
+        files[TRAINER_STATE_FILE] = (
             json.dumps(
                 {"format_version": FORMAT_VERSION, **to_jsonable(trainer_state), "step": step}, indent=1
             )
             + "\n"
-        ).encode("utf-8"),
-    }
-    if optimizer is not None:
-        files[OPTIMIZER_FILE] = optimizer_tensors(optimizer, model)
-    if (run_dir / CONFIG_FILE).is_file():  # makes the checkpoint loadable on its own
-        files[CONFIG_FILE] = (run_dir / CONFIG_FILE).read_bytes()
-    try:
-        if not root.is_dir():
-            root.mkdir(parents=True)
-            fsync_dir(run_dir)
-        clean_temp_leftovers(run_dir)
-        tmp.mkdir()
-        entries = {name: _write_durably(tmp / name, data) for name, data in files.items()}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "scratchllm_version": version,
-            "files": entries,
-        }
-        _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
-        fsync_dir(tmp)
-        if final.exists():
-            # Only reachable after resuming from an older checkpoint (the newer one failed
-            # validation or the user chose an older one): move the stale one aside first.
-            stale = _retire(final)
-            os.rename(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        fsync_dir(root)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        prev = [p.name for s, p in list_checkpoints(run_dir) if s != step]
+        ).encode("utf-8")
+        if (run_dir / CONFIG_FILE).is_file():  # makes the checkpoint loadable on its own
+            files[CONFIG_FILE] = (run_dir / CONFIG_FILE).read_bytes()
+
+    def failed(err: OSError) -> ScratchLLMError:
+        prev = [p.name for s, p in list_checkpoints(final.parent.parent) if s != step] if env.is_main else []
         kept = f"; the previous checkpoint {prev[-1]} is intact" if prev else ""
-        raise ScratchLLMError(_disk_full_message(final, err) + kept) from err
+        return ScratchLLMError(_disk_full_message(final, err) + kept)
+
+    def begin() -> None:  # rank 0
+        try:
+            if not root.is_dir():
+                root.mkdir(parents=True)
+                fsync_dir(run_dir)
+            clean_temp_leftovers(run_dir)
+            tmp.mkdir()
+        except OSError as err:
+            raise failed(err) from err
+
+    def write_own() -> dict[str, Any]:  # every rank: its files, each fsynced
+        try:
+            return {name: _write_durably(tmp / name, data) for name, data in files.items()}
+        except OSError as err:
+            raise failed(err) from err
+
+    def commit(entries: dict[str, Any]) -> None:  # rank 0, once every rank's files are durable
+        try:
+            if sharded:
+                doc = _sharding_doc(whole, layouts, env.world_size)
+                for name, entry in entries.items():  # the others' files, as this process sees them
+                    if not (tmp / name).is_file() or (tmp / name).stat().st_size != entry["size"]:
+                        raise ScratchLLMError(
+                            f"could not save checkpoint {final}: {name} (written by another process) is "
+                            "not visible here; a sharded checkpoint needs the run directory on a "
+                            "filesystem that every process (every node) shares"
+                        )
+                entries[SHARDING_FILE] = _write_durably(
+                    tmp / SHARDING_FILE, (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+                )
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "scratchllm_version": version,
+                "files": dict(sorted(entries.items())),
+            }
+            _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+            fsync_dir(tmp)
+            if final.exists():
+                # Only reachable after resuming from an older checkpoint (the newer one failed
+                # validation or the user chose an older one): move the stale one aside first.
+                stale = _retire(final)
+                os.rename(tmp, final)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+            fsync_dir(root)
+        except OSError as err:
+            raise failed(err) from err
+
+    layouts: list[Any] = []
+    try:
+        env.agreed(begin, main_only=True)
+        own = env.agreed(write_own)
+        reports = env.gather_json({"entries": own, "layout": layout if sharded else None})
+        layouts = [r["layout"] for r in reports]
+        entries = {name: e for r in reports for name, e in r["entries"].items()}
+        env.agreed(lambda: commit(entries), main_only=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(run_dir, step, keep)
-    if update_latest:
-        _publish(final / MODEL_FILE, run_dir / MODEL_FILE, entries[MODEL_FILE]["sha256"])
+
+    def finish() -> None:  # rank 0: the checkpoint is committed; tidy up and publish the weights
+        _prune(run_dir, step, keep)
+        if update_latest:
+            if sharded:
+                src = checkpoint_tensors(final, "model")
+                save_run_tensors(run_dir, MODEL_FILE, src.lazy(), src.metadata)
+            else:
+                _publish(final / MODEL_FILE, run_dir / MODEL_FILE, entries[MODEL_FILE]["sha256"])
+
+    env.agreed(finish, main_only=True)
     return final
+
+
+# =========================================================================== sharded (FSDP) files
+def _local_slices(tensors: dict[str, Any], rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What this rank stores of ``tensors``: its rows of each sharded one (DTensor), and — on rank
+    0 only — every whole one (a buffer, a step count), plus the layout ``{name: [first_row, rows]
+    or None (whole)}`` that tells rank 0 where each piece went."""
+    out: dict[str, Any] = {}
+    layout: dict[str, Any] = {}
+    for name, t in tensors.items():
+        rows = shard_rows(t)
+        layout[name] = None if rows is None else list(rows)
+        if rows is not None:
+            out[name] = local_tensor(t).detach()
+        elif rank == 0:
+            out[name] = t.detach()
+    return out, layout
+
+
+def _shard_files(
+    model: Any, optimizer: Any, env: DistEnv, *, only: set[str] | None, metadata: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[dict[str, Any], dict[str, str]]]]:
+    """This rank's files of a sharded checkpoint: ``(files, layout, whole)`` — ``whole`` holds the
+    full tensor descriptions (shapes, dtypes) and metadata that rank 0 writes into the index."""
+    reshard(model)
+    whole = {"model": weights_tensors(model, only=only, metadata=metadata)}
+    if optimizer is not None:
+        whole["optimizer"] = optimizer_tensors(optimizer, model)
+    files, layout = {}, {}
+    for kind, (tensors, meta) in whole.items():
+        local, layout[kind] = _local_slices(tensors, env.rank)
+        files[shard_file_name(kind, env.rank, env.world_size)] = (local, meta)
+    return files, layout, whole
+
+
+def _sharding_doc(whole: dict[str, Any], layouts: list[dict[str, Any]], world_size: int) -> dict[str, Any]:
+    """``sharding.json``: for the model and the optimizer, where every row of every tensor is."""
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "strategy": "fsdp", "world_size": world_size}
+    for kind, (tensors, meta) in whole.items():
+        index = {}
+        for name, t in tensors.items():
+            parts = []
+            for rank, layout in enumerate(layouts):
+                if name not in layout[kind]:
+                    raise ScratchLLMError(
+                        f"process {rank} has no {name!r} to save (the ranks disagree on the model)"
+                    )
+                rows = layout[kind][name]
+                if rows is None:  # whole: rank 0's file holds it
+                    if rank == 0:
+                        parts.append({"file": shard_file_name(kind, 0, world_size), "rows": None})
+                elif rows[1] > 0:
+                    parts.append(
+                        {"file": shard_file_name(kind, rank, world_size), "offset": rows[0], "rows": rows[1]}
+                    )
+            index[name] = index_entry(t, parts)
+        doc[kind] = {"metadata": meta, "tensors": index}
+    return doc
+
+
+def save_sharded_weights(
+    run_dir: str | os.PathLike, name: str, model: Any, env: DistEnv, *, only: set[str] | None = None
+) -> Path:
+    """A run weights file (``best.safetensors``) of an FSDP model as one ordinary file, without
+    gathering the model on one rank: every rank writes its rows into a temp directory, rank 0
+    streams them into ``RUN/name`` (one tensor in memory at a time) and removes them. Every rank
+    calls this."""
+    run_dir = Path(run_dir)
+    tmp = Path(env.from_main(str(run_dir / f"{TMP_PREFIX}shards-{name}-{os.getpid()}")))
+    tensors, meta = weights_tensors(model, only=only)
+    local, layout = _local_slices(tensors, env.rank)
+    fname = shard_file_name("model", env.rank, env.world_size)
+    try:
+        env.agreed(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir()), main_only=True)
+        env.agreed(lambda: _write_durably(tmp / fname, (local, meta)))
+        layouts = env.gather_json({"model": layout})
+
+        def consolidate() -> None:
+            doc = _sharding_doc({"model": (tensors, meta)}, layouts, env.world_size)
+            src = ShardedTensors(tmp, doc["model"], f"{name} shards")
+            save_run_tensors(run_dir, name, src.lazy(), meta)
+
+        env.agreed(consolidate, main_only=True)
+    finally:
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return run_dir / name
+
+
+def _load_resharded(path: Path, model: Any, optimizer: Any) -> None:
+    """Load a checkpoint when the saved or the live model is sharded: each process reads just its
+    own rows of every tensor, from whichever files hold them — so a checkpoint written by K
+    processes resumes on K' (re-sharding), a DDP checkpoint resumes under FSDP and back, and a
+    sharded one loads into one process."""
+    src = checkpoint_tensors(path, "model")
+    what = f"{path.name} (weights)"
+    target = unwrap(model).state_dict()
+    tensors: dict[str, Any] = {}
+    for name in src.names():
+        ref = target.get(name)
+        if ref is None or src.shape(name) != tuple(ref.shape):
+            tensors[name] = src.read(name)  # a mismatch: load_weights_into names it
+            continue
+        tensors[name] = _slice_for(src, name, ref)
+    load_weights_into(model, tensors, src.metadata, what)
+    if optimizer is None:
+        return
+    osrc = checkpoint_tensors(path, "optimizer")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state: dict[str, Any] = {}
+    for name in osrc.names():
+        parts = name.split(".", 2)
+        idx = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+        p = params[idx] if 0 <= idx < len(params) else None
+        if p is None or not osrc.shape(name) or osrc.shape(name) != tuple(p.shape):
+            state[name] = osrc.read(name)  # scalars (step counts) whole; mismatches are reported
+            continue
+        state[name] = _slice_for(osrc, name, p)
+    load_optimizer_from(optimizer, state, osrc.metadata, f"{path.name} (optimizer)")
+
+
+def _slice_for(src: ShardedTensors, name: str, ref: Any) -> Any:
+    """Tensor ``name`` as ``ref`` holds it here: this rank's rows (as a DTensor like ``ref``), or whole."""
+    rows = shard_rows(ref)
+    if rows is None:
+        return src.read(name)
+    return like_shard(src.read(name, rows[0], rows[0] + rows[1]), ref)
 
 
 def _publish(src: Path, dst: Path, sha256: str) -> None:
@@ -337,16 +542,9 @@ def find_resumable_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, 
 
     Returns ``(path, skipped)``; ``path`` is None when no checkpoint validates (``skipped`` then
     lists every failure, and is empty when there simply are none). Temp leftovers are ignored.
+    (:func:`scratchllm.runs.find_valid_checkpoint`, which ``convert --consolidate`` uses too.)
     """
-    skipped: list[str] = []
-    for _, path in reversed(list_checkpoints(run_dir)):
-        try:
-            verify_checkpoint(path)
-        except ScratchLLMError as err:
-            skipped.append(str(err))
-            continue
-        return path, skipped
-    return None, skipped
+    return find_valid_checkpoint(run_dir)
 
 
 def require_resumable_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -355,10 +553,16 @@ def require_resumable_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, list
     ``--resume`` must never silently start from scratch: no checkpoint, or only corrupt ones,
     is an error that lists why each checkpoint failed.
     """
-    run_dir = Path(run_dir)
     path, skipped = find_resumable_checkpoint(run_dir)
     if path is not None:
         return path, skipped
+    cannot_resume(run_dir, skipped)
+
+
+def cannot_resume(run_dir: str | os.PathLike, skipped: list[str]) -> NoReturn:
+    """The error for a run with nothing to resume: no checkpoint at all, or only damaged ones
+    (``skipped`` says why each failed)."""
+    run_dir = Path(run_dir)
     if not skipped:
         raise ScratchLLMError(
             f"nothing to resume: {run_dir / CHECKPOINTS_DIR} holds no checkpoint; "
@@ -383,6 +587,9 @@ def load_checkpoint(
     path = Path(path)
     if verify:
         verify_checkpoint(path)
+    if is_sharded_checkpoint(path) or is_sharded(model):
+        _load_resharded(path, model, optimizer)
+        return read_trainer_state(path)
     tensors, meta = read_safetensors(path / MODEL_FILE, f"{path.name}/{MODEL_FILE}")
     load_weights_into(model, tensors, meta, f"{path.name}/{MODEL_FILE}")
     if optimizer is not None:

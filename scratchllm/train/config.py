@@ -19,6 +19,7 @@ from scratchllm.errors import ScratchLLMError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16"]
+Strategy = Literal["ddp", "fsdp"]
 
 
 @dataclass
@@ -77,6 +78,18 @@ class TrainConfig:
     dtype: DType = "auto"
     #: wrap the model in torch.compile (slow to start; pays off on long GPU runs).
     compile: bool = False
+
+    # --- several processes (torchrun) and memory ---
+    #: how K processes share the work: "ddp" = every process holds the whole model, gradients and
+    #: AdamW state (DistributedDataParallel); "fsdp" = each holds 1/K of them and gathers a
+    #: block's weights only while it computes (FSDP2, ``fully_shard``). Ignored in one process.
+    strategy: Strategy = "ddp"
+    #: fsdp: free a block's gathered weights after its forward pass (and gather them again for
+    #: the backward pass); false keeps them until the backward pass: faster, more memory.
+    fsdp_reshard_after_forward: bool = True
+    #: recompute each transformer block's activations during the backward pass instead of
+    #: keeping them: much less activation memory for about one extra forward pass of compute.
+    activation_checkpointing: bool = False
 
     # --- protection against bad steps ---
     #: abort (exit code 3) after this many consecutive steps with a non-finite loss or gradient.

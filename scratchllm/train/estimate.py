@@ -12,7 +12,23 @@ Training memory has four parts:
   the attention output, the FFN's input, pre-activation and activation (``4 * (7C + fc + hidden)``
   bytes) plus, when attention materialises them, the softmax weights (``4 * n_head * T``); then the
   logits and their gradient (``8 * vocab`` per token). This follows the accounting of Korthikanti
-  et al. (2022), "Reducing Activation Recomputation in Large Transformer Models", in fp32.
+  et al. (2022), "Reducing Activation Recomputation in Large Transformer Models", in fp32 (half
+  of it for the blocks when they compute in bf16 on CUDA). With **activation checkpointing** a
+  block keeps only its input (``C`` values per token) and recomputes the rest in the backward
+  pass, so the layers cost ``layers * C`` per token plus one block's full activations.
+
+**Several processes** (the figures are per process; ``world_size`` K, ``cfg.strategy``):
+
+* **ddp** — every process holds everything above, plus DDP's gradient buckets (a second copy of
+  the gradients that the all-reduce works on);
+* **fsdp** — weights, gradients and AdamW state are split K ways (``ceil(P / K)`` each), plus what
+  is *gathered* while computing: the root unit (embeddings, head) and two blocks (the one
+  computing and the one prefetched) in the compute dtype, and one block's full gradients before
+  they are reduce-scattered; with ``fsdp_reshard_after_forward=false`` the whole model stays
+  gathered between the forward and backward passes. Activations do not shrink with K (each
+  process computes its own micro-batch): activation checkpointing is what cuts them.
+
+CPU processes on one machine share its memory: the check divides the available memory among them.
 
 :func:`estimate_run` adds them up from the model and the batch shape — before anything is
 allocated — so a run that cannot fit is refused with a clear message instead of swapping the
@@ -22,6 +38,7 @@ forked RNGs and its own batch, so training itself is unchanged) to turn steps in
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +64,14 @@ class RunEstimate:
     framework_bytes: int = FRAMEWORK_BYTES
     step_seconds: float | None = None
     measured_peak_bytes: int | None = None
+    #: processes training together, and how they share the work ("single", "ddp", "fsdp").
+    world_size: int = 1
+    strategy: str = "single"
+    #: fsdp: weights gathered while computing + one block's unsharded gradients; ddp: its buckets.
+    communication_bytes: int = 0
+    activation_checkpointing: bool = False
+    #: "float32", or "bfloat16" (autocast on CUDA; FSDP gathers bf16 weights).
+    compute_dtype: str = "float32"
 
     @property
     def total_bytes(self) -> int:
@@ -56,7 +81,20 @@ class RunEstimate:
             + self.optimizer_bytes
             + self.activations_bytes
             + self.framework_bytes
+            + self.communication_bytes
         )
+
+    def parts(self) -> dict[str, int]:
+        """The figures by name, bytes per process (what ``inspect`` tabulates)."""
+        return {
+            "weights": self.weights_bytes,
+            "gathered" if self.strategy == "fsdp" else "ddp_buckets": self.communication_bytes,
+            "gradients": self.grads_bytes,
+            "optimizer": self.optimizer_bytes,
+            "activations": self.activations_bytes,
+            "framework": self.framework_bytes,
+            "total": self.total_bytes,
+        }
 
     @property
     def fits(self) -> bool:
@@ -69,11 +107,21 @@ class RunEstimate:
             return f"{n / MiB:,.0f} MiB"
 
         trainable = f" ({self.trainable:,} trainable)" if self.trainable != self.params else ""
+        who, shard, extra = "", "", ""
+        if self.strategy != "single":
+            who = f" per process ({self.strategy}, {self.world_size} processes)"
+        if self.strategy == "fsdp":
+            shard = f" (1/{self.world_size})"
+            extra = f" + gathered weights {mb(self.communication_bytes)}"
+        elif self.communication_bytes:
+            extra = f" + DDP buckets {mb(self.communication_bytes)}"
+        ckpt = " (checkpointed)" if self.activation_checkpointing else ""
         lines = [
             f"model: {self.params:,} parameters{trainable}",
-            f"estimated peak memory: {mb(self.total_bytes)} = weights {mb(self.weights_bytes)} + gradients "
-            f"{mb(self.grads_bytes)} + AdamW state {mb(self.optimizer_bytes)} + activations "
-            f"{mb(self.activations_bytes)} + PyTorch {mb(self.framework_bytes)}"
+            f"estimated peak memory{who}: {mb(self.total_bytes)} = weights{shard} {mb(self.weights_bytes)}"
+            f"{extra} + gradients{shard} {mb(self.grads_bytes)} + AdamW state{shard} "
+            f"{mb(self.optimizer_bytes)} + activations{ckpt} {mb(self.activations_bytes)} + PyTorch "
+            f"{mb(self.framework_bytes)}"
             + (f" (available: {mb(self.available_bytes)})" if self.available_bytes is not None else ""),
         ]
         if self.step_seconds is not None:
@@ -101,26 +149,85 @@ def _block_activation_bytes(cfg: Any, T: int) -> float:
     return 4 * (7 * C + fc_out + hidden) + 4 * cfg.n_head * T
 
 
-def estimate_run(model: Any, cfg: Any, *, batch_size: int, seq_len: int, device: str = "cpu") -> RunEstimate:
-    """The memory of a training run of ``model`` with micro-batches of ``batch_size x seq_len``."""
+def estimate_run(
+    model: Any,
+    cfg: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    device: str = "cpu",
+    world_size: int | None = None,
+    processes_sharing_memory: int | None = None,
+    available_bytes: int | None | bool = True,
+) -> RunEstimate:
+    """The memory of one process of a training run of ``model`` with micro-batches of
+    ``batch_size x seq_len`` (``cfg``: :class:`~.config.TrainConfig` — its ``strategy``,
+    ``activation_checkpointing``, ``fsdp_reshard_after_forward`` and ``dtype`` count).
+
+    ``world_size`` is the number of processes (default: this launch's, from torchrun's
+    environment); ``processes_sharing_memory`` how many of them share this machine's memory
+    (default: torchrun's ``LOCAL_WORLD_SIZE`` on the CPU, else 1). ``available_bytes``: True
+    measures the free memory of ``device``; pass a number, or None for "unknown" (``inspect``).
+    """
+    from scratchllm.device import world_size as launched_world_size
+    from scratchllm.train.distributed import transformer_blocks
+
+    if world_size is None:
+        world_size = launched_world_size()
+    if processes_sharing_memory is None:
+        cpu = str(device) == "cpu"
+        processes_sharing_memory = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if cpu else 1
+    strategy = cfg.strategy if world_size > 1 else "single"
+    fsdp = strategy == "fsdp"
+    bf16 = str(device).startswith("cuda") and cfg.dtype in ("auto", "bfloat16")
+
     params = list(model.parameters())
     n = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
+    k = world_size if fsdp else 1
+
+    def share(count: int) -> int:  # FSDP: ceil(count / K) per process
+        return -(-count // k)
+
     bytes_per = 4  # fp32 master weights (bf16 autocast on CUDA keeps them fp32 too)
+    blocks = [sum(p.numel() for p in b.parameters()) for b in transformer_blocks(model)]
+    largest = max(blocks, default=0)
+    communication = 0
+    if fsdp:
+        gathered_bytes = 2 if bf16 else 4
+        in_use = n if not cfg.fsdp_reshard_after_forward else (n - sum(blocks)) + 2 * largest
+        communication = min(in_use, n) * gathered_bytes + largest * (bytes_per + (2 if bf16 else 0))
+    elif strategy == "ddp":
+        communication = trainable * bytes_per
+
     mcfg = model.config
     layers = getattr(mcfg, "n_layer", 1) + getattr(mcfg, "decoder_layers", 0)
     vocab = getattr(mcfg, "vocab_size", None) or getattr(mcfg, "tgt_vocab_size", 0)
-    per_token = layers * _block_activation_bytes(mcfg, seq_len) + 8 * vocab + 8 * mcfg.n_embd
+    block = _block_activation_bytes(mcfg, seq_len) * (0.5 if bf16 else 1.0)
+    if cfg.activation_checkpointing:
+        stack = layers * (2 if bf16 else 4) * mcfg.n_embd + block  # inputs kept + one block recomputed
+    else:
+        stack = layers * block
+    per_token = stack + 8 * vocab + 8 * mcfg.n_embd
     activations = int(batch_size * seq_len * per_token)
+    if available_bytes is True:
+        available_bytes = available_memory_bytes(device)
+        if available_bytes is not None and processes_sharing_memory > 1:
+            available_bytes //= processes_sharing_memory
     return RunEstimate(
         params=n,
         trainable=trainable,
-        weights_bytes=n * bytes_per,
-        grads_bytes=trainable * bytes_per,
-        optimizer_bytes=2 * trainable * bytes_per,
+        weights_bytes=share(n) * bytes_per,
+        grads_bytes=share(trainable) * bytes_per,
+        optimizer_bytes=2 * share(trainable) * bytes_per,
         activations_bytes=activations,
-        available_bytes=available_memory_bytes(device),
+        available_bytes=available_bytes if available_bytes is not False else None,
         max_steps=cfg.max_steps,
+        world_size=world_size,
+        strategy=strategy,
+        communication_bytes=communication,
+        activation_checkpointing=bool(cfg.activation_checkpointing),
+        compute_dtype="bfloat16" if bf16 else "float32",
     )
 
 
@@ -130,16 +237,22 @@ def check_fits(estimate: RunEstimate) -> None:
         raise ScratchLLMError(
             f"this run needs about {estimate.total_bytes / MiB:,.0f} MiB but only "
             f"{estimate.available_bytes / MiB:,.0f} MiB are available; use a smaller model, batch_size or "
-            "context_length (e.g. --preset small), gradient accumulation, or pass --yes to try anyway"
+            "context_length (e.g. --preset small), gradient accumulation, --set activation_checkpointing=true"
+            + (", more processes" if estimate.strategy == "fsdp" else ", --strategy fsdp under torchrun")
+            + ", or pass --yes to try anyway"
         )
 
 
-def measure_step(model: Any, task: Any, cfg: Any, device: Any) -> tuple[float, int | None]:
+def measure_step(
+    model: Any, task: Any, cfg: Any, device: Any, *, agree: Any = None
+) -> tuple[float, int | None]:
     """Seconds for one forward + backward micro-batch step (times ``grad_accum_steps``), and the
     peak memory seen (bytes; CUDA allocations or the process's RSS).
 
     Uses forked RNGs and a batch source of its own, and drops the gradients afterwards, so the
     training run that follows is exactly what it would have been without the measurement.
+    A sharded (FSDP) model is measured on every rank at once; ``agree(ok) -> bool`` (all ranks
+    agree) then decides together whether a second pass is worth its time.
     """
     import torch
 
@@ -160,7 +273,8 @@ def measure_step(model: Any, task: Any, cfg: Any, device: Any) -> tuple[float, i
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings.append(time.perf_counter() - t0)
-            if timings[0] > 2.0:  # slow steps: the first one is representative enough
+            more = timings[0] <= 2.0  # slow steps: the first one is representative enough
+            if not (agree(more) if agree is not None else more):
                 break
     model.zero_grad(set_to_none=True)
     model.train(was_training)

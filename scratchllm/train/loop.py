@@ -57,6 +57,7 @@ from scratchllm.config import to_dict
 from scratchllm.device import peak_rss_mb, set_threads
 from scratchllm.errors import ScratchLLMError
 from scratchllm.runs import (
+    BEST_FILE,
     CHECKPOINTS_DIR,
     Restart,
     RunLock,
@@ -69,7 +70,14 @@ from scratchllm.runs import (
 from scratchllm.tasks.base import Task
 from scratchllm.train import checkpoint
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.distributed import DistEnv, init_distributed
+from scratchllm.train.distributed import (
+    DistEnv,
+    ShardedModel,
+    gathered,
+    init_distributed,
+    local_tensor,
+    prepare_model,
+)
 from scratchllm.train.estimate import check_fits, estimate_run, measure_step
 from scratchllm.train.metrics import PLOT_FILE, MetricsLogger, mfu, plot_losses
 from scratchllm.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
@@ -258,14 +266,7 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractCont
 
 def _on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
     """Run ``fn`` on rank 0 only; if it raises there, every rank raises (nobody waits forever)."""
-    error = None
-    if env.is_main:
-        try:
-            fn()
-        except ScratchLLMError as err:
-            error = err
-    if not env.all_agree(error is None):
-        raise error or ScratchLLMError("rank 0 stopped with an error (see its message)")
+    env.agreed(fn, main_only=True)
 
 
 @dataclass
@@ -357,6 +358,9 @@ class Session:
     flops_per_token: float | None = None
     #: store only these parameters in weights files (a fine-tune kept on top of its base model).
     store_only: set[str] | None = None
+    #: the parameters are sharded across the processes (FSDP): every rank takes part in each
+    #: forward pass (evaluation and samples too) and writes its own part of each checkpoint.
+    sharded: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -378,6 +382,7 @@ class Session:
         return {
             **state.to_dict(self.elapsed(state)),
             "world_size": self.env.world_size,
+            "strategy": self.fingerprint.get("strategy"),
             "rng": self.env.gather_json(capture_rng_state()),
             "data": self.env.gather_json(self.source.state_dict()),
             "environment": self.fingerprint,
@@ -402,11 +407,19 @@ def _restore(session: Session, *, allow_world_size_change: bool, echo_given: boo
     starts at step 0 and says so; damaged checkpoints only are an error (nothing is overwritten).
     """
     env, cfg, say = session.env, session.cfg, session.say
-    if checkpoint.find_resumable_checkpoint(session.run_dir) == (None, []):
+    # Rank 0 verifies the checkpoints (every file's SHA-256) and picks one; every rank loads it.
+    found = checkpoint.find_resumable_checkpoint(session.run_dir) if env.is_main else (None, [])
+    choice = env.from_main({"path": str(found[0]) if found[0] else None, "skipped": found[1]})
+    if choice["path"] is None and not choice["skipped"]:
         say(f"nothing to resume in {session.run_dir} yet (no checkpoint): starting at step 0")
         session.metrics.truncate_after(0)
         return LoopState(spike_window=deque(maxlen=cfg.spike_window))
-    saved, ckpt_path, skipped = checkpoint.resume(session.run_dir, session.model, session.optimizer)
+    if choice["path"] is None:
+        checkpoint.cannot_resume(session.run_dir, choice["skipped"])
+    ckpt_path, skipped = Path(choice["path"]), choice["skipped"]
+    saved = env.agreed(
+        lambda: checkpoint.load_checkpoint(ckpt_path, session.model, session.optimizer, verify=False)
+    )
     for why in skipped:
         say(f"warning: skipped a damaged checkpoint: {why}")
     saved_ws = int(saved.get("world_size", 1))
@@ -457,10 +470,14 @@ def _warn_schedule_change(saved: Any, cfg: TrainConfig, step: int, say: Callable
 
 
 def _wrap_for_speed(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> Any:
-    """``torch.compile`` (optional) and DistributedDataParallel (under torchrun) around the model."""
+    """``torch.compile`` (optional) and DistributedDataParallel (under torchrun) around the model;
+    a model FSDP has already sharded (in place, :func:`~.distributed.prepare_model`) only gets the
+    thin :class:`~.distributed.ShardedModel` around it."""
     train_model: Any = model
     if cfg.compile:
         train_model = torch.compile(model)
+    if env.enabled and cfg.strategy == "fsdp":
+        return ShardedModel(train_model)
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -538,18 +555,14 @@ def optimizer_step(session: Session, state: LoopState) -> StepOutcome:
 
 
 # ============================================================================ evaluation and samples
-def evaluate_and_sample(
+def _eval_and_sample(
     session: Session, state: LoopState, *, evaluate: bool, sample: bool
 ) -> tuple[dict[str, float], str | None]:
-    """Val metrics (rank 0, eval mode, no grad) and a sample (from forked RNGs, so that printing it
-    never changes what training draws next). A new best ``val_loss`` writes ``best.safetensors``."""
-    model, env, cfg = session.model, session.env, session.cfg
+    model, cfg = session.model, session.cfg
     scores: dict[str, float] = {}
     text = None
-    if not env.is_main:
-        return scores, text
     if evaluate and cfg.eval_steps > 0:
-        model.eval()  # dropout off; the plain model (no DDP wrapper: no collectives on one rank)
+        model.eval()  # dropout off
         with torch.no_grad(), session.autocast:
             scores = dict(session.task.evaluate(model, max_batches=cfg.eval_steps))
         model.train()
@@ -559,10 +572,32 @@ def evaluate_and_sample(
             torch.manual_seed(cfg.seed + state.step)
             text = session.task.sample(model)
         model.train()
+    return scores, text
+
+
+def evaluate_and_sample(
+    session: Session, state: LoopState, *, evaluate: bool, sample: bool
+) -> tuple[dict[str, float], str | None]:
+    """Val metrics (rank 0, eval mode, no grad) and a sample (from forked RNGs, so that printing it
+    never changes what training draws next). A new best ``val_loss`` writes ``best.safetensors``."""
+    model, env, cfg = session.model, session.env, session.cfg
+    # The plain model (no DDP wrapper) runs on rank 0 alone. A sharded (FSDP) model is gathered
+    # whole on every rank for the duration (:func:`~.distributed.gathered`), and every rank
+    # evaluates the same batches and draws the same sample (same seed); rank 0's results count.
+    if not env.is_main and not session.sharded:
+        return {}, None
+    with gathered(model, cfg.fsdp_reshard_after_forward) if session.sharded else contextlib.nullcontext():
+        scores, text = _eval_and_sample(session, state, evaluate=evaluate, sample=sample)
+    if session.sharded:
+        scores = env.from_main(scores)
+        text = text if env.is_main else None
     val = scores.get("val_loss")
     if val is not None and math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss):
         state.best_val_loss = val
-        save_best(session.run_dir, model, only=session.store_only)
+        if session.sharded:
+            checkpoint.save_sharded_weights(session.run_dir, BEST_FILE, model, env, only=session.store_only)
+        else:
+            save_best(session.run_dir, model, only=session.store_only)
     return scores, text
 
 
@@ -592,15 +627,16 @@ def _save(session: Session, state: LoopState, *, final: bool = False) -> Path | 
     run keeps its final checkpoint only, which ``--resume`` with a larger ``max_steps`` continues.
     """
     # A finite loss can still produce an update that overflows the weights; never let such weights
-    # replace the last good checkpoint. (All ranks hold the same weights.)
-    if not _all_finite(session.model.parameters()):
+    # replace the last good checkpoint. (All ranks hold the same weights — or, sharded, a slice each.)
+    finite = _all_finite(local_tensor(p) for p in session.model.parameters())
+    if not (session.env.all_agree(finite) if session.sharded else finite):
         session.metrics.log(
             "stop", step=state.step, reason="non-finite weights", elapsed=session.elapsed(state)
         )
         raise _non_finite_error(session, state, "the weights are no longer finite (an update overflowed)")
     trainer_state = session.trainer_state(state)  # collective: every rank takes part
 
-    def commit() -> None:
+    def save() -> None:  # rank 0; sharded: every rank, each writing its own slices
         checkpoint.save_checkpoint(
             session.run_dir,
             step=state.step,
@@ -610,14 +646,21 @@ def _save(session: Session, state: LoopState, *, final: bool = False) -> Path | 
             only=session.store_only,
             # by default the newest two while training (one may be torn), the final one at the end
             keep=session.cfg.keep_checkpoints or (1 if final else 2),
+            env=session.env if session.sharded else None,
         )
+
+    def promote() -> None:
         restart = session.dirs.restart
         if restart is not None and not restart.done:  # --force: the new run replaces the old one now
             restart.promote()
             session.metrics.path = session.run_dir / session.metrics.path.name
             session.say(f"replaced the previous run in {session.run_dir}")
 
-    _on_main(session.env, commit)
+    if session.sharded:
+        save()
+        _on_main(session.env, promote)
+    else:
+        _on_main(session.env, lambda: (save(), promote()))
     return session.run_dir / CHECKPOINTS_DIR / step_dir_name(state.step) if session.env.is_main else None
 
 
@@ -762,10 +805,20 @@ def start_session(
     device = torch.device(env.device)
     set_threads(cfg.threads)
     seq_len = getattr(task, "context_length", None) or getattr(model.config, "context_length", 1)
-    estimate = estimate_run(model, cfg, batch_size=cfg.batch_size, seq_len=seq_len, device=str(device))
+    estimate = estimate_run(
+        model,
+        cfg,
+        batch_size=cfg.batch_size,
+        seq_len=seq_len,
+        device=str(device),
+        world_size=env.world_size,
+        processes_sharing_memory=env.local_world_size if device.type == "cpu" else 1,
+    )
     if env.is_main:
         for line in estimate.describe():
             say(line)
+        if cfg.strategy == "fsdp" and not env.enabled:
+            say("strategy fsdp in a single process: nothing to shard, training as one process")
     if check_memory:
         check_fits(estimate)
     claimed = [RunDir(run_dir)]
@@ -773,8 +826,9 @@ def start_session(
     dirs = claimed[0]
     try:
         _seed_everything(cfg, env, device)
-        model.to(device)
         model.train()
+        # Activation checkpointing; FSDP shards the model in place (so the optimizer comes after).
+        sharded = prepare_model(model, cfg, env)
         session = Session(
             model=model,
             train_model=model,
@@ -789,10 +843,15 @@ def start_session(
             autocast=_autocast(device, cfg),
             metrics=MetricsLogger(dirs.work, enabled=env.is_main),
             stop=_StopFlag(),
-            fingerprint=env_fingerprint(device=device, world_size=env.world_size),
+            fingerprint=env_fingerprint(
+                device=device,
+                world_size=env.world_size,
+                strategy=cfg.strategy if env.enabled else "single",
+            ),
             say=say,
             flops_per_token=_flops_per_token(model, task),
             store_only=store_only,
+            sharded=sharded,
         )
         if resume:
             state = _restore(
@@ -812,8 +871,11 @@ def start_session(
                 extra=extra_config,
             ),
         )
+        if estimate_time and (env.is_main or sharded):  # a sharded model computes on every rank
+            estimate.step_seconds, estimate.measured_peak_bytes = measure_step(
+                model, task, cfg, device, agree=env.all_agree if sharded else None
+            )
         if env.is_main and estimate_time:
-            estimate.step_seconds, estimate.measured_peak_bytes = measure_step(model, task, cfg, device)
             say(estimate.describe()[-1])
             session.metrics.log(
                 "estimate",

@@ -91,18 +91,26 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) 
 def clip_gradients(params: list[torch.Tensor], clip: float) -> torch.Tensor:
     """Global L2 norm of all gradients (before clipping); scales them all in place so that the
     norm is at most ``clip`` when ``clip > 0`` (one factor for every gradient: the direction of the
-    update is kept, only its length is capped)."""
+    update is kept, only its length is capped).
+
+    Under FSDP each rank holds a slice of every gradient; torch computes the norm over all the
+    slices (a DTensor, summed across ranks) and ``full_tensor`` makes it an ordinary number, the
+    same on every rank — as DDP's averaged gradients give."""
     import torch
 
     if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+        if get_total_norm is not None:
+            norm = get_total_norm(grads)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    full = getattr(norm, "full_tensor", None)  # a DTensor (FSDP): the norm over every rank's slice
+    return full() if callable(full) else norm
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -133,8 +133,14 @@ def restore_rng_state(
 
 
 # --------------------------------------------------------------------------- environment
-def env_fingerprint(*, device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:
-    """What the floating-point results of a run depend on besides its config and seed."""
+def env_fingerprint(
+    *, device: str | torch.device = "cpu", world_size: int = 1, strategy: str = "single"
+) -> dict[str, Any]:
+    """What the floating-point results of a run depend on besides its config and seed.
+
+    ``strategy``: how several processes share the work ("ddp" or "fsdp"; "single" for one
+    process) — FSDP's reduce-scatter sums gradients in another order than DDP's all-reduce.
+    """
     return {
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -143,6 +149,7 @@ def env_fingerprint(*, device: str | torch.device = "cpu", world_size: int = 1) 
         "device": str(device),
         "num_threads": torch.get_num_threads(),
         "world_size": int(world_size),
+        "strategy": strategy,
     }
 
 
@@ -155,7 +162,9 @@ def fingerprint_differences(saved: Mapping[str, Any] | None, current: Mapping[st
     if not saved:
         return ["the checkpoint has no environment fingerprint"]
     out = []
-    for key in ("torch", "device", "num_threads", "world_size", "numpy", "machine"):
+    for key in ("torch", "device", "num_threads", "world_size", "strategy", "numpy", "machine"):
+        if key == "strategy" and key not in saved:  # recorded since FSDP arrived
+            continue
         if key in current and saved.get(key) != current.get(key):
             out.append(f"{key} changed from {saved.get(key)!r} to {current.get(key)!r}")
     return out

@@ -30,20 +30,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
+def run_worker(worker: Path, out: Path, timeout: float) -> Path:
+    """Run a 2-process worker script (``worker OUT PORT``, one thread each); return ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port())],
+        [sys.executable, str(worker), str(out), str(free_port())],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    return run_worker(WORKER, tmp_path_factory.mktemp("ddp"), timeout=180)
 
 
 def test_ddp_step_equals_single_process_with_the_global_batch(ddp_runs, tmp_path):
