@@ -117,7 +117,7 @@ def finetune_instruct(
                     else ""
                 )
             )
-        sample_prompt = tmpl.format(data.val[0]["instruction"], data.val[0]["input"]) if data.val else None
+        sample_prompt = tmpl.parts(data.val[0]["instruction"], data.val[0]["input"]) if data.val else None
         task = InstructionTask(
             encoded[0][0],
             encoded[1][0],
@@ -148,7 +148,8 @@ def finetune_instruct(
                     progress=bar("test loss"),
                 )
                 test = {"response_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-            prompts = [task.template.format(r["instruction"], r["input"]) for r in data.test]
+            # template markers as ids, the records' text as text: exactly how training encoded them
+            prompts = [task.template.parts(r["instruction"], r["input"]) for r in data.test]
             replies = generate_responses(
                 model,
                 tokenizer,
