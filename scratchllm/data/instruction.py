@@ -64,7 +64,9 @@ class PromptTemplate:
         fmt = string.Formatter()
         parts: list[tuple[str, bool]] = []
         for literal, field, spec, conversion in fmt.parse(self.prompt if has_input else self.prompt_no_input):
-            if literal:
+            if literal and parts and parts[-1][1]:  # ("{{" comes back as its own literal piece)
+                parts[-1] = (parts[-1][0] + literal, True)
+            elif literal:
                 parts.append((literal, True))
             if field is not None:
                 value = fmt.convert_field(values[field], conversion) if conversion else values[field]
