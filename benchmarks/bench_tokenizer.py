@@ -123,9 +123,7 @@ def bench_encoding(text: str, repeat: int) -> list[dict]:
     )
     mb = len(text.encode()) / 1e6
     assert tok.encode(text) == peer_enc.encode_ordinary(text)
-    fast, peer = _interleaved(
-        [lambda: tok.encode(text), lambda: peer_enc.encode_ordinary(text)], repeat
-    )
+    fast, peer = _interleaved([lambda: tok.encode(text), lambda: peer_enc.encode_ordinary(text)], repeat)
     rows = [
         Row(
             name=f"encode GPT-2 vocab, {mb:.1f} MB (fast path)",
