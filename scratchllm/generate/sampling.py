@@ -110,8 +110,6 @@ def token_logprobs(logits: Tensor, token: int, top: int = 0) -> tuple[float, lis
         return chosen, []
     values, ids = torch.topk(logp, min(top, logp.numel()))
     return chosen, list(zip(ids.tolist(), values.tolist()))
-
-
 def next_token_probs(
     logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> Tensor:
