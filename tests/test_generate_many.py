@@ -135,3 +135,17 @@ def test_cli_errors(run_dir, tmp_path, capsys, extra, match) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_cli_allow_special_reads_the_separator_in_prompts(run_dir, tmp_path, capsys) -> None:
+    """A prompt is ordinary text: this char tokenizer has no '<', so the literal cannot be spelled
+    (a one-line error that names --allow-special); with the flag it is the separator token."""
+    base = ["generate", "--model", str(run_dir), "--max-new-tokens", "4", "--temperature", "0", "--json"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the quick<|endoftext|>hello\n", encoding="utf-8")
+    for source in (["--prompt", "the quick<|endoftext|>hello"], ["--prompt-file", str(prompts)]):
+        assert main([*base, *source]) == 2
+        err = capsys.readouterr().err
+        assert "character '<'" in err and "--allow-special" in err and len(err.strip().splitlines()) == 1
+        assert main([*base, *source, "--allow-special"]) == 0
+        assert '"the quick<|endoftext|>hello"' in capsys.readouterr().out  # (JSON: the prompt echoed)

@@ -58,6 +58,21 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
+def add_allow_special_arg(p: argparse.ArgumentParser, what: str = "the text") -> None:
+    """``--allow-special``: read special-token strings in user text as the special tokens."""
+    p.add_argument(
+        "--allow-special",
+        action="store_true",
+        help=f"read special-token strings such as <|endoftext|> in {what} as the special tokens "
+        "(default: they are ordinary text)",
+    )
+
+
+def allowed_special(args: argparse.Namespace) -> str | tuple[()]:
+    """The ``allowed_special`` argument of ``Tokenizer.encode`` that ``--allow-special`` asks for."""
+    return "all" if getattr(args, "allow_special", False) else ()
+
+
 def add_out_arg(p: argparse.ArgumentParser, *, required: bool = True, help: str = "output path") -> None:
     p.add_argument("--out", required=required, help=help)
     p.add_argument("--force", action="store_true", help="allow overwriting an existing output")

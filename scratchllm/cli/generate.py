@@ -11,6 +11,9 @@ step for all of them. Each output is printed when the batch is done, under a hea
 each is one JSON object per line (prompt_index, sample_index, prompt, text, tokens, new_tokens,
 stop_reason, ...).
 
+A prompt is ordinary text: "<|endoftext|>" written in it is 13 characters, not the document
+separator; --allow-special reads special-token strings as the special tokens.
+
 examples:
   scratchllm generate --model runs/demo --prompt "The meaning of"
   scratchllm generate --model runs/shakespeare --prompt "ROMEO:" --temperature 0.8 --top-k 40 --seed 1
@@ -30,10 +33,12 @@ import sys
 import time
 
 from scratchllm.cli.common import (
+    add_allow_special_arg,
     add_json_arg,
     add_model_arg,
     add_seed_arg,
     add_threads_arg,
+    allowed_special,
     apply_threads,
     load_model_for,
     print_json,
@@ -49,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--prompt-file", metavar="FILE", help="one prompt per line (blank lines skipped; '-' = stdin)"
     )
+    add_allow_special_arg(p, "the prompts")
     p.add_argument(
         "--num-samples", type=int, default=None, metavar="N", help="outputs per prompt (default 1)"
     )
@@ -138,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if prompts is not None:
         return run_many(args, prompts, model, tok, eot, source=loaded.source, device=device)
 
-    prompt_ids = tok.encode(args.prompt)  # a char tokenizer raises a clear error for unknown characters
+    # ordinary text unless --allow-special; a char tokenizer raises a clear error for unknown characters
+    prompt_ids = tok.encode(args.prompt, allowed_special=allowed_special(args))
     if not prompt_ids:
         if eot is None:
             raise ScratchLLMError(
@@ -251,7 +258,7 @@ def run_many(
     ctx = model.config.context_length
     ids: list[list[int]] = []
     for k, prompt in enumerate(prompts):
-        encoded = tok.encode(prompt)
+        encoded = tok.encode(prompt, allowed_special=allowed_special(args))
         if not encoded:
             if eot is None:
                 raise ScratchLLMError(

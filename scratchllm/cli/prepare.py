@@ -2,7 +2,9 @@
 
 Inputs are text / Markdown files (one document each), JSON lines and Parquet files (one document
 per record, --text-field), each optionally .gz/.zst/.bz2; directories are read recursively in
-sorted order (--include / --exclude globs). Documents are separated by <|endoftext|>. Without
+sorted order (--include / --exclude globs). Documents are separated by the <|endoftext|> id;
+the text "<|endoftext|>" (any special token's text) inside a document is ordinary text unless
+--allow-special is given, and the summary counts such literal occurrences. Without
 --input the embedded default corpus is used. The last --val-fraction of the text becomes the
 validation split. --clean first normalises, filters and de-duplicates (as 'scratchllm clean';
 its options apply), so the split is made after de-duplication and no near-copy straddles it.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 from scratchllm.cli.clean import add_clean_args, add_input_args, build_config, given_clean_options
-from scratchllm.cli.common import add_json_arg, add_out_arg, print_json
+from scratchllm.cli.common import add_allow_special_arg, add_json_arg, add_out_arg, print_json
 from scratchllm.errors import ScratchLLMError
 
 
@@ -49,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="encoding processes (default: all cores for inputs over 8 MB; 1 = no pool)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_allow_special_arg(p, "the documents")
     add_json_arg(p)
     add_input_args(p)
     p.add_argument(
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         on_error=args.on_error,
         clean=config,
+        allow_special=args.allow_special,
     )
     if args.json:
         print_json(result)
@@ -117,6 +121,15 @@ def run(args: argparse.Namespace) -> int:
             f"  skipped {errors['count']:,} bad input record(s) (--on-error skip), "
             f"e.g. {where}: {first['message']}"
         )
+    literal = result["literal_specials"]
+    if literal["count"]:
+        seen = ", ".join(f"{name} x{n:,}" for name, n in literal["by_token"].items())
+        how = (
+            "read as special tokens (--allow-special)"
+            if literal["read_as"] == "special tokens"
+            else "read as ordinary text; --allow-special reads them as special tokens"
+        )
+        print(f"  the text spells out special tokens {literal['count']:,} time(s) ({seen}): {how}")
     if result["unsafe_cuts"]:
         print(f"  note: {result['unsafe_cuts']} chunk cut(s) fell inside a very long line (see meta.json)")
     print(f"wrote {result['out_dir']}")

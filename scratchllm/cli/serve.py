@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from scratchllm.cli.common import add_model_arg, load_model_for, require_positive
+from scratchllm.cli.common import add_allow_special_arg, add_model_arg, load_model_for, require_positive
 
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
@@ -61,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-name", default=None, help="the model id clients use (default: the --model directory's name)"
     )
     p.add_argument("--int8", action="store_true", help="int8 weights: faster CPU decoding, tiny quality cost")
+    add_allow_special_arg(p, "/v1/completions prompts and /tokenize texts (chat messages: never)")
     p.add_argument(
         "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
     )
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         request_timeout=args.request_timeout or None,
+        allow_special=args.allow_special,
     )
     options = EngineOptions(
         max_batch=args.max_batch, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, int8=args.int8

@@ -2,11 +2,13 @@
 
   scratchllm tokenizer train --kind bpe --vocab-size 4096 --input corpus.txt --out tok.json
   scratchllm tokenizer encode --tokenizer tok.json --text "Hello world"
+  scratchllm tokenizer encode --tokenizer tok.json --text "a<|endoftext|>b" --allow-special
   scratchllm tokenizer decode --tokenizer tok.json --ids 15496 995
   scratchllm tokenizer show --tokenizer tok.json --text "Hello world"
 
 --tokenizer accepts a tokenizer JSON file, a run directory, or a directory with GPT-2's
 encoder.json + vocab.bpe (or Hugging Face's vocab.json + merges.txt / tokenizer.json).
+Special-token strings in --text are ordinary text unless --allow-special is given.
 This command never imports torch.
 """
 
@@ -20,7 +22,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from scratchllm.cli.clean import add_input_args
-from scratchllm.cli.common import add_json_arg, add_out_arg, print_json
+from scratchllm.cli.common import (
+    add_allow_special_arg,
+    add_json_arg,
+    add_out_arg,
+    allowed_special,
+    print_json,
+)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.base import EOT
 
@@ -72,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("encode", help="print the token ids of a text")
     _add_tokenizer_arg(e)
     e.add_argument("--text", help="text to encode (default: read standard input)")
+    add_allow_special_arg(e)
     add_json_arg(e)
 
     d = sub.add_parser("decode", help="print the text of token ids")
@@ -84,6 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("show", help="print a text split into coloured tokens with their ids")
     _add_tokenizer_arg(s)
     s.add_argument("--text", help="text to show (default: read standard input)")
+    add_allow_special_arg(s)
     colour = s.add_mutually_exclusive_group()
     colour.add_argument("--no-color", action="store_true", help="plain output: [Hello|15496][ world|995]")
     colour.add_argument("--color", action="store_true", help="colours even when stdout is not a terminal")
@@ -224,7 +234,7 @@ def _text_arg(args: argparse.Namespace) -> str:
 
 def _encode(args: argparse.Namespace) -> int:
     tok = _load(args)
-    ids = tok.encode(_text_arg(args))
+    ids = tok.encode(_text_arg(args), allowed_special=allowed_special(args))
     if args.json:
         print_json({"ids": ids, "count": len(ids)})
     else:
@@ -286,7 +296,7 @@ def token_pieces(tok, ids: list[int]) -> list[str]:
 def _show(args: argparse.Namespace) -> int:
     tok = _load(args)
     text = _text_arg(args)
-    ids = tok.encode(text)
+    ids = tok.encode(text, allowed_special=allowed_special(args))
     pieces = [_visible(p) for p in token_pieces(tok, ids)]
     colour = args.color or (not args.no_color and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     if colour:

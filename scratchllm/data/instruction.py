@@ -52,9 +52,26 @@ class PromptTemplate:
     prompt_no_input: str
 
     def format(self, instruction: str, input: str = "") -> str:
-        if input and input.strip():
-            return self.prompt.format(instruction=instruction, input=input)
-        return self.prompt_no_input.format(instruction=instruction)
+        return "".join(text for text, _ in self.parts(instruction, input))
+
+    def parts(self, instruction: str, input: str = "") -> list[tuple[str, bool]]:
+        """The prompt as ``(text, trusted)`` parts for :meth:`Tokenizer.encode_parts`: the
+        template's own text is trusted (a special-token marker in it, such as ``<|user|>`` when
+        the tokenizer has that special, becomes its id); the instruction and input are not (a
+        ``"<|endoftext|>"`` or ``"<|assistant|>"`` typed into them stays text)."""
+        has_input = bool(input and input.strip())
+        values = {"instruction": instruction, "input": input}
+        fmt = string.Formatter()
+        parts: list[tuple[str, bool]] = []
+        for literal, field, spec, conversion in fmt.parse(self.prompt if has_input else self.prompt_no_input):
+            if literal and parts and parts[-1][1]:  # ("{{" comes back as its own literal piece)
+                parts[-1] = (parts[-1][0] + literal, True)
+            elif literal:
+                parts.append((literal, True))
+            if field is not None:
+                value = fmt.convert_field(values[field], conversion) if conversion else values[field]
+                parts.append((fmt.format_field(value, spec or ""), False))
+        return parts
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -184,6 +201,10 @@ def encode_instructions(
 ) -> tuple[list[EncodedInstruction], EncodeStats]:
     """Tokenize prompt and output separately (so the prompt length is exact) and join them.
 
+    Record texts are ordinary text: a ``"<|endoftext|>"`` inside an output does not end the row
+    early, and one inside an instruction does not forge a template marker. The row's real
+    ``<|endoftext|>`` and the template's markers are inserted as ids (:meth:`PromptTemplate.parts`).
+
     ``max_length`` is the model's context length: a row may hold ``max_length + 1`` tokens,
     because inputs and targets are that row shifted by one.
     """
@@ -191,7 +212,7 @@ def encode_instructions(
     stats = EncodeStats()
     out = []
     for rec in records:
-        prompt = tokenizer.encode(template.format(rec["instruction"], rec["input"]))
+        prompt = tokenizer.encode_parts(template.parts(rec["instruction"], rec["input"]))
         ids = prompt + tokenizer.encode(rec["output"]) + [eot]
         if len(ids) > max_length + 1:
             ids = ids[: max_length + 1]

@@ -15,7 +15,11 @@ How it works, and why:
 * **Documents.** Each input file is one document (a directory contributes its text files,
   recursively, in sorted order; no ``--input`` means the embedded default corpus, one document per
   topic). Documents are joined with the tokenizer's ``<|endoftext|>`` id, so the model learns where
-  one text ends and an unrelated one begins. Files are read like Python's ``open()`` reads text:
+  one text ends and an unrelated one begins. That id is inserted by this code, between documents,
+  and nowhere else: the *text* ``"<|endoftext|>"`` (or any special token's text) inside a document
+  is ordinary text, encoded as its characters (``allow_special=True`` restores the old reading),
+  and ``meta.json`` counts such literal occurrences (``literal_specials``), so a corpus that
+  spells separators out can be spotted. Files are read like Python's ``open()`` reads text:
   UTF-8 (a leading byte-order mark is dropped) with universal newlines (``\\r\\n`` and ``\\r``
   become ``\\n``), exactly what ``Path.read_text()`` gives a tokenizer trainer.
 * **Streaming.** Memory must not grow with the corpus, so files are read in chunks of about
@@ -309,14 +313,16 @@ def _batches(pieces: Iterable[_Piece], chunk_bytes: int) -> Iterator[list[_Piece
 
 _worker_tokenizer: Tokenizer | None = None
 _worker_dtype: str = "uint16"
+_worker_allowed: str | tuple[()] = ()
 
 
-def _set_tokenizer(tokenizer: Tokenizer | None, dtype: str) -> None:
-    global _worker_tokenizer, _worker_dtype
+def _set_tokenizer(tokenizer: Tokenizer | None, dtype: str, allow_special: bool = False) -> None:
+    global _worker_tokenizer, _worker_dtype, _worker_allowed
     _worker_tokenizer, _worker_dtype = tokenizer, dtype
+    _worker_allowed = "all" if allow_special else ()
 
 
-def _init_worker(tokenizer_dict: dict[str, Any], dtype: str) -> None:
+def _init_worker(tokenizer_dict: dict[str, Any], dtype: str, allow_special: bool = False) -> None:
     """Pool initializer: rebuild the tokenizer from its JSON dict (no pickling of live objects)."""
     import signal
 
@@ -325,17 +331,20 @@ def _init_worker(tokenizer_dict: dict[str, Any], dtype: str) -> None:
     # Ctrl-C is the parent's to handle (it stops the pool); workers would only print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    _set_tokenizer(tokenizer_classes()[tokenizer_dict["kind"]].from_dict(tokenizer_dict), dtype)
+    _set_tokenizer(
+        tokenizer_classes()[tokenizer_dict["kind"]].from_dict(tokenizer_dict), dtype, allow_special
+    )
 
 
-def _encode_piece(piece: _Piece) -> Any:
-    """Decode and encode one piece: its token ids as an int64 array."""
+def _encode_piece(piece: _Piece) -> tuple[Any, dict[str, int]]:
+    """Decode and encode one piece: its token ids as an int64 array, and the special-token strings
+    its text spells out (``{string: count}``)."""
     import numpy as np
 
     tok = _worker_tokenizer
     assert tok is not None
-    if piece.data is None:
-        return np.array([tok.eot_id], dtype=np.int64)
+    if piece.data is None:  # the boundary between two documents: the one place the id is inserted
+        return np.array([tok.eot_id], dtype=np.int64), {}
     data = piece.data
     if b"\x00" in data:
         raise ScratchLLMError(
@@ -350,8 +359,9 @@ def _encode_piece(piece: _Piece) -> Any:
             f"{piece.offset + err.start}; convert it first (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    literal = tok.count_specials(text)
     try:
-        ids = np.asarray(tok.encode(text), dtype=np.int64)
+        ids = np.asarray(tok.encode(text, allowed_special=_worker_allowed), dtype=np.int64)
     except ScratchLLMError as err:
         raise ScratchLLMError(
             f"cannot encode {piece.source} (bytes {piece.offset}-{piece.offset + len(data)}): {err}; "
@@ -362,22 +372,29 @@ def _encode_piece(piece: _Piece) -> Any:
             f"the tokenizer produced id {int(ids.max())} outside its vocabulary of {tok.vocab_size} "
             f"while encoding {piece.source}"
         )
-    return ids
+    return ids, literal
 
 
-def _encode_batch(batch: list[_Piece]) -> tuple[bool, bytes, int]:
-    """Encode a batch of pieces; returns (is_val, token ids as bytes, input bytes consumed)."""
+def _encode_batch(batch: list[_Piece]) -> tuple[bool, bytes, int, dict[str, int]]:
+    """Encode a batch of pieces; returns (is_val, token ids as bytes, input bytes consumed,
+    literal special-token strings seen)."""
     import numpy as np
 
-    ids = [_encode_piece(piece) for piece in batch]
+    ids = []
+    literal: dict[str, int] = {}
+    for piece in batch:
+        piece_ids, seen = _encode_piece(piece)
+        ids.append(piece_ids)
+        for name, n in seen.items():
+            literal[name] = literal.get(name, 0) + n
     nbytes = sum(len(p.data) for p in batch if p.data is not None)
     out = ids[0] if len(ids) == 1 else np.concatenate(ids)
-    return batch[0].is_val, out.astype(_worker_dtype).tobytes(), nbytes
+    return batch[0].is_val, out.astype(_worker_dtype).tobytes(), nbytes, literal
 
 
 def _encode_in_order(
     batches: Iterator[list[_Piece]], pool: Any, max_pending: int
-) -> Iterator[tuple[bool, bytes, int]]:
+) -> Iterator[tuple[bool, bytes, int, dict[str, int]]]:
     """Like ``pool.imap(_encode_batch, batches)`` but never more than ``max_pending`` batches ahead."""
     pending: deque[Any] = deque()
     for batch in batches:
@@ -388,7 +405,7 @@ def _encode_in_order(
         yield _result(pending.popleft())
 
 
-def _result(item: Any) -> tuple[bool, bytes, int]:
+def _result(item: Any) -> tuple[bool, bytes, int, dict[str, int]]:
     return _encode_batch(item) if isinstance(item, list) else item.get()
 
 
@@ -414,10 +431,12 @@ def _write_shards(
     chunk_bytes: int,
     workers: int,
     progress: bool,
-) -> tuple[dict[bool, int], int]:
+    allow_special: bool = False,
+) -> tuple[dict[bool, int], int, dict[str, int]]:
     """Stream every piece through the tokenizer into temp files, renamed into place on success.
 
-    Returns the token counts ``{is_val: n}`` and the number of unsafe cuts. When a split gets
+    Returns the token counts ``{is_val: n}``, the number of unsafe cuts and the literal
+    special-token strings seen in the text (``{string: count}``). When a split gets
     fewer than :data:`MIN_SPLIT_TOKENS` tokens nothing is renamed (the caller reports it); on any
     error the temp files are removed and ``out`` is as it was.
     """
@@ -427,6 +446,7 @@ def _write_shards(
 
     cuts = _Cuts()
     counts = {False: 0, True: 0}
+    literal: dict[str, int] = {}
     itemsize = 2 if dtype == "uint16" else 4
     bar = tqdm(
         total=corpus.total_bytes,
@@ -442,14 +462,18 @@ def _write_shards(
 
             # spawn: safe whatever threads the parent runs (torch, tqdm); workers rebuild the tokenizer.
             tok_dict = {"kind": tok.kind, **tok.to_dict()}
-            pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tok_dict, dtype))
+            pool = multiprocessing.get_context("spawn").Pool(
+                workers, _init_worker, (tok_dict, dtype, allow_special)
+            )
         else:
-            _set_tokenizer(tok, dtype)
+            _set_tokenizer(tok, dtype, allow_special)
         with atomic_open(out / "train.bin") as train_f, atomic_open(out / "val.bin") as val_f:
             batches = _batches(_pieces(corpus, split_byte, chunk_bytes, cuts), chunk_bytes)
-            for is_val, ids, nbytes in _encode_in_order(batches, pool, 2 * workers if pool else 0):
+            for is_val, ids, nbytes, seen in _encode_in_order(batches, pool, 2 * workers if pool else 0):
                 (val_f if is_val else train_f).write(ids)
                 counts[is_val] += len(ids) // itemsize
+                for name, n in seen.items():
+                    literal[name] = literal.get(name, 0) + n
                 bar.update(nbytes)
             if min(counts.values()) < MIN_SPLIT_TOKENS:
                 raise _TooSmall
@@ -464,7 +488,7 @@ def _write_shards(
         if pool is not None:
             pool.terminate()
             pool.join()
-    return counts, cuts.unsafe
+    return counts, cuts.unsafe, dict(sorted(literal.items()))
 
 
 def _remove_stale_temp_files(out: Path) -> None:
@@ -495,6 +519,7 @@ def prepare(
     exclude: Sequence[str] | None = None,
     on_error: str = "fail",
     clean: CleanConfig | None = None,
+    allow_special: bool = False,
 ) -> dict[str, Any]:
     """Tokenise ``inputs`` (files/directories; None or empty = the default corpus) into ``out_dir``.
 
@@ -506,6 +531,9 @@ def prepare(
     :data:`POOL_MIN_BYTES` (in-process otherwise), 0 or 1 means in-process, N >= 2 a pool of N.
     Raises :class:`ScratchLLMError` for anything the user can fix; nothing in ``out_dir`` is
     replaced unless the whole run succeeds (and ``force`` is set when ``out_dir`` already holds files).
+
+    Special-token strings written in the text are ordinary text; ``allow_special=True`` reads them
+    as the special tokens instead. Either way ``meta["literal_specials"]`` counts them.
     """
     from scratchllm.io import ensure_empty_dir
     from scratchllm.tokenizer import Tokenizer, load_tokenizer
@@ -535,6 +563,7 @@ def prepare(
             workers=workers,
             progress=progress,
             chunk_bytes=chunk_bytes,
+            allow_special=allow_special,
         )
 
     from scratchllm.data.clean import clean as run_clean
@@ -560,6 +589,7 @@ def prepare(
             workers=workers,
             progress=progress,
             chunk_bytes=chunk_bytes,
+            allow_special=allow_special,
             extra={"clean": _clean_summary(report), "sources": report["inputs"]},
         )
         atomic_write_bytes(out / "clean-report.json", (tmp / "report.json").read_bytes())
@@ -589,6 +619,7 @@ def _prepare(
     workers: int | None,
     progress: bool,
     chunk_bytes: int,
+    allow_special: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`prepare` once the inputs are validated: write the shards and meta.json."""
@@ -613,7 +644,7 @@ def _prepare(
     created = not out.exists()
     ensure_empty_dir(out, force=force)
     try:
-        counts, unsafe_cuts = _write_shards(
+        counts, unsafe_cuts, literal = _write_shards(
             tok,
             corpus,
             out,
@@ -622,6 +653,7 @@ def _prepare(
             chunk_bytes=chunk_bytes,
             workers=workers,
             progress=progress,
+            allow_special=allow_special,
         )
         for name, n in (("training", counts[False]), ("validation", counts[True])):
             if n < MIN_SPLIT_TOKENS:
@@ -658,6 +690,12 @@ def _prepare(
         "input_errors": summary.get("input_errors", {"count": 0}),
         "chunk_bytes": chunk_bytes,
         "unsafe_cuts": unsafe_cuts,
+        # special-token strings spelled out in the text, and how they were read
+        "literal_specials": {
+            "count": sum(literal.values()),
+            "by_token": literal,
+            "read_as": "special tokens" if allow_special else "ordinary text",
+        },
         "text_decoding": "utf-8, BOM dropped, universal newlines",
         "created_by": f"scratchllm {__version__}",
         **(extra or {}),

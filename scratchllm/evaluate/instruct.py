@@ -53,7 +53,8 @@ def evaluate_instructions(
             model, encoded, pad_id=tokenizer.eot_id, batch_size=batch_size, progress=bar("loss")
         )
         metrics.update(response_loss=loss, perplexity=math.exp(min(loss, 50.0)))
-    prompts = [template.format(r["instruction"], r["input"]) for r in records]
+    # template markers as ids, the records' text as text: exactly how training encoded them
+    prompts = [template.parts(r["instruction"], r["input"]) for r in records]
     replies = generate_responses(
         model,
         tokenizer,

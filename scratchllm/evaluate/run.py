@@ -673,7 +673,7 @@ class InstructEval:
             progress=opts.bar,
         )
         out["tokens"] = sum(
-            len(tok.encode(template.format(r["instruction"], r["input"]))) + len(tok.encode(r["output"]))
+            len(tok.encode_parts(template.parts(r["instruction"], r["input"]))) + len(tok.encode(r["output"]))
             for r in records
         ) + sum(len(tok.encode(x)) for x in replies)
         out["responses"] = [{**r, "model_response": m} for r, m in zip(records, replies)]

@@ -75,7 +75,9 @@ def tokenization(ctx: Context) -> Explanation:
     rows, encoded = [], {}
     for name, tok in _comparison_tokenizers(ctx):
         try:
-            ids = tok.encode(text)
+            # The demo text stands for documents joined by the separator prepare inserts as an
+            # id, so its <|endoftext|> is read as the special token here (allowed on purpose).
+            ids = tok.encode(text, allowed_special="all")
         except ScratchLLMError as err:  # a char tokenizer meets a character it never saw
             rows.append({"tokenizer": name, "vocab": tok.vocab_size, "tokens": "-", "error": str(err)})
             continue
@@ -156,10 +158,20 @@ def tokenization(ctx: Context) -> Explanation:
             "<|endoftext|> between documents",
             "Training data is many documents glued into one stream; a special token marks where one "
             "ends and the next begins, so the model learns not to carry context across the boundary. "
-            "It is one id, never spelled out of ordinary pieces (GPT-2: id 50256, the last one).",
+            "It is one id, never spelled out of ordinary pieces (GPT-2: id 50256, the last one). "
+            "The id is inserted by the code that joins documents (prepare); the same 13 characters "
+            "typed into a corpus, a prompt or a chat message are ordinary text (several tokens, or an "
+            "unknown character), so no user can forge a boundary — unless --allow-special is given.",
         )
         eot_ids = {name: tok.special_tokens[EOT] for name, (tok, _, _) in encoded.items()}
         s.value("<|endoftext|> id", eot_ids)
+        as_text = {}
+        for name, (tok, _, _) in encoded.items():
+            try:
+                as_text[name] = pieces(tok, tok.encode(EOT))
+            except ScratchLLMError:
+                as_text[name] = "(cannot spell '<' or '|': not in its vocabulary)"
+        s.value("the text '<|endoftext|>' read as ordinary text", as_text)
         s.check(
             "<|endoftext|> is a single token in every tokenizer",
             all(ids.count(eot_ids[n]) == text.count(EOT) for n, (_, ids, _) in encoded.items()),

@@ -116,7 +116,7 @@ def finetune_instruct(
                     else ""
                 )
             )
-        sample_prompt = tmpl.format(data.val[0]["instruction"], data.val[0]["input"]) if data.val else None
+        sample_prompt = tmpl.parts(data.val[0]["instruction"], data.val[0]["input"]) if data.val else None
         task = InstructionTask(
             encoded[0][0],
             encoded[1][0],

@@ -45,7 +45,9 @@ def chat(
             break
         if not text:
             continue
-        ids = tokenizer.encode(template.format(text))
+        # The template's markers are inserted as ids; the line itself is ordinary text, so a typed
+        # "<|endoftext|>" or template marker cannot end the turn and forge another.
+        ids = tokenizer.encode_parts(template.parts(text))
         if len(ids) > ctx - 1:
             warnings.warn(
                 f"the message and its prompt template are {len(ids)} tokens; only the last {ctx - 1} are "

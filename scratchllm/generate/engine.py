@@ -331,7 +331,7 @@ def generate_many(
 def generate_responses(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[tuple[str, bool]]],
     *,
     max_new_tokens: int = 256,
     batch_size: int = 8,
@@ -343,6 +343,8 @@ def generate_responses(
 
     Prompts are batched with left padding (:func:`pad_left`); generation stops
     at the context length rather than sliding, so a response never loses sight of its prompt.
+    A prompt is ordinary text, or ``(text, trusted)`` parts (``PromptTemplate.parts``: the
+    template's special-token markers become ids, the record's text stays text).
     """
     from scratchllm.data.batches import fixed_batches
     from scratchllm.device import model_device
@@ -353,7 +355,10 @@ def generate_responses(
     device = model_device(model)
     batches = fixed_batches(list(prompts), batch_size)
     for chunk in progress(batches) if progress else batches:
-        ids = [tokenizer.encode(p)[-(ctx - 1) :] for p in chunk]  # keep room for at least one token
+        ids = [  # keep room for at least one token
+            (tokenizer.encode(p) if isinstance(p, str) else tokenizer.encode_parts(p))[-(ctx - 1) :]
+            for p in chunk
+        ]
         idx, mask = pad_left(ids, eot)
         room = min(max_new_tokens, ctx - idx.shape[1])
         if room < 1:

@@ -45,7 +45,9 @@ def fill_mask(model: BertModel, tokenizer: Tokenizer, text: str, *, top_k: int =
     absorbed = [tokenizer.space_joins_next_word and p.endswith(" ") for p in parts[:-1]]
     if tokenizer.space_joins_next_word:
         text = text.replace(" " + MASK, MASK)
-    body = tokenizer.encode(text)
+    # The one place a special string in user text is read on purpose: the [MASK]s to fill (only
+    # those - a "[CLS]" or "<|endoftext|>" typed into the text stays text).
+    body = tokenizer.encode(text, allowed_special={MASK})
     if special.mask not in body:
         raise ScratchLLMError("the text has no [MASK] token; write [MASK] where a token should be filled in")
     ids = [special.cls, *body, special.sep]

@@ -98,6 +98,9 @@ class ServeSettings:
     request_timeout: float | None = 600.0
     #: the ``Retry-After`` seconds of a 429.
     retry_after: int = 1
+    #: read special-token strings in ``/v1/completions`` prompts and ``/tokenize`` texts as the
+    #: special tokens (``--allow-special``); chat messages are ordinary text whatever this says.
+    allow_special: bool = False
 
 
 @dataclass
@@ -308,6 +311,8 @@ def create_app(state: AppState) -> FastAPI:
     """The FastAPI application around ``state`` (whose model may still be loading)."""
     settings = state.settings
     metrics = state.metrics
+    # Prompt text is ordinary text unless the operator chose --allow-special (never chat messages).
+    prompt_specials = "all" if settings.allow_special else ()
     app = FastAPI(
         title="scratchllm serve",
         summary="OpenAI-compatible API for a model trained with scratchllm",
@@ -395,7 +400,7 @@ def create_app(state: AppState) -> FastAPI:
         if body.messages is not None:
             ids = chat_ids(served, body)
         else:
-            ids = served.tokenizer.encode(body.prompt)
+            ids = served.tokenizer.encode(body.prompt, allowed_special=prompt_specials)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.engine.context_length}
 
     @app.get("/tokenizer_info", response_model=TokenizerInfo, responses=error_responses)
@@ -724,7 +729,7 @@ def create_app(state: AppState) -> FastAPI:
         gens = []
         for p in prompts:
             try:
-                ids = tok.encode(p) if isinstance(p, str) else list(p)
+                ids = tok.encode(p, allowed_special=prompt_specials) if isinstance(p, str) else list(p)
             except ScratchLLMError as err:
                 raise APIError(400, str(err), param="prompt") from None
             if not ids and tok.special_tokens.get("<|endoftext|>") is not None:

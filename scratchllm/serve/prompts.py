@@ -25,10 +25,16 @@ In both, a final assistant message is a *prefix* that the model continues (no en
 after it). ``/v1/models`` says which template a model gets (``meta.template``).
 
 **Special tokens stay text.** A user who types ``<|endoftext|>`` into a message must not be able
-to end the turn and start a forged one. Message contents are encoded with
-:func:`encode_ordinary`, where a special token's text is just text; only the template's own
-markers become special ids. (A ``/v1/completions`` prompt is the raw document the model reads, as
-in OpenAI's legacy API, so there ``<|endoftext|>`` is the document separator.)
+to end the turn and start a forged one. Prompts are built as ``(text, trusted)`` parts and encoded
+with :meth:`~scratchllm.tokenizer.base.Tokenizer.encode_parts`: message contents are ordinary text
+(a special token's text is just text, as everywhere in scratchllm), and only the template's own
+markers become special ids. Template text that is *not* a special token of the tokenizer (the
+plain template's ``"User: "``, Alpaca's ``"### Response:"``) is ordinary text for the model too, so
+a message can spell it; only markers that are special tokens (``<|user|>``, ``<|assistant|>`` in a
+tokenizer trained with them) are out of a message's reach. A ``/v1/completions`` prompt or a
+``/tokenize`` text is ordinary text as well, unless the server runs with ``--allow-special`` (the
+old reading, where ``<|endoftext|>`` is the document separator, as in OpenAI's legacy API); a
+prompt given as token ids may hold any id.
 """
 
 from __future__ import annotations
@@ -39,67 +45,10 @@ from typing import Any
 
 from scratchllm.data.instruction import PromptTemplate, get_template
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import EOT, split_on_specials
+from scratchllm.tokenizer.base import EOT
 
 #: Roles whose messages are instructions to the model rather than turns of the conversation.
 SYSTEM_ROLES = ("system", "developer")
-
-
-def encode_ordinary(tokenizer: Any, text: str) -> list[int]:
-    """Encode ``text`` with special-token strings treated as ordinary text.
-
-    The one place that decides how (so it is easy to switch once tokenizers offer such an encode
-    themselves): a tokenizer's own ``encode_ordinary`` if it has one; tiktoken's for byte-level
-    BPE and GPT-2 (``"<|endoftext|>"`` becomes the tokens of its characters); otherwise the text is
-    encoded around special-token strings, and each such string is encoded in two pieces (its first
-    character, then the rest), neither of which is a special token.
-    """
-    own = getattr(tokenizer, "encode_ordinary", None)
-    if callable(own):
-        return list(own(text))
-    encoding = getattr(tokenizer, "tiktoken_encoding", None)
-    if encoding is not None:
-        return list(encoding.encode_ordinary(text))
-    ids: list[int] = []
-    for piece, is_special in split_on_specials(text, tokenizer.special_tokens):
-        if not is_special:
-            ids += tokenizer.encode(piece)
-        elif len(piece) == 1:
-            raise ScratchLLMError(
-                f"the text contains {piece!r}, which this tokenizer can only read as a special token"
-            )
-        else:
-            ids += encode_ordinary(tokenizer, piece[:1]) + encode_ordinary(tokenizer, piece[1:])
-    return ids
-
-
-def encode_parts(tokenizer: Any, parts: Sequence[tuple[str, bool]]) -> list[int]:
-    """Encode ``(text, trusted)`` parts into one id list.
-
-    Special-token strings in *trusted* parts (the template's own text) become special ids; every
-    other character — all of the untrusted parts — is ordinary text, encoded in one run between
-    special tokens (so the ids equal those of encoding the whole text at once, as in training).
-    """
-    ids: list[int] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            ids.extend(encode_ordinary(tokenizer, "".join(run)))
-            run.clear()
-
-    for text, trusted in parts:
-        if not trusted:
-            run.append(text)
-            continue
-        for piece, is_special in split_on_specials(text, tokenizer.special_tokens):
-            if is_special:
-                flush()
-                ids.append(tokenizer.special_tokens[piece])
-            else:
-                run.append(piece)
-    flush()
-    return ids
 
 
 @dataclass(frozen=True)
@@ -135,7 +84,7 @@ class ChatFormat:
         return out
 
     def parts(self, messages: Sequence[Message]) -> list[tuple[str, bool]]:
-        """The prompt as ``(text, trusted)`` parts (see :func:`encode_parts`)."""
+        """The prompt as ``(text, trusted)`` parts (see ``Tokenizer.encode_parts``)."""
         system = "\n\n".join(m.content for m in messages if m.role in SYSTEM_ROLES)
         turns = _merge_turns([m for m in messages if m.role not in SYSTEM_ROLES])
         if not any(role == "user" for role, _ in turns):
@@ -184,11 +133,7 @@ def _instruction_parts(
         instruction = turns[k][1]
         if k == 0 and system:
             instruction = system + "\n\n" + instruction
-        # The template text is trusted, the instruction is not: split the formatted prompt there.
-        for i, piece in enumerate(template.format("\0").split("\0")):
-            if i:
-                parts.append((instruction, False))
-            parts.append((piece, True))
+        parts += template.parts(instruction)  # the template text is trusted, the instruction is not
         if k + 1 < len(turns):
             parts.append((turns[k + 1][1], False))
             if k + 2 < len(turns):
@@ -207,4 +152,4 @@ def chat_format_for(config: dict[str, Any]) -> ChatFormat:
 
 def chat_prompt_ids(tokenizer: Any, chat_format: ChatFormat, messages: Sequence[Message]) -> list[int]:
     """The token ids of a conversation's prompt (message texts encoded as ordinary text)."""
-    return encode_parts(tokenizer, chat_format.parts(messages))
+    return tokenizer.encode_parts(chat_format.parts(messages))

@@ -42,7 +42,7 @@ class InstructionTask:
         pad_id: int,
         mask_prompt: bool = True,
         tokenizer: Any = None,
-        sample_prompt: str | None = None,
+        sample_prompt: str | Sequence[tuple[str, bool]] | None = None,
         sample_tokens: int = 64,
     ) -> None:
         if not train:
@@ -83,4 +83,5 @@ class InstructionTask:
         reply = generate_responses(
             unwrap(model), self.tokenizer, [self.sample_prompt], max_new_tokens=self.sample_tokens
         )[0]
-        return self.sample_prompt + reply
+        prompt = self.sample_prompt
+        return (prompt if isinstance(prompt, str) else "".join(text for text, _ in prompt)) + reply

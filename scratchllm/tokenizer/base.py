@@ -4,6 +4,12 @@ A tokenizer turns text into a list of integer ids and back. Whatever the algorit
 words, byte-level BPE, GPT-2's published merges) it offers the same surface:
 
 * ``encode(text) -> list[int]`` and ``decode(ids) -> str``;
+* ``special_tokens`` strings in text are **ordinary text** unless the caller allows them:
+  ``encode("a<|endoftext|>b")`` gives the tokens of those characters, never the end-of-text id.
+  Text from users and corpora is just text; special ids come from the code that inserts them
+  (``prepare`` appends ``eot_id`` between documents, a chat template inserts its markers).
+  ``encode(text, allowed_special="all")`` (or a set of names) restores the old reading for code
+  and users who want it, tiktoken's model (``encode`` / ``encode_ordinary`` / ``allowed_special``);
 * ``vocab_size`` — ids run from 0 to ``vocab_size - 1``;
 * ``special_tokens`` — a dict such as ``{"<|endoftext|>": 50256}``, and ``eot_id`` for the
   end-of-text token that separates documents;
@@ -15,21 +21,26 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from scratchllm.errors import ScratchLLMError
 
 EOT = "<|endoftext|>"
 FORMAT_VERSION = 1
 
+#: Which special-token strings ``encode`` reads as special tokens: ``"all"`` or a collection of
+#: names (default: none - every special-token string in the text is ordinary text).
+AllowedSpecial: TypeAlias = Literal["all"] | Collection[str]
+
 
 def split_on_specials(text: str, specials: Iterable[str]) -> list[tuple[str, bool]]:
     """Cut ``text`` around special-token strings: ``[(piece, is_special), ...]``, empty pieces dropped.
 
-    Longer specials are tried first, so one that contains another wins. Every tokenizer uses this
-    so that ``"<|endoftext|>"`` in text becomes one special id, not a dozen ordinary tokens.
+    Longer specials are tried first, so one that contains another wins. The one splitter: every
+    encoder that has been *allowed* some specials uses it to find them (``encode(text,
+    allowed_special=...)``), and the literal-occurrence counts of ``prepare`` come from it too.
     """
     alts = sorted(set(specials), key=lambda s: (-len(s), s))
     if not alts:
@@ -47,8 +58,82 @@ class Tokenizer(ABC):
     special_tokens: dict[str, int]
 
     @abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Text → token ids. Special-token strings in ``text`` map to their special ids."""
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text → token ids, every character ordinary text (``"<|endoftext|>"`` is 13 characters,
+        or the pieces a subword tokenizer makes of them)."""
+
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[int]:
+        """Text → token ids. Special-token strings are ordinary text unless ``allowed_special``
+        names them (``"all"``: every special of this tokenizer); allowed ones become their ids.
+
+        Only code that inserts markers on purpose allows them (fill-mask reads the ``[MASK]`` the
+        user writes; ``--allow-special`` on the CLI verbs). Document boundaries and chat-template
+        markers are added as ids by the code that builds the sequence (:meth:`encode_parts`).
+        """
+        allowed = self.allowed_specials(allowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for piece, is_special in split_on_specials(text, allowed):
+            if is_special:
+                ids.append(self.special_tokens[piece])
+            else:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def allowed_specials(self, allowed_special: AllowedSpecial) -> list[str]:
+        """The names of this tokenizer's special tokens that ``allowed_special`` allows."""
+        if isinstance(allowed_special, str):
+            if allowed_special != "all":
+                raise ValueError(
+                    f'allowed_special must be "all" or a collection of names, not {allowed_special!r}'
+                )
+            return list(self.special_tokens)
+        return [s for s in dict.fromkeys(allowed_special) if s in self.special_tokens]
+
+    def encode_parts(self, parts: Iterable[tuple[str, bool]]) -> list[int]:
+        """Encode ``(text, trusted)`` parts into one id list: how a template meets user text.
+
+        Special-token strings in *trusted* parts (a chat template's own text, such as ``"<|user|>"``
+        when the tokenizer has that special) become special ids; every character of the untrusted
+        parts (the user's message, a record's instruction) is ordinary text, so a message holding
+        ``"<|endoftext|>"`` or a template marker cannot end its turn and forge another. Ordinary
+        text is encoded in one run between special ids, so the ids equal those of encoding the
+        whole text at once (as training did).
+        """
+        ids: list[int] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                ids.extend(self.encode_ordinary("".join(run)))
+                run.clear()
+
+        for text, trusted in parts:
+            if not trusted:
+                run.append(text)
+                continue
+            for piece, is_special in split_on_specials(text, self.special_tokens):
+                if is_special:
+                    flush()
+                    ids.append(self.special_tokens[piece])
+                else:
+                    run.append(piece)
+        flush()
+        return ids
+
+    def count_specials(self, text: str) -> dict[str, int]:
+        """How often each special-token string occurs literally in ``text`` (those that do).
+
+        Counted as :func:`split_on_specials` finds them (longest first, no overlaps) - the places
+        ``encode(text, allowed_special="all")`` would turn into special ids.
+        """
+        counts: dict[str, int] = {}
+        if any(s in text for s in self.special_tokens):
+            for piece, is_special in split_on_specials(text, self.special_tokens):
+                if is_special:
+                    counts[piece] = counts.get(piece, 0) + 1
+        return counts
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
@@ -77,8 +162,9 @@ class Tokenizer(ABC):
         except KeyError:
             raise ScratchLLMError(f"this {self.kind} tokenizer has no {EOT} token") from None
 
-    def encode_words(self, text: str) -> list[list[int]]:
-        """:meth:`encode` grouped by word: one list of ids per word, concatenating to ``encode(text)``.
+    def encode_words(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[list[int]]:
+        """:meth:`encode` grouped by word: one list of ids per word, concatenating to
+        ``encode(text, allowed_special=allowed_special)``.
 
         BERT's *whole-word masking* hides every token of a chosen word at once (hiding ``"ing"``
         alone is too easy a guess when ``" walk"`` is visible). Here a word is a run of non-space
@@ -87,9 +173,13 @@ class Tokenizer(ABC):
         word per pre-token, the ``" the"``, ``"'s"``, ``","`` its regex splits off).
         """
         words: list[list[int]] = []
-        for piece, is_special in split_on_specials(text, self.special_tokens):
-            chunks = [piece] if is_special else re.findall(r"\s*\S+|\s+", piece)
-            words.extend(ids for ids in map(self.encode, chunks) if ids)
+        for piece, is_special in split_on_specials(text, self.allowed_specials(allowed_special)):
+            if is_special:
+                words.append([self.special_tokens[piece]])
+            else:
+                words.extend(
+                    ids for ids in map(self.encode_ordinary, re.findall(r"\s*\S+|\s+", piece)) if ids
+                )
         return words
 
     @property

@@ -33,7 +33,9 @@ both become frequent), the existing id is reused and the vocabulary does not gro
 
 Special tokens such as ``<|endoftext|>`` get the **last** ids (GPT-2: 50256 in a 50257 vocab),
 so ``vocab_size`` counts them. In training text they act as hard document boundaries and are
-never merged with anything.
+never merged with anything. ``encode`` reads a special token's text as ordinary bytes
+(``"<|endoftext|>"`` → ``"<|"``, ``"endoftext"``, ``"|>"``) unless the caller allows it, as
+tiktoken's ``encode(text, allowed_special=...)`` does.
 
 Unicode policy (the same in both encoders)
 ------------------------------------------
@@ -58,7 +60,7 @@ from typing import Any
 import regex
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import EOT, Tokenizer
+from scratchllm.tokenizer.base import EOT, AllowedSpecial, Tokenizer
 
 # ----------------------------------------------------------------------------- pre-tokenisation
 # GPT-2's pattern as tiktoken writes it (possessive quantifiers, same splits as the 2019 original
@@ -536,11 +538,14 @@ class BPETokenizer(Tokenizer):
         return self._vocab_size
 
     # ---------------------------------------------------------------- the reference encoder
-    def pre_tokens(self, text: str) -> Iterator[tuple[str, bool]]:
+    def pre_tokens(self, text: str, allowed_special: AllowedSpecial = ()) -> Iterator[tuple[str, bool]]:
         """``text`` cut into what BPE works on: ``(special token, True)`` and ``(pre-token, False)``
-        pieces, in order (each pre-token is merged on its own; merges never cross them)."""
+        pieces, in order (each pre-token is merged on its own; merges never cross them). Only the
+        ``allowed_special`` strings count as special tokens; any other is ordinary text."""
         text = clean_text(text)
-        segments = self._special_re.split(text) if self._special_re else [text]
+        allowed = self.allowed_specials(allowed_special)
+        splitter = _special_splitter(allowed) if allowed else None
+        segments = splitter.split(text) if splitter else [text]
         for k, segment in enumerate(segments):
             if k % 2 == 1:  # the splitter's capture group puts specials at odd positions
                 yield segment, True
@@ -548,9 +553,9 @@ class BPETokenizer(Tokenizer):
             for word in self._regex.findall(segment):
                 yield word, False
 
-    def _encode_pieces(self, text: str) -> Iterator[list[int]]:
-        """The ids of each special token and each pre-token of ``text``, one list per piece."""
-        for word, special in self.pre_tokens(text):
+    def _encode_pieces(self, text: str, allowed_special: AllowedSpecial = ()) -> Iterator[list[int]]:
+        """The ids of each allowed special token and each pre-token of ``text``, one list per piece."""
+        for word, special in self.pre_tokens(text, allowed_special):
             if special:
                 yield [self.special_tokens[word]]
             else:
@@ -562,13 +567,13 @@ class BPETokenizer(Tokenizer):
                         self._cache[piece] = cached
                 yield list(cached)
 
-    def encode_reference(self, text: str) -> list[int]:
-        """Pure-Python encoder: split out specials, pre-tokenise, BPE each piece (cached)."""
-        return [i for ids in self._encode_pieces(text) for i in ids]
+    def encode_reference(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[int]:
+        """Pure-Python encoder: split out allowed specials, pre-tokenise, BPE each piece (cached)."""
+        return [i for ids in self._encode_pieces(text, allowed_special) for i in ids]
 
-    def encode_words(self, text: str) -> list[list[int]]:
-        """One word per pre-token (``" the"``, ``"'s"``, ``","``) and per special token."""
-        return list(self._encode_pieces(text))
+    def encode_words(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[list[int]]:
+        """One word per pre-token (``" the"``, ``"'s"``, ``","``) and per allowed special token."""
+        return list(self._encode_pieces(text, allowed_special))
 
     @property
     def space_joins_next_word(self) -> bool:
@@ -594,10 +599,19 @@ class BPETokenizer(Tokenizer):
             )
         return self._tiktoken
 
-    def encode(self, text: str) -> list[int]:
-        return self.tiktoken_encoding.encode(text, allowed_special="all")
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.tiktoken_encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[int]:
+        allowed = self.allowed_specials(allowed_special)
+        if not allowed:
+            return self.tiktoken_encoding.encode_ordinary(text)
+        # disallowed_special=(): a special that is not allowed is ordinary text, never an error
+        return self.tiktoken_encoding.encode(text, allowed_special=set(allowed), disallowed_special=())
+
+    def encode_batch(
+        self, texts: list[str], num_threads: int = 8, *, allowed_special: AllowedSpecial = ()
+    ) -> list[list[int]]:
         """Encode many texts; long ones in parallel on tiktoken's thread pool.
 
         Short texts are encoded in a plain loop: a thread-pool task costs more than encoding a
@@ -605,8 +619,11 @@ class BPETokenizer(Tokenizer):
         """
         enc = self.tiktoken_encoding
         if num_threads <= 1 or sum(map(len, texts)) < 4096 * len(texts):
-            return [enc.encode(t, allowed_special="all") for t in texts]
-        return enc.encode_batch(texts, num_threads=num_threads, allowed_special="all")
+            return [self.encode(t, allowed_special=allowed_special) for t in texts]
+        allowed = set(self.allowed_specials(allowed_special))
+        return enc.encode_batch(
+            texts, num_threads=num_threads, allowed_special=allowed, disallowed_special=()
+        )
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """Token ids → the raw bytes (which may end in the middle of a UTF-8 character)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import EOT, Tokenizer, split_on_specials
+from scratchllm.tokenizer.base import EOT, Tokenizer
 
 
 class CharTokenizer(Tokenizer):
@@ -29,34 +29,35 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, text: str, special_tokens: Iterable[str] = (EOT,)) -> CharTokenizer:
-        """The vocabulary is simply the set of characters in ``text``."""
+        """The vocabulary is simply the set of characters in ``text``.
+
+        A special-token string written in ``text`` is text like any other (that is how ``encode``
+        reads it), so its characters are part of the vocabulary too.
+        """
         if not text:
             raise ScratchLLMError("cannot build a char tokenizer from empty text")
-        specials = list(special_tokens)
-        for s in specials:
-            text = text.replace(s, "")
-        return cls(set(text), specials)
+        return cls(set(text), list(special_tokens))
 
     @property
     def vocab_size(self) -> int:
         return len(self.chars) + len(self.special_tokens)
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        # Split out special tokens first so "<|endoftext|>" becomes one id, not 13 characters.
-        for piece, is_special in split_on_specials(text, self.special_tokens):
-            if is_special:
-                ids.append(self.special_tokens[piece])
-                continue
-            try:
-                ids.extend(map(self.stoi.__getitem__, piece))  # C-speed lookups
-            except KeyError:
-                pos, ch = next((k, c) for k, c in enumerate(piece) if c not in self.stoi)
-                raise ScratchLLMError(
-                    f"character {ch!r} (U+{ord(ch):04X}, at position {pos}) is not in this char "
-                    f"tokenizer's vocabulary of {len(self.chars)} characters"
-                ) from None
-        return ids
+    def encode_ordinary(self, text: str) -> list[int]:
+        try:
+            return list(map(self.stoi.__getitem__, text))  # C-speed lookups
+        except KeyError:
+            pos, ch = next((k, c) for k, c in enumerate(text) if c not in self.stoi)
+            literal = next((s for s in self.special_tokens if ch in s and s in text), None)
+            hint = (
+                f"; it is part of the text {literal!r}, which is read as ordinary characters unless "
+                "special tokens are allowed (--allow-special)"
+                if literal
+                else ""
+            )
+            raise ScratchLLMError(
+                f"character {ch!r} (U+{ord(ch):04X}, at position {pos}) is not in this char "
+                f"tokenizer's vocabulary of {len(self.chars)} characters{hint}"
+            ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.base import EOT, Tokenizer, split_on_specials
+from scratchllm.tokenizer.base import EOT, AllowedSpecial, Tokenizer
 
 UNK = "<|unk|>"
 SPLIT_RE = re.compile(r'([,.:;?_!"()\']|--|\s)')
@@ -63,12 +63,16 @@ class WordTokenizer(Tokenizer):
     def train(
         cls, text: str, vocab_size: int | None = None, special_tokens: Sequence[str] = (EOT, UNK)
     ) -> WordTokenizer:
-        """Vocabulary = the distinct words of ``text`` (the most frequent ones if ``vocab_size``)."""
+        """Vocabulary = the distinct words of ``text`` (the most frequent ones if ``vocab_size``).
+
+        The words are those ``encode`` sees (a special-token string in ``text`` is text); a word
+        spelled like a special token is never a vocabulary word, so it cannot take the special's
+        place and reads as ``<|unk|>``.
+        """
         specials = list(dict.fromkeys([*special_tokens, UNK]))
-        counts: Counter = Counter()
-        for piece, is_special in split_on_specials(text, specials):
-            if not is_special:
-                counts.update(split_words(piece))
+        counts: Counter = Counter(split_words(text))
+        for s in specials:
+            counts.pop(s, None)
         if not counts:
             raise ScratchLLMError("cannot build a word tokenizer from text without any words")
         words = sorted(counts)
@@ -86,19 +90,15 @@ class WordTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.words) + len(self.special_tokens)
 
-    def encode(self, text: str) -> list[int]:
+    def encode_ordinary(self, text: str) -> list[int]:
+        # A special-token string in the text is a word like any other: "<|endoftext|>" is not in
+        # the word list (training never counts one), so it reads as <|unk|>, never as the special.
         unk = self.special_tokens[UNK]
-        ids: list[int] = []
-        for piece, is_special in split_on_specials(text, self.special_tokens):
-            if is_special:
-                ids.append(self.special_tokens[piece])
-            else:
-                ids.extend(self.stoi.get(w, unk) for w in split_words(piece))
-        return ids
+        return [self.stoi.get(w, unk) for w in split_words(text)]
 
-    def encode_words(self, text: str) -> list[list[int]]:
+    def encode_words(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[list[int]]:
         """Every token is a word (or a punctuation mark) of its own."""
-        return [[i] for i in self.encode(text)]
+        return [[i] for i in self.encode(text, allowed_special=allowed_special)]
 
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)

@@ -40,7 +40,7 @@ def test_default_corpus_documents_separated_by_eot(char_tok, tmp_path):
     meta = prepare(char_tok, None, tmp_path / "out", progress=False)
     docs = default_corpus_documents()
     ids = all_tokens(tmp_path / "out")
-    assert ids.tolist() == char_tok.encode(EOT.join(docs))
+    assert ids.tolist() == char_tok.encode(EOT.join(docs), allowed_special="all")
     assert int((ids == char_tok.eot_id).sum()) == len(docs) - 1
     assert meta["documents"] == len(docs) and meta["sources"][0]["documents"] == len(docs)
     assert meta["train_tokens"] + meta["val_tokens"] == len(ids)
@@ -85,7 +85,7 @@ def test_directory_input_sorted_recursive_text_only(char_tok, tmp_path):
     (d / ".hidden").write_text("not read")
     meta = prepare(char_tok, [d], tmp_path / "out", progress=False, val_fraction=0.3)
     expected = EOT.join(["first doc\n", "second doc\n", "third doc\nwith two lines\n", "last doc\n"])
-    assert all_tokens(tmp_path / "out").tolist() == char_tok.encode(expected)
+    assert all_tokens(tmp_path / "out").tolist() == char_tok.encode(expected, allowed_special="all")
     assert [Path(s["path"]).name for s in meta["sources"]] == ["a.txt", "b.txt", "c.md", "z.txt"]
     assert sorted(Path(s["path"]).name for s in meta["skipped"]) == ["empty.txt", "image.bin"]
 
@@ -105,7 +105,7 @@ def test_bpe_shards_equal_whole_text_encoding(gpt2_files, shared_data, tmp_path)
     verdict = shared_data / "the-verdict.txt"
     meta = prepare(tok, [tmp_path / "shake.txt", verdict], tmp_path / "out", progress=False, chunk_bytes=300)
     assert meta["unsafe_cuts"] == 0 and meta["dtype"] == "uint16"
-    expected = tok.encode(shake + EOT + verdict.read_text(encoding="utf-8"))
+    expected = tok.encode(shake + EOT + verdict.read_text(encoding="utf-8"), allowed_special="all")
     assert all_tokens(tmp_path / "out").tolist() == expected
     assert tok.eot_id == 50256 and expected.count(50256) == 1
 
@@ -120,7 +120,7 @@ class BigVocabTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return 70_000
 
-    def encode(self, text: str) -> list[int]:
+    def encode_ordinary(self, text: str) -> list[int]:
         return [66_000 + ord(c) % 1000 for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -319,7 +319,7 @@ def test_any_corpus_any_split_reassembles(char_tok, docs, val_fraction, chunk):
         except ScratchLLMError as err:
             assert "split got only" in str(err)
             return
-        expected = char_tok.encode(EOT.join(_newlines(t) for t in texts))
+        expected = char_tok.encode(EOT.join(_newlines(t) for t in texts), allowed_special="all")
         assert all_tokens(Path(tmp) / "out").tolist() == expected
         assert meta["train_tokens"] + meta["val_tokens"] == len(expected)
 
@@ -332,3 +332,58 @@ def test_force_rerun_cleans_temp_files_of_a_killed_run(char_tok, tmp_path):
     (out / ".tmp-train.bin.x1y2z3").write_bytes(b"half a file")  # what SIGKILL mid-write leaves
     prepare(char_tok, [src], out, progress=False, val_fraction=0.25, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+
+
+# ----------------------------------------------------------------------------- literal special strings
+LITERAL_DOCS = [
+    "A story that quotes a separator: <|endoftext|> and goes on.\nMore text here.\n" * 3,
+    "Another document.\nIt ends here.\n" * 3,
+]
+
+
+def _literal_setup(tmp_path: Path):
+    from scratchllm.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.train("".join(LITERAL_DOCS))
+    files = []
+    for k, doc in enumerate(LITERAL_DOCS):
+        files.append(tmp_path / f"{k}.txt")
+        files[-1].write_text(doc, encoding="utf-8")
+    return tok, files
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_literal_special_strings_are_text_and_counted(tmp_path, workers):
+    tok, files = _literal_setup(tmp_path)
+    meta = prepare(tok, files, tmp_path / "out", progress=False, val_fraction=0.3, workers=workers)
+    ids = all_tokens(tmp_path / "out").tolist()
+    assert ids == tok.encode(LITERAL_DOCS[0]) + [tok.eot_id] + tok.encode(LITERAL_DOCS[1])
+    assert ids.count(tok.eot_id) == 1, "the document boundary is the real id, and the only one"
+    assert meta["literal_specials"] == {"count": 3, "by_token": {EOT: 3}, "read_as": "ordinary text"}
+    on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert on_disk["literal_specials"] == meta["literal_specials"]
+
+    again = prepare(
+        tok, files, tmp_path / "old", progress=False, val_fraction=0.3, workers=workers, allow_special=True
+    )
+    ids = all_tokens(tmp_path / "old").tolist()
+    assert ids.count(tok.eot_id) == 4, "--allow-special: the old reading, 3 literal + 1 boundary"
+    assert ids == tok.encode(EOT.join(LITERAL_DOCS), allowed_special="all")
+    assert again["literal_specials"] == {"count": 3, "by_token": {EOT: 3}, "read_as": "special tokens"}
+
+
+def test_prepare_cli_reports_literal_specials(tmp_path, capsys):
+    from scratchllm.cli.main import main
+
+    tok, files = _literal_setup(tmp_path)
+    tok.save(tmp_path / "tok.json")
+    base = ["prepare", "--tokenizer", str(tmp_path / "tok.json"), "--input", *map(str, files), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--val-fraction", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "spells out special tokens 3 time(s) (<|endoftext|> x3): read as ordinary text" in out
+    assert (
+        main([*base, "--out", str(tmp_path / "b"), "--val-fraction", "0.3", "--allow-special", "--json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["literal_specials"]["read_as"] == "special tokens"
+    assert all_tokens(tmp_path / "b").tolist().count(tok.eot_id) == 4

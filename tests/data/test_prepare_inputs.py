@@ -42,7 +42,9 @@ def mixed(tmp_path) -> tuple[Path, list[str]]:
 def test_records_of_every_format_are_documents(char_tok, mixed, tmp_path):
     d, docs = mixed
     meta = prepare(char_tok, [d], tmp_path / "out", progress=False, chunk_bytes=200)
-    assert all_ids(tmp_path / "out") == char_tok.encode(EOT.join(docs))  # the prepare invariant
+    assert all_ids(tmp_path / "out") == char_tok.encode(
+        EOT.join(docs), allowed_special="all"
+    )  # the prepare invariant
     assert meta["documents"] == len(docs) and meta["unsafe_cuts"] == 0
     assert meta["train_tokens"] > 0 and meta["val_tokens"] > 0
     sources = {Path(s["path"]).name: s for s in meta["sources"]}
@@ -59,7 +61,7 @@ def test_many_small_records_identical_with_a_pool(char_tok, tmp_path):
     for name in ("train.bin", "val.bin"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert a["split_byte"] == b["split_byte"] and a["documents"] == 3000
-    assert all_ids(tmp_path / "a") == char_tok.encode(EOT.join(texts))
+    assert all_ids(tmp_path / "a") == char_tok.encode(EOT.join(texts), allowed_special="all")
 
 
 def test_bad_records_fail_before_anything_is_written(char_tok, tmp_path):
@@ -78,7 +80,7 @@ def test_on_error_skip_counts_and_reports(char_tok, tmp_path):
     lines.insert(9, json.dumps({"text": None}))
     src.write_text("\n".join(lines) + "\n")
     meta = prepare(char_tok, [src], tmp_path / "out", progress=False, on_error="skip")
-    assert all_ids(tmp_path / "out") == char_tok.encode(EOT.join(good))
+    assert all_ids(tmp_path / "out") == char_tok.encode(EOT.join(good), allowed_special="all")
     errors = meta["input_errors"]
     assert errors["count"] == 2 and errors["by_kind"] == {"not_json": 1, "not_string": 1}
     assert [(e["line"], e["kind"]) for e in errors["first"]] == [(6, "not_json"), (10, "not_string")]
@@ -108,7 +110,7 @@ def test_text_field_and_globs_reach_prepare(char_tok, tmp_path):
         val_fraction=0.3,
     )
     assert all_ids(tmp_path / "out") == char_tok.encode(
-        EOT.join(["Kept text.\nLine two.", "And more.\nYes."])
+        EOT.join(["Kept text.\nLine two.", "And more.\nYes."]), allowed_special="all"
     )
     assert meta["text_field"] == "body"
 

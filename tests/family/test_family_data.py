@@ -25,7 +25,8 @@ def test_with_special_tokens_appends_and_keeps_ids() -> None:
         range(base.vocab_size, base.vocab_size + 4)
     )
     assert tok.encode("hello") == base.encode("hello")
-    assert tok.encode("he[MASK]o") == [*base.encode("he"), tok.special_tokens["[MASK]"], *base.encode("o")]
+    allowed = tok.encode("he[MASK]o", allowed_special={"[MASK]"})
+    assert allowed == [*base.encode("he"), tok.special_tokens["[MASK]"], *base.encode("o")]
     assert mlm.with_special_tokens(tok, mlm.BERT_SPECIAL_TOKENS) is tok
 
 
@@ -35,7 +36,8 @@ def test_with_special_tokens_on_bpe() -> None:
     base = train_bpe("the cat sat on the mat " * 20, 270)
     tok = mlm.with_special_tokens(base, mlm.BERT_SPECIAL_TOKENS)
     assert tok.special_tokens["[MASK]"] == base.vocab_size + 3
-    assert tok.special_tokens["[MASK]"] in tok.encode("the [MASK] sat")
+    assert tok.special_tokens["[MASK]"] in tok.encode("the [MASK] sat", allowed_special={"[MASK]"})
+    assert tok.special_tokens["[MASK]"] not in tok.encode("the [MASK] sat"), "text unless allowed"
 
 
 def test_masking_statistics_80_10_10() -> None:

@@ -228,3 +228,28 @@ def test_gpt_refuses_a_tokenizer_its_shards_were_not_made_with(tmp_path, capsys)
     assert "prepared with a different tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "r1").exists()
     assert main([*train, "--out", str(tmp_path / "r2"), "--tokenizer", str(tmp_path / "char.json")]) == 0
+
+
+def test_fill_mask_reads_only_the_masks_in_user_text() -> None:
+    """fill-mask opts in to [MASK] alone: a "[CLS]" or "<|endoftext|>" typed into the text is text."""
+    import torch
+
+    from scratchllm.generate.fill_mask import fill_mask
+    from scratchllm.model.bert import BertConfig, BertModel
+
+    text = "bob reads the book. <|endoftext|> [CLS] alice [SEP] eats"
+    tok = with_special_tokens(train_bpe(text * 10, 300), BERT_SPECIAL_TOKENS)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, context_length=64, n_layer=1, n_head=2, n_embd=16)
+    model = BertModel(cfg).eval()
+    seen: list[list[int]] = []
+    forward = model.forward
+    model.forward = lambda ids, *a, **k: (seen.append(ids[0].tolist()), forward(ids, *a, **k))[1]
+    out = fill_mask(model, tok, "bob [MASK] the <|endoftext|>[CLS] [MASK].", top_k=2)
+    assert len(out) == 2 and all(len(r["candidates"]) == 2 for r in out)
+    (ids,) = seen
+    sp = tok.special_tokens
+    assert ids[0] == sp["[CLS]"] and ids[-1] == sp["[SEP]"] and ids.count(sp["[MASK]"]) == 2
+    inner = ids[1:-1]
+    assert sp["[CLS]"] not in inner and sp["<|endoftext|>"] not in inner, "only [MASK] is read as a special"
+    assert out[1]["candidates"][0]["text"].startswith("bob [MASK] the <|endoftext|>[CLS]")

@@ -39,7 +39,13 @@ def test_gpt2_ids_match_tiktoken(gpt2_tok, reference_encoding, verdict, shakespe
     assert len(ids) == 5145  # the book's figure
     assert ids == reference_encoding.encode(verdict)
     assert gpt2_tok.encode(shakespeare) == reference_encoding.encode(shakespeare)
-    assert gpt2_tok.encode("Hello world<|endoftext|>") == [15496, 995, 50256]
+    # A special token's text is ordinary text unless allowed (tiktoken's encode_ordinary / allowed_special).
+    literal = "Hello world<|endoftext|>"
+    assert gpt2_tok.encode(literal) == reference_encoding.encode_ordinary(literal)
+    assert gpt2_tok.encode(literal) == [15496, 995, 27, 91, 437, 1659, 5239, 91, 29]
+    assert gpt2_tok.encode_reference(literal) == gpt2_tok.encode(literal)
+    assert gpt2_tok.encode(literal, allowed_special="all") == [15496, 995, 50256]
+    assert gpt2_tok.encode_reference(literal, allowed_special={"<|endoftext|>"}) == [15496, 995, 50256]
     assert gpt2_tok.decode([15496, 995, 50256]) == "Hello world<|endoftext|>"
 
 

@@ -44,7 +44,15 @@ def test_train_encode_decode_show(tmp_path, corpus, capsys):
         == 0
     )
     ids = json.loads(capsys.readouterr().out)["ids"]
-    assert ids == tok.encode("the picture<|endoftext|>") and ids[-1] == 298
+    assert ids == tok.encode("the picture<|endoftext|>") and 298 not in ids, "literal text by default"
+    assert tok.decode(ids) == "the picture<|endoftext|>"
+    encode = ["tokenizer", "encode", "--tokenizer", str(out), "--text", "the picture<|endoftext|>"]
+    assert main([*encode, "--allow-special", "--json"]) == 0
+    ids = json.loads(capsys.readouterr().out)["ids"]
+    assert ids == tok.encode("the picture<|endoftext|>", allowed_special="all") and ids[-1] == 298
+    show = ["tokenizer", "show", "--tokenizer", str(out), "--text", "a<|pad|>", "--no-color"]
+    assert main(show) == 0 and "|299]" not in capsys.readouterr().out
+    assert main([*show, "--allow-special"]) == 0 and "[<|pad|>|299]" in capsys.readouterr().out
 
     assert main(["tokenizer", "decode", "--tokenizer", str(out), "--ids", ",".join(map(str, ids))]) == 0
     assert capsys.readouterr().out == "the picture<|endoftext|>\n"

@@ -24,10 +24,22 @@ def test_word_tokenizer_reproduces_the_books_vocabulary(verdict):
 def test_word_tokenizer_unknown_words_and_specials(verdict):
     tok = WordTokenizer.train(verdict)
     # the book's example: "Hello" and "palace" never occur in the story
-    ids = tok.encode("Hello, do you like tea?<|endoftext|>In the sunlit terraces of the palace.")
+    text = "Hello, do you like tea?<|endoftext|>In the sunlit terraces of the palace."
+    ids = tok.encode(text, allowed_special="all")
     assert ids.count(tok.special_tokens[UNK]) == 2
     assert tok.eot_id in ids
     assert tok.decode(ids) == "<|unk|>, do you like tea? <|endoftext|> In the sunlit terraces of the <|unk|>."
+    # By default the literal is a word like any other: "<|endoftext|>In" is unknown, never the special.
+    ids = tok.encode(text)
+    assert tok.eot_id not in ids and ids.count(tok.special_tokens[UNK]) == 3
+    assert tok.encode("<|endoftext|>") == [tok.special_tokens[UNK]]
+
+
+def test_word_training_never_turns_a_literal_special_into_a_word():
+    tok = WordTokenizer.train("a <|endoftext|> b <|unk|> c")
+    assert tok.words == ["a", "b", "c"] and set(tok.special_tokens) == {"<|endoftext|>", UNK}
+    assert tok.encode("a <|endoftext|> b") == [0, tok.special_tokens[UNK], 1]
+    assert tok.encode("a <|endoftext|> b", allowed_special={"<|endoftext|>"}) == [0, tok.eot_id, 1]
 
 
 def test_word_tokenizer_is_lossy_by_design():
@@ -67,8 +79,21 @@ def test_char_tokenizer_round_trip_and_unknown_character(shakespeare):
     tok = CharTokenizer.train(shakespeare)
     assert tok.vocab_size == 66  # 65 characters + <|endoftext|>
     text = shakespeare[:1000] + "<|endoftext|>"
-    assert tok.decode(tok.encode(text)) == text
-    assert tok.encode("<|endoftext|>") == [tok.eot_id]
+    assert tok.decode(tok.encode(text, allowed_special="all")) == text
+    assert tok.encode("<|endoftext|>", allowed_special="all") == [tok.eot_id]
+    # By default the literal is 13 characters, and '<' is not one of Shakespeare's: the usual error,
+    # on one line, with a hint.
+    with pytest.raises(ScratchLLMError, match=r"character '<'.*'<\|endoftext\|>'.*--allow-special") as err:
+        tok.encode("<|endoftext|>")
+    assert "\n" not in str(err.value)
+
+
+def test_char_tokenizer_reads_a_literal_special_as_its_characters():
+    tok = CharTokenizer.train("ab <|endoftext|> c")  # training keeps the literal's characters
+    assert set("<|endoftext|>") <= set(tok.chars)
+    ids = tok.encode("a<|endoftext|>b")
+    assert tok.eot_id not in ids and len(ids) == 15 and tok.decode(ids) == "a<|endoftext|>b"
+    assert tok.encode("a<|endoftext|>b", allowed_special="all") == [tok.stoi["a"], tok.eot_id, tok.stoi["b"]]
     with pytest.raises(ScratchLLMError, match=r"U\+00E9"):
         tok.encode("café")
 
@@ -92,13 +117,14 @@ def test_save_load_round_trip_for_every_kind(tmp_path, verdict, small_bpe):
         assert again.kind == kind
         assert again.vocab_size == tok.vocab_size
         assert again.special_tokens == tok.special_tokens
-        assert again.encode(text) == tok.encode(text)
-        assert again.decode(again.encode(text)) == tok.decode(tok.encode(text))
+        ids = tok.encode(text, allowed_special="all")
+        assert again.encode(text, allowed_special="all") == ids
+        assert again.decode(ids) == tok.decode(ids)
         # a run directory holding tokenizer.json loads too
         run = tmp_path / f"run-{kind}"
         run.mkdir()
         tok.save(run / "tokenizer.json")
-        assert load_tokenizer(run).encode(text) == tok.encode(text)
+        assert load_tokenizer(run).encode(text, allowed_special="all") == ids
     with pytest.raises(ScratchLLMError, match="holds a word tokenizer"):
         CharTokenizer.load(tmp_path / "word.json")
 
