@@ -63,13 +63,13 @@ class PromptTemplate:
         values = {"instruction": instruction, "input": input}
         fmt = string.Formatter()
         parts: list[tuple[str, bool]] = []
-        for literal, field, spec, conversion in fmt.parse(self.prompt if has_input else self.prompt_no_input):
+        for literal, name, spec, conversion in fmt.parse(self.prompt if has_input else self.prompt_no_input):
             if literal and parts and parts[-1][1]:  # ("{{" comes back as its own literal piece)
                 parts[-1] = (parts[-1][0] + literal, True)
             elif literal:
                 parts.append((literal, True))
-            if field is not None:
-                value = fmt.convert_field(values[field], conversion) if conversion else values[field]
+            if name is not None:
+                value = fmt.convert_field(values[name], conversion) if conversion else values[name]
                 parts.append((fmt.format_field(value, spec or ""), False))
         return parts
 
