@@ -12,7 +12,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.model.config import PRESETS, GPTConfig
 from scratchllm.model.gpt import GPTModel
 from scratchllm.train.config import TrainConfig
-from scratchllm.train.optim import build_optimizer, fused_available, lr_at, param_groups
+from scratchllm.train.optim import build_optimizer, fused_available, lr_at, param_groups, set_lr
 
 
 def test_schedule_warmup_then_cosine_to_min_lr():
@@ -107,3 +107,89 @@ def test_train_config_validation_and_resolution():
     assert out["model"].n_layer == 2
     with pytest.raises(ScratchLLMError, match="valid keys: .*max_steps"):
         resolve_configs(sections, overrides=["max_stepz=3"])
+
+
+def test_wsd_schedule_holds_then_decays_linearly():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, lr_schedule="wsd", decay_frac=0.5)
+    assert lr_at(4, cfg) == pytest.approx(0.5)  # the same warm-up
+    assert lr_at(10, cfg) == lr_at(54, cfg) == 1.0  # stable until the last 55 steps
+    assert lr_at(55, cfg) == pytest.approx(1.0)
+    assert lr_at(82.5, cfg) == pytest.approx(0.55)  # half-way down the linear decay
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(300, cfg) == pytest.approx(0.1)
+    lrs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ScratchLLMError, match="decay_frac"):
+        TrainConfig(lr_schedule="wsd", decay_frac=0.0)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from scratchllm.train.optim import muon_parameters
+
+    for tie in (True, False):
+        model = _tiny(tie)
+        names = {id(p): n for n, p in model.named_parameters()}
+        muon = {names[id(p)] for p in muon_parameters(model)}
+        assert muon == {
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.ffn.fc.weight",
+            "blocks.0.ffn.proj.weight",
+        }
+        opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=2e-3, muon_lr=0.02), "cpu")
+        assert type(opt).__name__ == "MuonAdamW" and isinstance(opt, torch.optim.Optimizer)
+        adam = [names[id(p)] for g in opt.adamw.param_groups for p in g["params"]]
+        assert "tok_emb.weight" in adam and "blocks.0.norm1.weight" in adam and not set(adam) & muon
+        assert ("out_head.weight" in adam) == (not tie)
+        assert len(adam) + len(muon) == sum(1 for _ in model.parameters())  # every parameter, once
+        assert opt.param_groups == opt.adamw.param_groups + opt.muon.param_groups
+        set_lr(opt, 1e-3)  # the schedule scales Muon's rate by muon_lr / lr
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3, 1e-2])
+        assert opt.muon.param_groups[0]["weight_decay"] == 0.0
+
+
+def test_muon_adamw_state_dict_round_trip_continues_identically():
+    """Save after 3 steps, load into a fresh optimizer, take 2 more: identical to 5 straight."""
+    from scratchllm.train.checkpoint import load_optimizer_from, optimizer_tensors
+
+    x = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.05, muon_weight_decay=0.1)
+
+    def steps(model, opt, n):
+        for _ in range(n):
+            set_lr(opt, 1e-2)
+            model(x).logsumexp(-1).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    torch.manual_seed(0)
+    a = _tiny()
+    b = _tiny()
+    b.load_state_dict(a.state_dict())
+    opt_a = build_optimizer(a, cfg, "cpu")
+    steps(a, opt_a, 5)
+    opt_b = build_optimizer(b, cfg, "cpu")
+    steps(b, opt_b, 3)
+    tensors, meta = optimizer_tensors(opt_b, b)
+    assert any(k.endswith(".momentum_buffer") for k in tensors) and any(
+        k.endswith(".exp_avg") for k in tensors
+    )
+    opt_c = build_optimizer(b, cfg, "cpu")
+    load_optimizer_from(opt_c, {k: v.clone() for k, v in tensors.items()}, meta, "test")
+    assert opt_c.muon.state is opt_c.state and opt_c.adamw.param_groups[0] is opt_c.param_groups[0]
+    steps(b, opt_c, 2)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_muon_config_checks():
+    with pytest.raises(ScratchLLMError, match="muon_lr"):
+        TrainConfig(muon_lr=0.0)
+    with pytest.raises(ScratchLLMError, match="muon_momentum"):
+        TrainConfig(muon_momentum=1.0)
+    with pytest.raises(ScratchLLMError, match="optimizer"):
+        resolve_configs({"train": TrainConfig()}, overrides=["optimizer=sgd"])
+    model = _tiny()
+    for n, p in model.named_parameters():
+        p.requires_grad = "norm" in n
+    with pytest.raises(ScratchLLMError, match="optimizer=muon needs"):
+        build_optimizer(model, TrainConfig(optimizer="muon"), "cpu")
