@@ -22,9 +22,9 @@ from scratchllm.train import checkpoint
 from scratchllm.train import loop as loop_module
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.loop import train
+from scratchllm.train.metrics import read_metrics
 from scratchllm.train.optim import build_optimizer
 from scratchllm.weights import read_safetensors
-from scratchllm.train.metrics import read_metrics
 
 VOCAB = 23
 N_STEPS = 10
