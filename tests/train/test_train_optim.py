@@ -193,3 +193,106 @@ def test_muon_config_checks():
         p.requires_grad = "norm" in n
     with pytest.raises(ScratchLLMError, match="optimizer=muon needs"):
         build_optimizer(model, TrainConfig(optimizer="muon"), "cpu")
+
+
+NS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's Newton-Schulz coefficients
+
+
+def _ill_conditioned(rows: int, cols: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A matrix U diag(s) V^T with singular values spread over three decades, and its U, V."""
+    g = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=g))
+    s = torch.logspace(0, -3, k)
+    return u @ torch.diag(s) @ v.T, u, v
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])
+def test_newton_schulz_flattens_the_spectrum_and_keeps_the_directions(shape):
+    from scratchllm.train.optim import newton_schulz
+
+    m, u, v = _ill_conditioned(*shape)
+    out = newton_schulz(m * 7.0, NS, 5, 1e-7, torch.float32)  # the scale of the input does not matter
+    s = torch.linalg.svdvals(out)
+    # The input's singular values span 1 .. 1e-3; five quintic steps bring all but the very smallest
+    # into Muon's band (roughly 0.7 .. 1.2) — an orthogonal matrix "up to a flat spectrum".
+    assert s.max() < 1.25 and (s > 0.6).float().mean() >= 0.8
+    core = u.T @ out @ v  # the same singular vectors: this is diagonal
+    off = core - torch.diag(torch.diagonal(core))
+    assert off.abs().max() < 1e-4
+    assert torch.all(torch.diagonal(core) > 0)  # the signs are kept (U S' V^T, not some other basis)
+    # torch's own (bfloat16) iteration gives the same matrix, to bfloat16's precision (on a
+    # gradient-like random matrix; bfloat16 rounding is amplified along tiny singular values)
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    r = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    ref = _zeropower_via_newtonschulz(r, NS, 5, 1e-7).float()
+    assert torch.allclose(newton_schulz(r, NS, 5, 1e-7, torch.float32), ref, atol=1e-2)
+
+
+def _one_step(opt_name: str, **train):
+    torch.manual_seed(0)
+    model = _tiny(tie=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, TrainConfig(optimizer=opt_name, lr=1e-2, **train), "cpu")
+    x = torch.randint(0, 11, (4, 8), generator=torch.Generator().manual_seed(1))
+    model(x).logsumexp(-1).mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    deltas = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    return model, grads, deltas
+
+
+def test_muon_update_is_the_orthogonalised_gradient_and_adamw_updates_the_rest():
+    """Step 1 from zero momentum: a hidden matrix moves by -lr * sqrt(max(1, rows/cols)) * NS(grad)
+    (float32 on the CPU, to float32 precision); the embedding, head and norms take AdamW's step."""
+    from scratchllm.train.optim import newton_schulz
+
+    model, grads, deltas = _one_step("muon", muon_lr=0.05)
+    scale = 0.05 / 1e-2
+    lr0 = lr_at(0, TrainConfig(lr=1e-2))
+    for name in ("blocks.0.attn.qkv.weight", "blocks.0.ffn.proj.weight"):
+        g = grads[name]
+        rows, cols = g.shape
+        expected = -lr0 * scale * max(1.0, rows / cols) ** 0.5 * newton_schulz(g, NS, 5, 1e-7, torch.float32)
+        assert torch.allclose(deltas[name], expected, atol=1e-7, rtol=1e-5), name
+        s_update, s_grad = torch.linalg.svdvals(deltas[name]), torch.linalg.svdvals(g)
+        # the gradient is dominated by a few directions; the update moves along (nearly) all alike
+        # (the spread is max / median: a LayerNorm'd input leaves the gradient one rank short)
+        assert s_update.max() / s_update.median() < 2 < 4 < s_grad.max() / s_grad.median()
+    # AdamW's first step is lr * sign(grad) per entry (m / sqrt(v) = g / |g|), decoupled decay aside
+    for name in ("tok_emb.weight", "out_head.weight", "blocks.0.norm1.weight"):
+        g, d = grads[name], deltas[name]
+        moved = g.abs() > 1e-8
+        assert torch.allclose(d[moved].abs(), torch.full_like(d[moved], lr0), rtol=0.05), name
+
+
+def test_muon_step_on_cpu_matches_torch_optim_muon():
+    """The float32 CPU step is torch.optim.Muon's math: same momentum, same lr rule, same decay."""
+    from scratchllm.train.optim import muon_adamw_class
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(24, 8))
+    w2 = torch.nn.Parameter(w.detach().clone())
+    ours = muon_adamw_class().Muon([w], lr=0.03, weight_decay=0.1, momentum=0.9)
+    ref = torch.optim.Muon([w2], lr=0.03, weight_decay=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        g = torch.randn(24, 8, generator=gen)
+        w.grad, w2.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+        assert torch.allclose(w, w2, atol=2e-3)  # bfloat16 vs float32 orthogonalisation
+    assert torch.allclose(ours.state[w]["momentum_buffer"], ref.state[w2]["momentum_buffer"], atol=1e-6)
+    assert set(ours.state_dict()["state"][0]) == set(ref.state_dict()["state"][0]) == {"momentum_buffer"}
+
+
+def test_adamw_updates_every_parameter_alike_muon_does_not():
+    """The switch changes the hidden matrices' step and nothing else's (same init, same batch)."""
+    _, _, d_adam = _one_step("adamw")
+    _, _, d_muon = _one_step("muon")
+    for name in d_adam:
+        same = torch.allclose(d_adam[name], d_muon[name], atol=1e-7)
+        hidden = name.startswith("blocks.") and name.endswith("weight") and "norm" not in name
+        assert same != hidden, name
