@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_ENV, Row, format_table, machine_info, results_dir, write_results
 
-BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality", "runs"]
+BENCHMARKS = ["tokenizer", "train", "generate", "memory", "quality", "runs", "speedrun"]
 
 
 def _as_row(r: Row | dict) -> Row:
