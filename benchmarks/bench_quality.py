@@ -77,10 +77,15 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def train_and_time(
-    data: Path, run_dir: Path, overrides: dict[str, Any], env: dict[str, str]
+    data: Path,
+    run_dir: Path,
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    preset: str = "char-shakespeare",
+    target: float = TARGET,
 ) -> dict[str, Any]:
-    """Run ``scratchllm train --preset char-shakespeare`` with ``--set`` overrides; time it."""
-    cmd = [*SCRATCHLLM, "train", "--data", str(data), "--out", str(run_dir), "--preset", "char-shakespeare"]
+    """Run ``scratchllm train --preset PRESET`` with ``--set`` overrides; time it (to ``target``)."""
+    cmd = [*SCRATCHLLM, "train", "--data", str(data), "--out", str(run_dir), "--preset", preset]
     cmd += ["--quiet", "--force"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={v}"]
@@ -99,7 +104,7 @@ def train_and_time(
         }
         for e in evals
     ]
-    hit = next((e for e in evals if e["val_loss"] <= TARGET), None)
+    hit = next((e for e in evals if e["val_loss"] <= target), None)
     to_target = None if hit is None else wall - (last_elapsed - hit["elapsed"])
     config = json.loads((run_dir / "config.json").read_text())
     return {
@@ -148,23 +153,29 @@ def full_val(
     return fp32, int8
 
 
+def prepare_char_shakespeare(tmp: Path, env: dict[str, str]) -> tuple[Path, float]:
+    """Char tokenizer + shards of tinyshakespeare under ``tmp/data`` (as a user makes them); the wall
+    time it took."""
+    text = SHARED_DATA / "tinyshakespeare.txt"
+    t_prep = _run(
+        [*SCRATCHLLM, "tokenizer", "train", "--kind", "char", "--special-tokens", "--quiet"]
+        + ["--input", str(text), "--out", str(tmp / "char.json")],
+        env,
+    )
+    t_prep += _run(
+        [*SCRATCHLLM, "prepare", "--tokenizer", str(tmp / "char.json"), "--input", str(text)]
+        + ["--out", str(tmp / "data"), "--quiet"],
+        env,
+    )
+    return tmp / "data", t_prep
+
+
 def run(quick: bool = True) -> list[Row]:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="scratchllm-bench-quality-") as tmp:
         tmp = Path(tmp)
-        text = SHARED_DATA / "tinyshakespeare.txt"
-        t_prep = _run(
-            [*SCRATCHLLM, "tokenizer", "train", "--kind", "char", "--special-tokens", "--quiet"]
-            + ["--input", str(text), "--out", str(tmp / "char.json")],
-            env,
-        )
-        t_prep += _run(
-            [*SCRATCHLLM, "prepare", "--tokenizer", str(tmp / "char.json"), "--input", str(text)]
-            + ["--out", str(tmp / "data"), "--quiet"],
-            env,
-        )
-        data = tmp / "data"
+        data, t_prep = prepare_char_shakespeare(tmp, env)
         if quick:
             quick_set = {"max_steps": 30, "eval_interval": 30, "eval_steps": 2, "warmup_steps": 5}
             ours = train_and_time(data, tmp / "preset", quick_set, env)

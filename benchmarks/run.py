@@ -27,9 +27,9 @@ from benchmarks.common import (
     write_results,
 )
 
-BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data", "speedrun"]
 #: Benchmarks that read ../shared/data (the others generate their inputs).
-NEEDS_SHARED = {"tokenizer", "memory", "quality"}
+NEEDS_SHARED = {"tokenizer", "memory", "quality", "speedrun"}
 
 
 def _as_row(r: Row | dict) -> Row:

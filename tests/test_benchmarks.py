@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data"]
+BENCHMARKS = ["tokenizer", "train", "generate", "serve", "memory", "quality", "runs", "data", "speedrun"]
 
 
 @pytest.mark.slow
@@ -81,3 +81,25 @@ def test_greedy_agreement_helper() -> None:
 
     assert _agreement([1, 2, 3, 4], [1, 2, 9, 4]) == 0.75
     assert _agreement([], []) == 0.0
+
+
+def test_nanogpt_peer_computes_the_same_function_as_our_gpt() -> None:
+    """benchmarks/nanogpt_peer.py restates nanoGPT; our_config + to_our_state_dict must reproduce it."""
+    import torch
+
+    from benchmarks.nanogpt_peer import Recipe, build_model, our_config, to_our_state_dict
+    from scratchllm.model.gpt import GPTModel
+
+    r = Recipe(n_layer=2, n_head=2, n_embd=16, block_size=8)
+    torch.manual_seed(0)
+    peer = build_model(11, r).eval()
+    ours = GPTModel(our_config(11, r)).eval()
+    missing, unexpected = ours.load_state_dict(to_our_state_dict(peer), strict=False)
+    assert not unexpected and all(k == "out_head.weight" for k in missing)  # the tied head
+    x = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(2))
+    logits, loss = peer(x, y)
+    assert torch.allclose(ours(x), logits, atol=1e-5)
+    from scratchllm.model.gpt import lm_loss
+
+    assert torch.allclose(lm_loss(ours(x), y), loss, atol=1e-6)

@@ -45,7 +45,13 @@ def naive_greedy(model: GPTModel, idx: torch.Tensor, n: int) -> tuple[torch.Tens
 @pytest.mark.parametrize(
     "variant",
     [dict(pos_emb=p) for p in POS]
-    + [dict(pos_emb="rope", n_kv_head=2), dict(n_kv_head=1, norm="rmsnorm", activation="swiglu")],
+    + [dict(pos_emb="rope", n_kv_head=2), dict(n_kv_head=1, norm="rmsnorm", activation="swiglu")]
+    + [
+        dict(qk_norm=True, pos_emb="rope", n_kv_head=2),
+        dict(qk_norm=True),
+        dict(activation="relu2", logit_softcap=5.0, tie_weights=False),
+        dict(pos_emb="rope", activation="relu2", qk_norm=True, logit_softcap=5.0, norm="rmsnorm"),
+    ],
     ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()),
 )
 def test_kv_cache_matches_recomputation(variant):

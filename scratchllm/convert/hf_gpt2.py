@@ -135,6 +135,7 @@ def export_blockers(cfg: GPTConfig) -> list[str]:
 
     Missing biases are *not* a blocker: a layer without a bias is the same function as one whose
     bias is zero, so those are exported as zeros (the book's ``qkv_bias=False`` models included).
+    Neither are ``zero_init_proj`` (only the starting point differs) nor an untied head.
     """
     reasons = []
     if cfg.pos_emb != "learned":
@@ -149,6 +150,10 @@ def export_blockers(cfg: GPTConfig) -> list[str]:
         reasons.append(f"n_kv_head={cfg.n_kv_head} (GPT-2 has no grouped-query attention)")
     if cfg.n_experts:
         reasons.append(f"n_experts={cfg.n_experts} (GPT-2 has no Mixture-of-Experts layers)")
+    if cfg.qk_norm:
+        reasons.append("qk_norm=True (GPT-2 does not normalise queries and keys)")
+    if cfg.logit_softcap:
+        reasons.append(f"logit_softcap={cfg.logit_softcap} (GPT-2's logits are not capped)")
     return reasons
 
 

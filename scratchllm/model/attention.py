@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scratchllm.model.layers import apply_rope
+from scratchllm.model.layers import RMSNorm, apply_rope
 
 if TYPE_CHECKING:
     from scratchllm.model.config import BlockConfig
@@ -120,7 +120,10 @@ class Attention(nn.Module):
     * ``causal=False`` makes it bidirectional (BERT, the seq2seq encoder); ``key_padding_mask``
       hides padding; ``kv_cache`` makes generation incremental;
     * ``need_weights=True`` runs the explicit math path and also returns the ``[B, H, T, S]``
-      attention weights (for plots).
+      attention weights (for plots);
+    * ``qk_norm=True`` RMS-normalises every head's queries and keys (learned gains ``q_norm`` and
+      ``k_norm`` of the head width) before RoPE: a query-key dot product is then at most
+      ``|gain_q| |gain_k| sqrt(D)``, so no logit can run away early in training.
 
     The constructor takes plain numbers so other architectures can reuse it; ``from_config``
     reads them from any model config (:class:`~scratchllm.model.config.BlockConfig`).
@@ -137,6 +140,8 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         causal: bool = True,
         layer_idx: int = 0,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if n_embd % n_head:
@@ -156,6 +161,8 @@ class Attention(nn.Module):
         qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.qkv = nn.Linear(n_embd, qkv_out, bias=bias if qkv_bias is None else qkv_bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
 
     @classmethod
     def from_config(cls, config: BlockConfig, *, causal: bool = True, layer_idx: int = 0) -> Attention:
@@ -168,6 +175,8 @@ class Attention(nn.Module):
             dropout=config.dropout,
             causal=causal,
             layer_idx=layer_idx,
+            qk_norm=config.qk_norm,
+            norm_eps=config.norm_eps,
         )
 
     def forward(
@@ -208,6 +217,10 @@ class Attention(nn.Module):
             q = F.linear(x, w[: H * D], None if b is None else b[: H * D])
             q = q.view(B, T, H, D).transpose(1, 2)
             k, v = context_kv if context_kv is not None else self.context_kv(context)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+            if not cross:  # (cross-attention keys were normalised by context_kv)
+                k = self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
@@ -255,6 +268,8 @@ class Attention(nn.Module):
         w, b = self.qkv.weight, self.qkv.bias
         kv = F.linear(context, w[Hq * D :], None if b is None else b[Hq * D :])
         k, v = kv.view(B, S, 2 * Hkv, D).transpose(1, 2).split([Hkv, Hkv], dim=1)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         return k, v
 
     def _attention_with_weights(

@@ -15,8 +15,9 @@ from scratchllm.errors import ScratchLLMError
 PosEmb = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-#: "gelu" is GPT-2's tanh approximation; "gelu_erf" the exact erf form (BERT, Hugging Face "gelu").
-Activation = Literal["gelu", "gelu_erf", "relu", "swiglu"]
+#: "gelu" is GPT-2's tanh approximation; "gelu_erf" the exact erf form (BERT, Hugging Face "gelu");
+#: "relu2" is the squared ReLU, ``relu(x) ** 2`` (So et al. 2021, "Primer"; the modded-nanoGPT speedruns).
+Activation = Literal["gelu", "gelu_erf", "relu", "relu2", "swiglu"]
 
 
 @dataclass
@@ -45,6 +46,10 @@ class BlockConfig:
     norm_position: NormPosition = "pre"
     norm_eps: float = 1e-5
     activation: Activation = "gelu"
+    #: normalise every head's queries and keys (RMSNorm over the head width, with a learned gain)
+    #: before RoPE and the dot product, so attention logits cannot blow up (Dehghani et al. 2023;
+    #: OLMo 2, Qwen 3, the modded-nanoGPT speedruns). Off for GPT-2.
+    qk_norm: bool = False
     # --- Mixture-of-Experts feed-forward (0 experts = the dense FFN) ---
     n_experts: int = 0
     moe_top_k: int = 2
@@ -111,9 +116,20 @@ class GPTConfig(BlockConfig):
     tie_weights: bool = True
     pos_emb: PosEmb = "learned"
     rope_base: float = 10000.0
+    #: logit soft-capping: ``cap * tanh(logits / cap)`` keeps every output logit within (-cap, cap)
+    #: (Gemma 2, the modded-nanoGPT speedruns); 0 turns it off (GPT-2).
+    logit_softcap: float = 0.0
+    #: start every residual branch's output projection (``attn.proj``, ``ffn.proj``) — and an untied
+    #: output head — at zero: each block begins as the identity and the first logits are uniform
+    #: (the modded-nanoGPT speedruns). Only the initialisation changes, so GPT-2 can still hold it.
+    zero_init_proj: bool = False
 
     def validate(self) -> None:
         super().validate()
+        if not (self.logit_softcap >= 0 and self.logit_softcap < float("inf")):
+            raise ScratchLLMError(
+                f"invalid model config: logit_softcap must be >= 0 (0 = off; got {self.logit_softcap})"
+            )
         if self.vocab_size < 1:
             raise ScratchLLMError(f"invalid model config: vocab_size must be >= 1 (got {self.vocab_size})")
         if self.pos_emb == "rope" and self.head_dim % 2:
@@ -214,6 +230,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             batch_size=64, max_steps=1000, lr=2e-3, warmup_steps=50, eval_interval=250, eval_steps=8
         ),
     },
+}
+
+
+# The speedrun recipe (issue 21): char-shakespeare plus the switches of the modded-nanoGPT speedruns
+# that paid off here — Muon for the hidden matrices, QK-norm — in fewer steps. Each switch is
+# measured alone in benchmarks/bench_speedrun.py (the ablation table in docs/guide/speedrun.md).
+PRESETS["speedrun"] = {
+    "description": "char-shakespeare with Muon and QK-norm: the same loss in fewer steps",
+    "model": {**PRESETS["char-shakespeare"]["model"], "qk_norm": True},
+    "train": {**PRESETS["char-shakespeare"]["train"], "max_steps": 300, "optimizer": "muon", "muon_lr": 0.02},
 }
 
 

@@ -2,7 +2,8 @@
 
 GPT-2 by default (learned absolute positions, pre-norm LayerNorm, GELU-tanh FFN of width 4C,
 output head tied to the token embedding). Every later idea — sinusoidal/RoPE/ALiBi/no positions,
-RMSNorm, post-norm, ReLU/SwiGLU, grouped-query attention, Mixture-of-Experts — is a switch on
+RMSNorm, post-norm, ReLU/ReLU²/SwiGLU, grouped-query attention, QK-norm, logit soft-capping,
+zero-initialised projections, Mixture-of-Experts — is a switch on
 :class:`~scratchllm.model.config.GPTConfig`, so two variants differ only where their configs do.
 
 Parameter names are part of the project's contract (Hugging Face conversion and LoRA rely on them;
@@ -139,9 +140,18 @@ class GPTModel(nn.Module):
         the stream's variance would grow with depth, so those weights get std / sqrt(2 n_layer).
         A submodule (e.g. a Mixture-of-Experts layer) that keeps its weights in raw Parameters can
         define ``init_weights(std, residual_std)`` to take part (see :func:`init_transformer_weights`).
+
+        With ``zero_init_proj`` those residual projections (and an untied output head) start at
+        exactly zero instead: every block is the identity at step 0 and the first prediction is
+        uniform (with an untied head); the first updates reach the head and projections, and from
+        them the gradient flows on to every other weight within a step or two.
         """
-        std = self.config.init_std
-        init_transformer_weights(self, std, std / math.sqrt(2 * self.config.n_layer))
+        cfg = self.config
+        std = cfg.init_std
+        residual_std = 0.0 if cfg.zero_init_proj else std / math.sqrt(2 * cfg.n_layer)
+        init_transformer_weights(self, std, residual_std)
+        if cfg.zero_init_proj and not cfg.tie_weights:
+            nn.init.zeros_(self.out_head.weight)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -182,7 +192,11 @@ class GPTModel(nn.Module):
             x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
         elif only_last:
             x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        logits = self.out_head(self.final_norm(x))
+        cap = self.config.logit_softcap
+        if cap > 0:  # soft-capping: smooth, monotonic, and every logit stays within (-cap, cap)
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     # The bookkeeping of forward, one small step each.
     def _start(self, idx: Tensor, kv_cache: KVCache | None) -> int:

@@ -18,6 +18,8 @@ from typing import Literal
 from scratchllm.errors import ScratchLLMError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+OptimizerName = Literal["adamw", "muon"]
+Schedule = Literal["cosine", "wsd"]
 DType = Literal["auto", "float32", "bfloat16"]
 Strategy = Literal["ddp", "fsdp"]
 
@@ -48,6 +50,21 @@ class TrainConfig:
     grad_clip: float = 1.0
     #: use the fused AdamW kernel; None means "when this torch build and device offer it".
     fused_adamw: bool | None = None
+    #: "adamw" for every parameter, or "muon": Muon (momentum, then Newton-Schulz orthogonalisation)
+    #: for the 2-D hidden matrices and AdamW (the keys above) for embeddings, the output head,
+    #: norms and biases. See scratchllm.train.optim.
+    optimizer: OptimizerName = "adamw"
+    #: Muon's peak learning rate; it follows the same warm-up and decay as ``lr`` (scaled by muon_lr/lr).
+    muon_lr: float = 0.02
+    #: Muon's decoupled weight decay (each step multiplies the matrices by 1 - lr * muon_weight_decay).
+    muon_weight_decay: float = 0.0
+    #: Muon's (Nesterov) momentum.
+    muon_momentum: float = 0.95
+    #: "cosine": warm-up, then half a cosine down to min_lr. "wsd" (warm-up, stable, decay): warm-up,
+    #: hold lr, then fall linearly to min_lr over the last ``decay_frac`` of the steps.
+    lr_schedule: Schedule = "cosine"
+    #: the fraction of max_steps the "wsd" schedule spends decaying.
+    decay_frac: float = 0.3
 
     # --- evaluation, samples, logging, checkpoints (intervals are in optimizer steps) ---
     #: evaluate on the val split every this many steps; 0 means only at the end of training.
@@ -135,7 +152,18 @@ class TrainConfig:
             bad(f"context_length must be >= 1 (got {self.context_length})")
         if self.sample_interval is not None and self.sample_interval < 0:
             bad(f"sample_interval must be >= 0 (got {self.sample_interval})")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "spike_zscore", "progress_interval"):
+        for name in (
+            "lr",
+            "min_lr",
+            "weight_decay",
+            "grad_clip",
+            "spike_zscore",
+            "progress_interval",
+            "muon_lr",
+            "muon_weight_decay",
+            "muon_momentum",
+            "decay_frac",
+        ):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # NaN and inf would train garbage
                 bad(f"{name} must be a finite number (got {value})")
@@ -149,5 +177,12 @@ class TrainConfig:
             bad(f"progress_interval must be >= 0 (got {self.progress_interval})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             bad(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if not self.muon_lr > 0 or self.muon_weight_decay < 0 or not 0 <= self.muon_momentum < 1:
+            bad(
+                "muon_lr must be > 0, muon_weight_decay >= 0 and muon_momentum in [0, 1) "
+                f"(got {self.muon_lr}, {self.muon_weight_decay}, {self.muon_momentum})"
+            )
+        if not 0 < self.decay_frac <= 1:
+            bad(f"decay_frac must be in (0, 1] (got {self.decay_frac})")
         if self.spike_window < 2:
             bad(f"spike_window must be >= 2 (got {self.spike_window})")

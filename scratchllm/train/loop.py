@@ -454,15 +454,16 @@ def _restore(session: Session, *, allow_world_size_change: bool, echo_given: boo
 def _warn_schedule_change(saved: Any, cfg: TrainConfig, step: int, say: Callable[[str], None]) -> None:
     """Resuming with other schedule keys recomputes warm-up + cosine from the new ones: the learning
     rate jumps. That can be intended (a longer run), but it must never be silent."""
-    keys = ("max_steps", "warmup_steps", "lr", "min_lr")
-    if not isinstance(saved, dict) or all(saved.get(k) == getattr(cfg, k) for k in keys):
+    keys = ("max_steps", "warmup_steps", "lr", "min_lr", "lr_schedule", "decay_frac", "muon_lr")
+    if not isinstance(saved, dict):
+        return
+    moved = [k for k in keys if k in saved and saved[k] != getattr(cfg, k)]  # (older runs lack new keys)
+    if not moved:
         return
     import dataclasses
 
     old = dataclasses.replace(cfg, **{k: saved[k] for k in keys if k in saved})
-    changed = ", ".join(
-        f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in keys if saved.get(k) != getattr(cfg, k)
-    )
+    changed = ", ".join(f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in moved)
     say(
         f"warning: the learning-rate schedule changed on resume ({changed}): at step {step} the lr goes "
         f"from {lr_at(step, old):.3g} (the old schedule) to {lr_at(step, cfg):.3g}"

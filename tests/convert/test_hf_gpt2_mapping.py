@@ -79,6 +79,9 @@ def test_unsupported_hf_configs_are_clear_errors(overrides, needle):
         ({"norm_position": "post"}, "norm_position='post'"),
         ({"n_kv_head": 1}, "n_kv_head=1"),
         ({"n_experts": 2}, "n_experts=2"),
+        ({"activation": "relu2"}, "activation='relu2'"),
+        ({"qk_norm": True}, "qk_norm=True"),
+        ({"logit_softcap": 15.0}, "logit_softcap=15.0"),
     ],
 )
 def test_export_refuses_non_gpt2_switches(switch, needle):
@@ -86,6 +89,12 @@ def test_export_refuses_non_gpt2_switches(switch, needle):
     with pytest.raises(ScratchLLMError, match=needle) as err:
         gpt_to_hf_config(cfg)
     assert "cannot export" in str(err.value)
+
+
+def test_export_accepts_switches_gpt2_can_hold():
+    """Zero-initialised projections change only the starting weights; an untied head is a GPT-2 option."""
+    cfg = dataclasses.replace(TINY, zero_init_proj=True, tie_weights=False)
+    assert gpt_to_hf_config(cfg)["tie_word_embeddings"] is False
 
 
 def test_export_names_every_blocking_switch():

@@ -33,6 +33,21 @@ VARIANTS = [
     dict(n_kv_head=2, pos_emb="rope"),
     dict(n_kv_head=1, pos_emb="alibi", activation="swiglu"),
     dict(tie_weights=False, qkv_bias=False, bias=False),
+    dict(qk_norm=True),
+    dict(qk_norm=True, pos_emb="rope", n_kv_head=2),
+    dict(activation="relu2"),
+    dict(logit_softcap=2.0),
+    # the speedrun switches together (zero_init_proj is tested on its own: its outputs start equal)
+    dict(pos_emb="rope", norm="rmsnorm", activation="relu2", qk_norm=True, logit_softcap=15.0, bias=False),
+]
+
+#: The switches added for the speedrun recipes (issue 21), each saved and loaded through a run directory.
+SPEEDRUN_SWITCHES = [
+    dict(qk_norm=True),
+    dict(activation="relu2"),
+    dict(logit_softcap=2.0),
+    dict(zero_init_proj=True, tie_weights=False),
+    dict(tie_weights=False, qk_norm=True, activation="relu2", logit_softcap=15.0, pos_emb="rope"),
 ]
 
 
@@ -191,3 +206,91 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+@pytest.mark.parametrize("variant", SPEEDRUN_SWITCHES, ids=_ids)
+def test_speedrun_switches_round_trip_through_a_run_directory(variant, tmp_path):
+    from scratchllm.load import load_model
+    from scratchllm.runs import save_run_files
+
+    torch.manual_seed(0)
+    model = GPTModel(tiny(**variant))
+    with torch.no_grad():  # move away from the initialisation (zero_init_proj starts at zeros)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_run_files(tmp_path / "run", model, arch="gpt", model_config=model.config)
+    loaded = load_model(tmp_path / "run").model
+    for key, value in variant.items():
+        assert getattr(loaded.config, key) == value
+    assert (loaded.out_head.weight is loaded.tok_emb.weight) == loaded.config.tie_weights
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    idx = torch.randint(0, 61, (2, 9))
+    assert torch.equal(model.eval()(idx), loaded(idx))
+
+
+def test_qk_norm_adds_one_gain_per_head_dimension():
+    names = dict(GPTModel(tiny(qk_norm=True, n_kv_head=2)).named_parameters())
+    assert names["blocks.0.attn.q_norm.weight"].shape == (8,)
+    assert names["blocks.1.attn.k_norm.weight"].shape == (8,)
+    assert not any("q_norm" in n for n in dict(GPTModel(tiny()).named_parameters()))
+    # Scaling the qkv projection scales q and k; with QK-norm the attention does not change.
+    torch.manual_seed(0)
+    model = GPTModel(tiny(qk_norm=True)).eval()
+    idx = torch.randint(0, 61, (2, 10))
+    ref = model(idx)
+    with torch.no_grad():
+        for block in model.blocks:
+            C = model.config.n_embd
+            block.attn.qkv.weight[: 2 * C] *= 7.0  # q and k rows only
+    assert torch.allclose(model(idx), ref, atol=1e-4)
+
+
+def test_logit_softcap_bounds_the_logits():
+    torch.manual_seed(0)
+    model = GPTModel(tiny(logit_softcap=2.0, init_std=1.0)).eval()
+    plain = GPTModel(tiny(init_std=1.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 61, (2, 10))
+    capped, raw = model(idx), plain(idx)
+    assert raw.abs().max() > 4.0 and capped.abs().max() <= 2.0  # (tanh rounds to 1 in float32)
+    assert torch.allclose(capped, 2.0 * torch.tanh(raw / 2.0), atol=1e-5)
+
+
+def test_relu2_is_the_squared_relu():
+    from scratchllm.model.layers import ReLU2
+
+    x = torch.linspace(-3, 3, 13)
+    assert torch.equal(ReLU2()(x), torch.relu(x) ** 2)
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    cfg = tiny(zero_init_proj=True, tie_weights=False)
+    model = GPTModel(cfg)
+    for name, p in model.named_parameters():
+        if name.endswith(".proj.weight") or name == "out_head.weight":
+            assert p.abs().max().item() == 0.0, name
+    assert dict(model.named_parameters())["blocks.0.attn.qkv.weight"].std().item() == pytest.approx(
+        0.02, rel=0.2
+    )
+    idx = torch.randint(0, 61, (2, 12))
+    loss = lm_loss(model(idx), idx)
+    assert loss.item() == pytest.approx(math.log(61), abs=1e-6)  # uniform first prediction
+    # Tied: the head is the embedding, which keeps its normal init; only the projections are zero.
+    tied = GPTModel(tiny(zero_init_proj=True))
+    assert tied.out_head.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    # Training moves every weight away from zero within a few steps.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        lm_loss(model(idx), idx).backward()
+        opt.step()
+    for name, p in model.named_parameters():
+        if name.endswith(".proj.weight"):
+            assert p.abs().max().item() > 0, name
+
+
+def test_bad_softcap_is_refused():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ScratchLLMError, match="logit_softcap"):
+            tiny(logit_softcap=bad)

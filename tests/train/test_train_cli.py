@@ -252,3 +252,26 @@ def test_config_layers_resolve_in_order(data, tmp_path):
     assert (mc.n_layer, mc.n_embd, mc.n_head) == (3, 32, 2)  # n_head from the preset
     assert tc.warmup_steps == 10  # untouched preset value
     assert mc.vocab_size == json.loads((data / "shards" / "meta.json").read_text())["vocab_size"]
+
+
+def test_speedrun_preset_trains_with_muon_and_qk_norm_from_the_cli(data, tmp_path):
+    """`--preset speedrun` (the recipe of docs/guide/speedrun.md) runs as is, only smaller here."""
+    from scratchllm.model.config import PRESETS
+    from scratchllm.runs import OPTIMIZER_FILE
+
+    run = tmp_path / "run"
+    small = ["--set", "n_layer=1", "--set", "n_embd=16", "--set", "batch_size=4", "--set", "max_steps=3"]
+    small += ["--set", "eval_steps=1", "--set", "save_interval=3", "--device", "cpu", "--quiet"]
+    code = main(["train", "--data", str(data / "shards"), "--out", str(run), "--preset", "speedrun", *small])
+    assert code == 0
+    cfg = json.loads((run / "config.json").read_text())
+    for key, value in PRESETS["speedrun"]["train"].items():
+        if key not in ("max_steps", "batch_size", "eval_steps"):
+            assert cfg["train"][key] == value, key
+    assert cfg["train"]["optimizer"] == "muon" and cfg["model"]["qk_norm"] is True
+    (ckpt,) = (run / "checkpoints").iterdir()
+    from safetensors import safe_open
+
+    with safe_open(ckpt / OPTIMIZER_FILE, "pt") as f:
+        keys = list(f.keys())
+    assert any(k.endswith("momentum_buffer") for k in keys) and any(k.endswith("exp_avg") for k in keys)

@@ -23,6 +23,8 @@ from scratchllm.train import loop as loop_module
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.loop import train
 from scratchllm.train.metrics import read_metrics
+from scratchllm.train.optim import build_optimizer
+from scratchllm.weights import read_safetensors
 
 VOCAB = 23
 N_STEPS = 10
@@ -316,3 +318,49 @@ def test_resume_with_other_thread_count_warns(shards, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert any("not be bit-exact" in m and "num_threads" in m for m in messages)
+
+
+# ------------------------------------------------------------------ Muon (optimizer="muon")
+MUON = dict(optimizer="muon", muon_lr=0.03, lr_schedule="wsd", decay_frac=0.5)
+
+
+@pytest.fixture(scope="module")
+def straight_muon(shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight-muon") / "run"
+    model = make_model()
+    result = train(model, LanguageModelingTask(shards, 16, 4), make_cfg(**MUON), run, progress=False)
+    return result, model.state_dict(), run
+
+
+@pytest.mark.parametrize("k", [1, N_STEPS // 2])
+def test_muon_resume_is_bit_exact(shards, straight_muon, tmp_path, k):
+    ref, ref_weights, _ = straight_muon
+    first, second, model = resume_run(shards, tmp_path / "run", k, cfg=make_cfg(**MUON))
+    assert first.history + second.history == ref.history
+    assert same_weights(model.state_dict(), ref_weights)
+
+
+def test_muon_checkpoint_holds_both_optimizers_and_refuses_the_other_kind(shards, straight, straight_muon):
+    _, _, run = straight_muon
+    ckpt = checkpoint.find_resumable_checkpoint(run)[0]
+    tensors, meta = read_safetensors(ckpt / runs.OPTIMIZER_FILE, "optimizer state")
+    info = json.loads(meta["scratchllm_optimizer"])
+    assert info["optimizer"] == "MuonAdamW"
+    by_name = dict(enumerate(info["param_names"]))
+    muon = {by_name[int(k.split(".")[1])] for k in tensors if k.endswith(".momentum_buffer")}
+    adam = {by_name[int(k.split(".")[1])] for k in tensors if k.endswith(".exp_avg")}
+    assert muon == {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight"} | {
+        "blocks.0.ffn.fc.weight",
+        "blocks.0.ffn.proj.weight",
+    }
+    assert "tok_emb.weight" in adam and "blocks.0.norm1.weight" in adam and not muon & adam
+    # an AdamW run cannot be resumed as a Muon run (and the other way round): one clear line
+    _, _, adamw_run = straight
+    with pytest.raises(ScratchLLMError, match="holds AdamW state but this run uses MuonAdamW"):
+        checkpoint.resume(adamw_run, make_model(), build_optimizer(make_model(), make_cfg(**MUON), "cpu"))
+
+
+def test_muon_differs_from_adamw_and_learns(straight, straight_muon):
+    ref, _, _ = straight
+    muon, _, _ = straight_muon
+    assert muon.history != ref.history and muon.history[-1] < muon.history[0]
