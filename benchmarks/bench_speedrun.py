@@ -16,15 +16,26 @@ each training is recorded):
    ``tie_weights=false`` (untied head), ``lr_schedule=wsd``; each row is its final val loss over
    the **whole** val split (the preset's end-of-run evaluation) against the baseline's, and its wall
    time (process start-up included) against the baseline's;
-3. **the recipe** — ``--preset speedrun`` (the switches that won, with fewer steps);
+3. **the recipe** — ``--preset speedrun`` (the switches that won, in the fewest steps that still
+   beat nanoGPT's loss: 180);
 4. **nanoGPT** — :mod:`benchmarks.nanogpt_peer`, nanoGPT's README CPU recipe (GPT-2 architecture,
    batch 12, 2,000 iterations, evaluations every 250) as a child process, its final weights scored
    on the same whole val split with ``scratchllm eval``. The target (issue 21): the speedrun preset
-   reaches nanoGPT's 2,000-iteration val loss in ≤ 0.5× nanoGPT's wall time;
+   reaches nanoGPT's 2,000-iteration val loss in ≤ 0.5× nanoGPT's wall time (both whole runs,
+   start-up and evaluations included);
 5. **step speed** at nanoGPT's own config (4 layers, 4 heads, width 128, context 64, batch 12, GPT-2
-   architecture, vocab 65), in-process, taking turns: our training step (``GPTModel`` + ``lm_loss``
-   + the trainer's fused AdamW, clip 1.0) against nanoGPT's iteration
-   (:class:`benchmarks.nanogpt_peer.Trainer`, its batch loading included), 20 steps per turn.
+   architecture, the char vocabulary): one step of the trainer's own loop
+   (:func:`scratchllm.train.loop.optimizer_step` on a real session: shard sampler, forward,
+   backward, clip, the non-finite/spike checks, fused AdamW) against nanoGPT's iteration
+   (:class:`benchmarks.nanogpt_peer.Trainer`, its batch loading included), **each in its own
+   process as its program runs** (ours with the CLI's ``OMP_WAIT_POLICY=PASSIVE`` and the loop's
+   allocator setting), taking turns, 20 steps per turn; then both under ``torch.compile``
+   (``--set compile=true``; nanoGPT's own default). ``python -m benchmarks.bench_speedrun --full
+   --step-only`` re-measures just these rows from the saved runs;
+6. **BPE** — a BPE tokenizer of 2,048 ids trained on tinyshakespeare and its shards; nanoGPT's
+   recipe on those shards sets the loss (its final weights on the whole val split), and
+   ``--preset bpe-shakespeare``'s wall time to that loss is read off its evaluation curve (the
+   process's wall clock minus what it ran after that evaluation).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_quality import SCRATCHLLM, prepare_char_shakespeare, train_and_time
-from benchmarks.common import Row, time_interleaved
+from benchmarks.common import Row
 
 #: (row name, ``--set`` overrides on top of the char-shakespeare preset)
 SWITCHES: list[tuple[str, dict[str, Any]]] = [
@@ -52,6 +63,39 @@ SWITCHES: list[tuple[str, dict[str, Any]]] = [
     ("warm-up/stable/decay schedule (lr_schedule=wsd)", {"lr_schedule": "wsd"}),
 ]
 QUICK = {"max_steps": 10, "warmup_steps": 2, "eval_steps": 2}
+
+
+#: The BPE recipe's vocabulary: ~2k ids, ~2.9 characters per token on tinyshakespeare.
+BPE_VOCAB = 2048
+
+
+def prepare_bpe_shakespeare(tmp: Path, env: dict[str, str]) -> Path:
+    """A BPE tokenizer of :data:`BPE_VOCAB` ids trained on tinyshakespeare, and its shards, under
+    ``tmp/bpe-data`` (as a user makes them)."""
+    from benchmarks.bench_quality import SHARED_DATA, _run
+
+    text = SHARED_DATA / "tinyshakespeare.txt"
+    tok = tmp / "bpe.json"
+    _run(
+        [*SCRATCHLLM, "tokenizer", "train", "--kind", "bpe", "--vocab-size", str(BPE_VOCAB), "--quiet"]
+        + ["--input", str(text), "--out", str(tok)],
+        env,
+    )
+    _run(
+        [
+            *SCRATCHLLM,
+            "prepare",
+            "--tokenizer",
+            str(tok),
+            "--input",
+            str(text),
+            "--out",
+            str(tmp / "bpe-data"),
+        ]
+        + ["--quiet"],
+        env,
+    )
+    return tmp / "bpe-data"
 
 
 def _load() -> float:
@@ -93,36 +137,142 @@ def _nanogpt(data: Path, out: Path, env: dict[str, str], quick: bool) -> dict[st
     }
 
 
-def step_speed(steps_per_turn: int = 20, repeat: int = 7) -> dict[str, Any]:
-    """Our training step vs nanoGPT's iteration at nanoGPT's CPU config, taking turns (seconds/step)."""
+#: nanoGPT's CPU config in scratchllm's keys: the same function as its model (GPT-2 architecture
+#: without biases, exact GELU, learned positions, LayerNorm, tied head) and its training settings.
+NANOGPT_AS_OURS: dict[str, Any] = {
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+    "context_length": 64,
+    "dropout": 0.0,
+    "bias": False,
+    "activation": "gelu_erf",
+    "pos_emb": "learned",
+    "norm": "layernorm",
+    "tie_weights": True,
+    "batch_size": 12,
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_steps": 100,
+    "max_steps": 2000,
+    "weight_decay": 0.1,
+    "beta2": 0.99,
+    "grad_clip": 1.0,
+    "eval_interval": 0,
+    "eval_steps": 1,
+}
+
+
+def _our_loop_step(data: Path, run_dir: Path, compile: bool) -> Any:
+    """One call = one optimizer step of **the trainer's own loop** (:func:`~scratchllm.train.loop.
+    optimizer_step`: batch from the shard sampler, forward, backward, clip, the loss-spike and
+    non-finite checks, the step) at nanoGPT's config, on real shards."""
+    from scratchllm.train.loop import optimizer_step, start_session
+    from scratchllm.train.pretrain import setup_pretraining
+
+    overrides = {**NANOGPT_AS_OURS, "compile": compile}
+    s = setup_pretraining(data, run_dir, use_default_preset=False, overrides=overrides, device="cpu")
+    session, state = start_session(
+        s.model,
+        s.task,
+        s.train_config,
+        run_dir,
+        arch=s.arch,
+        tokenizer=s.tokenizer,
+        resume=False,
+        force=False,
+        model_config=s.model_config,
+        extra_config=None,
+        allow_world_size_change=False,
+        echo=None,
+    )
+    return lambda: optimizer_step(session, state)
+
+
+def _step_worker(side: str, data: str, compile: str) -> int:
+    """A child process holding one side's training state; each line on stdin ("N") runs N steps and
+    answers with the seconds they took. Each side runs as its own program would: ours with what
+    ``scratchllm train`` sets up (the CLI's ``OMP_WAIT_POLICY=PASSIVE``, the loop's session),
+    nanoGPT's as ``python train.py`` (nothing)."""
     import tempfile as _tf
 
-    import numpy as np
+    if side == "ours":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scratchllm/cli/main.py does
+    import torch
 
-    from benchmarks.bench_train import _ours_step
-    from benchmarks.nanogpt_peer import Recipe, Trainer, our_config
+    from benchmarks.nanogpt_peer import Recipe, Trainer
+    from scratchllm.data.shards import load_shards
 
-    r = Recipe()
-    with _tf.TemporaryDirectory(prefix="scratchllm-bench-nanogpt-") as d:
-        ids = np.random.default_rng(0).integers(0, 65, 200_000, dtype=np.uint16)
-        ids.tofile(Path(d) / "train.bin")
-        ids[:20_000].tofile(Path(d) / "val.bin")
-        peer = Trainer(d, 65, r)
-        ours, _ = _ours_step(our_config(65, r), r.batch_size, r.block_size, {"lr": 1e-3})
+    with _tf.TemporaryDirectory(prefix="scratchllm-bench-step-") as d:
+        if side == "ours":
+            fn = _our_loop_step(Path(data), Path(d) / "run", compile=compile == "1")
+        else:
+            peer = Trainer(data, load_shards(data).vocab_size, Recipe())
+            if compile == "1":
+                peer.model = torch.compile(peer.model)  # what nanoGPT's compile=True does
+            fn = peer.iteration
+        print("ready", flush=True)
+        for line in sys.stdin:
+            t0 = time.perf_counter()
+            for _ in range(int(line)):
+                fn()
+            print(time.perf_counter() - t0, flush=True)
+    return 0
 
-        def ours_block() -> None:
-            for _ in range(steps_per_turn):
-                ours()
 
-        def peer_block() -> None:
-            for _ in range(steps_per_turn):
-                peer.iteration()
+def step_speed(
+    data: Path, steps_per_turn: int = 20, repeat: int = 7, compiled: bool = True
+) -> dict[str, Any]:
+    """Our training loop's step vs nanoGPT's iteration at nanoGPT's CPU config on the same shards
+    (seconds/step): each side in **its own process**, as each program runs (:func:`_step_worker`),
+    taking turns — one turn of ``steps_per_turn`` steps each, a warm-up turn first, ``repeat``
+    timed turns. With ``compiled``, then both under ``torch.compile`` (nanoGPT's own default is
+    ``compile=True``; its README's CPU command turns it off): the warm-up turn compiles."""
+    import statistics
 
-        t = time_interleaved({"ours": ours_block, "nanogpt": peer_block}, repeat=repeat, warmup=1)
-    return {
-        k: {"median_s_per_step": v.median / steps_per_turn, "min_s_per_step": v.min / steps_per_turn}
-        for k, v in t.items()
-    }
+    def pair(compile: bool) -> dict[str, list[float]]:
+        procs = {
+            side: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_speedrun",
+                    "step-worker",
+                    side,
+                    str(data),
+                    str(int(compile)),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).parents[1],
+            )
+            for side in ("ours", "nanogpt")
+        }
+        times: dict[str, list[float]] = {side: [] for side in procs}
+        try:
+            for p in procs.values():
+                if p.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a step-speed worker failed to start")
+            for turn in range(repeat + 1):
+                for side, p in procs.items():
+                    p.stdin.write(f"{steps_per_turn}\n")
+                    p.stdin.flush()
+                    seconds = float(p.stdout.readline())
+                    if turn:  # turn 0 warms up (and compiles)
+                        times[side].append(seconds / steps_per_turn)
+        finally:
+            for p in procs.values():
+                p.stdin.close()
+                p.wait(timeout=60)
+        return times
+
+    out: dict[str, Any] = {}
+    runs = {"": pair(False), **({"_compiled": pair(True)} if compiled else {})}
+    for suffix, times in runs.items():
+        for side, t in times.items():
+            out[side + suffix] = {"median_s_per_step": statistics.median(t), "min_s_per_step": min(t)}
+    return out
 
 
 def ablation_markdown(baseline: dict, rows: list[dict], nanogpt: dict | None) -> str:
@@ -151,7 +301,6 @@ def run(quick: bool = True) -> list[Row]:
 
     env = {**os.environ, "TQDM_DISABLE": "1"}
     extra = QUICK if quick else {}
-    out: list[Row] = []
     suffix = "-quick" if quick else ""
     progress = results_dir() / f"speedrun-runs{suffix}.json"
     done: dict[str, Any] = {"switches": []}
@@ -163,24 +312,52 @@ def run(quick: bool = True) -> list[Row]:
         tmp = Path(tmp)
         data, _ = prepare_char_shakespeare(tmp, env)
         # The most informative runs first: the baseline, Muon, the recipe, nanoGPT, then the others.
-        first = done["baseline_first"] = _train(data, tmp / "base-a", extra, env, "char-shakespeare")
+        done["baseline_first"] = _train(data, tmp / "base-a", extra, env, "char-shakespeare")
         save()
         order = [0, None, "nanogpt", *range(1, len(SWITCHES))]
         for item in order:
             if item is None:
-                speedrun = done["speedrun"] = {
+                done["speedrun"] = {
                     "name": "speedrun preset",
                     **_train(data, tmp / "speedrun", extra, env, "speedrun"),
                 }
             elif item == "nanogpt":
-                nanogpt = done["nanogpt"] = _nanogpt(data, tmp / "nanogpt", env, quick)
+                done["nanogpt"] = _nanogpt(data, tmp / "nanogpt", env, quick)
             else:
                 name, overrides = SWITCHES[item]
                 r = _train(data, tmp / f"switch-{item}", {**overrides, **extra}, env, "char-shakespeare")
                 done["switches"].append({"name": name, "overrides": overrides, **r})
             save()
-        last = done["baseline_last"] = _train(data, tmp / "base-b", extra, env, "char-shakespeare")
+        done["baseline_last"] = _train(data, tmp / "base-b", extra, env, "char-shakespeare")
         save()
+        done["step_speed"] = step_speed(
+            data, steps_per_turn=5 if quick else 20, repeat=3 if quick else 7, compiled=not quick
+        )
+        save()
+        # BPE: nanoGPT's recipe on the same BPE shards sets the loss; our preset's time to it.
+        bpe = prepare_bpe_shakespeare(tmp, env)
+        nanogpt_bpe = done["nanogpt_bpe"] = _nanogpt(bpe, tmp / "nanogpt-bpe", env, quick)
+        save()
+        before = _load()
+        bpe_run = train_and_time(
+            bpe, tmp / "bpe-run", extra, env, preset="bpe-shakespeare", target=nanogpt_bpe["full_val_loss"]
+        )
+        done["bpe_shakespeare"] = {**bpe_run, "load_before": before, "load_after": _load()}
+        save()
+    rows = _rows(done, quick)
+    save()  # with the baseline's mean
+    return rows
+
+
+def _rows(done: dict[str, Any], quick: bool) -> list[Row]:
+    """The ablation table (written beside the results) and the summary rows, from the saved runs."""
+    from benchmarks.common import results_dir
+
+    suffix = "-quick" if quick else ""
+    out: list[Row] = []
+    first, last, speed = done["baseline_first"], done["baseline_last"], done["step_speed"]
+    speedrun, nanogpt = done["speedrun"], done["nanogpt"]
+    nanogpt_bpe, ours_bpe = done["nanogpt_bpe"], done["bpe_shakespeare"]
     switched = sorted(done["switches"], key=lambda r: [n for n, _ in SWITCHES].index(r["name"]))
     baseline = {
         "final_val_loss": (first["final_val_loss"] + last["final_val_loss"]) / 2,
@@ -189,11 +366,9 @@ def run(quick: bool = True) -> list[Row]:
         "load_after": last["load_after"],
         "runs": [first, last],
     }
-    speed = step_speed(steps_per_turn=5 if quick else 20, repeat=3 if quick else 7)
     table = ablation_markdown(baseline, [*switched, speedrun], nanogpt)
     (results_dir() / f"speedrun-ablation{suffix}.md").write_text(table)
-    done.update(baseline=baseline, step_speed=speed)
-    save()
+    done["baseline"] = baseline
     for r in switched:
         out.append(
             Row(
@@ -232,9 +407,31 @@ def run(quick: bool = True) -> list[Row]:
             },
         )
     )
+    bpe_target = nanogpt_bpe["full_val_loss"]
+    bpe_time = ours_bpe["to_target_s"]
     out.append(
         Row(
-            name="train step at nanoGPT's CPU config (4L/4H/128, ctx 64, batch 12, GPT-2 arch)",
+            name=f"bpe-shakespeare preset (BPE {BPE_VOCAB}): wall time to nanoGPT's 2,000-iteration val loss"
+            + (" (quick)" if quick else ""),
+            # not reached: the whole run's time stands in (the row says so in `reached`)
+            ours=bpe_time if bpe_time is not None else ours_bpe["wall_s"],
+            peer=nanogpt_bpe["wall_s"],
+            unit="s wall (incl. start-up)",
+            peer_name=f"nanoGPT CPU recipe on the same BPE shards (val {bpe_target:.4f})",
+            higher_is_better=False,
+            extra={
+                "reached": bpe_time is not None,
+                "reached_at_step": ours_bpe["target_step"],
+                "bpe_final_val_loss": ours_bpe["final_val_loss"],
+                "bpe_wall_s": ours_bpe["wall_s"],
+                "nanogpt_val_loss": bpe_target,
+                "load": [ours_bpe["load_before"], ours_bpe["load_after"]],
+            },
+        )
+    )
+    out.append(
+        Row(
+            name="train step at nanoGPT's CPU config (4L/4H/128, ctx 64, batch 12, GPT-2 arch), eager",
             ours=speed["ours"]["median_s_per_step"] * 1e3,
             peer=speed["nanogpt"]["median_s_per_step"] * 1e3,
             unit="ms/step (median)",
@@ -247,10 +444,56 @@ def run(quick: bool = True) -> list[Row]:
             extra=speed,
         )
     )
+    if "ours_compiled" in speed:
+        out.append(
+            Row(
+                name="the same step, both under torch.compile (--set compile=true; nanoGPT's default)",
+                ours=speed["ours_compiled"]["median_s_per_step"] * 1e3,
+                peer=speed["nanogpt_compiled"]["median_s_per_step"] * 1e3,
+                unit="ms/step (median)",
+                peer_name="nanoGPT's iteration, its model compiled",
+                higher_is_better=False,
+                extra={
+                    "ours_compiled_vs_ours_eager": round(
+                        speed["ours"]["median_s_per_step"] / speed["ours_compiled"]["median_s_per_step"], 3
+                    ),
+                    "ours_compiled_vs_nanogpt_eager": round(
+                        speed["nanogpt"]["median_s_per_step"] / speed["ours_compiled"]["median_s_per_step"], 3
+                    ),
+                },
+            )
+        )
     return out
 
 
+def rerun_step_speed() -> list[Row]:
+    """``--step-only``: measure the step rows again and rebuild every row from the saved full runs
+    (``speedrun-runs.json``) — the trainings take ~25 minutes, the step rows ~4."""
+    from benchmarks.common import results_dir
+
+    progress = results_dir() / "speedrun-runs.json"
+    done = json.loads(progress.read_text())
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    with tempfile.TemporaryDirectory(prefix="scratchllm-bench-speedrun-") as tmp:
+        data, _ = prepare_char_shakespeare(Path(tmp), env)
+        done["step_speed"] = step_speed(data)
+    progress.write_text(json.dumps(done, indent=2) + "\n")
+    return _rows(done, quick=False)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["step-worker"]:
+        sys.exit(_step_worker(*sys.argv[2:5]))
+    if "--step-only" in sys.argv:
+        from benchmarks.common import write_results
+        from benchmarks.run import write_summary
+
+        write_results("speedrun", rows := rerun_step_speed())
+        write_summary(quick=False)
+        from benchmarks.common import format_table
+
+        print(format_table(rows))
+        sys.exit(0)
     from benchmarks.common import format_table
 
     print(format_table(run(quick="--full" not in sys.argv)))

@@ -32,7 +32,11 @@ and return (``TrainResult.interrupted``); a second Ctrl-C stops immediately.
 
 **Speed.** The loop reads one small tensor back from the device per step (the finiteness flag and
 the loss, all-reduced together); everything else stays on the device. Evaluation, plotting and
-checkpoints happen only at their intervals, and their time is excluded from tokens/s.
+checkpoints happen only at their intervals, and their time is excluded from tokens/s. On a CPU
+two more things keep the step lean: the gradient clip uses torch's ``foreach`` kernels (one call
+for all gradients), and :func:`~scratchllm.device.keep_freed_memory` stops glibc from returning
+each step's freed activations to the kernel, which would otherwise fault in and zero the same
+pages again on the next step (~13 % of a step at nanoGPT's CPU config).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import numpy as np
 import torch
 
 from scratchllm.config import to_dict
-from scratchllm.device import peak_rss_mb, set_threads
+from scratchllm.device import keep_freed_memory, peak_rss_mb, set_threads
 from scratchllm.errors import ScratchLLMError
 from scratchllm.runs import (
     BEST_FILE,
@@ -805,6 +809,8 @@ def start_session(
     env = init_distributed(cfg.device)
     device = torch.device(env.device)
     set_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for every step's activations (see its docstring)
     seq_len = getattr(task, "context_length", None) or getattr(model.config, "context_length", 1)
     estimate = estimate_run(
         model,

@@ -1,0 +1,94 @@
+"""The trainer's CPU allocator setting (:func:`scratchllm.device.keep_freed_memory`).
+
+Each training step frees its activations and allocates them again; glibc's default would give
+much of that memory back to the kernel in between, and every page handed out again is a page
+fault (the kernel zeroes it). These tests count the faults, which — unlike time — a loaded
+machine does not change.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _is_glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+glibc = pytest.mark.skipif(
+    not _is_glibc(), reason="mallopt is glibc's; elsewhere keep_freed_memory does nothing"
+)
+
+#: Training steps of a small GPT (2 threads: the worker threads allocate too) in a fresh
+#: interpreter, after a warm-up; prints the page faults per step.
+STEPS = textwrap.dedent(
+    """
+    import resource, sys
+    import torch
+    from scratchllm.device import keep_freed_memory
+    from scratchllm.model.config import GPTConfig
+    from scratchllm.model.gpt import GPTModel, lm_loss
+
+    if sys.argv[1] == "tuned":
+        assert keep_freed_memory() is True
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    cfg = GPTConfig(vocab_size=65, context_length=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+    model = GPTModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 65, (12, 64))
+
+    def step():
+        lm_loss(model(x), x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(int(sys.argv[2])):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+    """
+)
+
+
+def _faults_per_step(mode: str, warmup: int = 10) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.pop("SCRATCHLLM_KEEP_FREED_MEMORY", None)
+    r = subprocess.run(
+        [sys.executable, "-c", STEPS, mode, str(warmup)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+@glibc
+def test_training_steps_stop_faulting_in_their_memory_again():
+    default, tuned = _faults_per_step("default"), _faults_per_step("tuned")
+    assert default > 100, default  # the problem is real here: fresh pages every step
+    assert tuned < default / 10, (tuned, default)
+
+
+def test_the_user_s_own_allocator_tuning_wins(monkeypatch):
+    import scratchllm.device as device
+
+    monkeypatch.setattr(device, "_allocator_tuned", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert device.keep_freed_memory() is False
+    monkeypatch.setattr(device, "_allocator_tuned", None)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("SCRATCHLLM_KEEP_FREED_MEMORY", "0")
+    assert device.keep_freed_memory() is False
