@@ -77,9 +77,10 @@ def _faults_per_step(mode: str, warmup: int = 10) -> float:
 
 @glibc
 def test_training_steps_stop_faulting_in_their_memory_again():
-    default, tuned = _faults_per_step("default"), _faults_per_step("tuned")
-    assert default > 100, default  # the problem is real here: fresh pages every step
-    assert tuned < default / 10, (tuned, default)
+    # Without the setting this measured 38-930 faults per step (glibc's own thresholds adapt,
+    # unevenly); with it, after the warm-up, 0 in every run.
+    tuned = _faults_per_step("tuned", warmup=20)
+    assert tuned < 10, (tuned, _faults_per_step("default", warmup=20))
 
 
 def test_the_user_s_own_allocator_tuning_wins(monkeypatch):
