@@ -194,8 +194,6 @@ def _step_worker(side: str, data: str, compile: str) -> int:
     answers with the seconds they took. Each side runs as its own program would: ours with what
     ``scratchllm train`` sets up (the CLI's ``OMP_WAIT_POLICY=PASSIVE``, the loop's session),
     nanoGPT's as ``python train.py`` (nothing)."""
-    import tempfile as _tf
-
     if side == "ours":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scratchllm/cli/main.py does
     import torch
@@ -203,7 +201,7 @@ def _step_worker(side: str, data: str, compile: str) -> int:
     from benchmarks.nanogpt_peer import Recipe, Trainer
     from scratchllm.data.shards import load_shards
 
-    with _tf.TemporaryDirectory(prefix="scratchllm-bench-step-") as d:
+    with tempfile.TemporaryDirectory(prefix="scratchllm-bench-step-") as d:
         if side == "ours":
             fn = _our_loop_step(Path(data), Path(d) / "run", compile=compile == "1")
         else:
@@ -484,16 +482,14 @@ def rerun_step_speed() -> list[Row]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["step-worker"]:
         sys.exit(_step_worker(*sys.argv[2:5]))
+    from benchmarks.common import format_table
+
     if "--step-only" in sys.argv:
         from benchmarks.common import write_results
         from benchmarks.run import write_summary
 
         write_results("speedrun", rows := rerun_step_speed())
         write_summary(quick=False)
-        from benchmarks.common import format_table
-
-        print(format_table(rows))
-        sys.exit(0)
-    from benchmarks.common import format_table
-
-    print(format_table(run(quick="--full" not in sys.argv)))
+    else:
+        rows = run(quick="--full" not in sys.argv)
+    print(format_table(rows))
