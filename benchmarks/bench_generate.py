@@ -174,10 +174,12 @@ def run(quick: bool = True) -> list[Row]:
 
     from scratchllm.generate import generate
     from scratchllm.model.quantize import (
+        FP32_DECODERS,
         available_kernels,
+        cpp_kernel_error,
         kernel_in_use,
+        prepare_fp32_decoding,
         quantize_int8,
-        relayout_for_decoding,
     )
 
     n_layer, new_tokens, repeat = (2, 32, 3) if quick else (12, 200, 3)
@@ -189,9 +191,17 @@ def run(quick: bool = True) -> list[Row]:
     auto = quantize_int8(copy.deepcopy(ours))  # what `scratchllm generate --int8` runs
     chosen = kernel_in_use(auto)
     forced = {k: quantize_int8(copy.deepcopy(ours), kernel=k) for k in available_kernels() if k != chosen}
-    # What `scratchllm generate` runs on a CPU without --int8: the same fp32 weights, stored
-    # column-major so each one-token matrix-vector product streams memory the fast way.
-    ours = relayout_for_decoding(ours)
+    # What `scratchllm generate` runs on a CPU without --int8: the same fp32 weights, each
+    # one-token matrix-vector product by the decoder "auto" picks here (scratchllm's kernel or
+    # PyTorch's on column-major weights); the other decoder is timed too.
+    other_decoders = {}
+    for name in FP32_DECODERS:
+        if name != "cpp" or cpp_kernel_error() is None:
+            other_decoders[name] = copy.deepcopy(ours)
+    decoder = prepare_fp32_decoding(ours)
+    other_decoders.pop(decoder, None)
+    for name, model in other_decoders.items():
+        prepare_fp32_decoding(model, name)
     prompt = torch.randint(0, 50257, (1, prompt_len), generator=torch.Generator().manual_seed(1))
     outputs: dict[str, Any] = {}
     llama_seconds: dict[str, list[float]] = {"llama_f32": [], "llama_q8_0": []}
@@ -217,6 +227,10 @@ def run(quick: bool = True) -> list[Row]:
     for name, model in forced.items():
         fns[f"int8_{name}"] = lambda m=model, n=name: outputs.__setitem__(
             f"int8_{n}", generate(m, prompt, new_tokens, temperature=0.0)
+        )
+    for name, model in other_decoders.items():
+        fns[f"fp32_{name}"] = lambda m=model, n=name: outputs.__setitem__(
+            f"fp32_{n}", generate(m, prompt, new_tokens, temperature=0.0)
         )
     if peer is not None:
         for gguf in ("f32", "q8_0"):
@@ -261,11 +275,12 @@ def run(quick: bool = True) -> list[Row]:
         "bandwidth_ceiling_tokens_per_s": {k: round(bandwidth * 1e9 / b, 1) for k, b in weights.items()},
         "overhead_ms_per_token": round(overhead, 2),
         "int8_kernel": chosen,
+        "fp32_decoder": decoder,
         "llamacpp": llama_info if peer is not None else f"skipped: {llama_skipped}",
     }
     rows = [
         Row(
-            name=f"generate fp32, {what}",
+            name=f"generate fp32 (decoder {decoder}), {what}",
             ours=tps["ours"],
             peer=tps["hf"],
             unit="tokens/s (median)",
@@ -304,6 +319,18 @@ def run(quick: bool = True) -> list[Row]:
                 unit="tokens/s (median)",
                 peer_name="scratchllm fp32",
                 target="informative (auto picks the fastest)",
+            )
+        )
+    for name in other_decoders:
+        rows.append(
+            Row(
+                name=f"generate fp32, decoder {name} forced, vs the one auto picked ({decoder}), {what}",
+                ours=tps[f"fp32_{name}"],
+                peer=tps["ours"],
+                unit="tokens/s (median)",
+                peer_name=f"scratchllm fp32, decoder {decoder}",
+                target="informative (auto picks the fastest)",
+                extra={"same_tokens": bool(torch.equal(outputs[f"fp32_{name}"], outputs["ours"]))},
             )
         )
     if peer is not None:

@@ -13,6 +13,8 @@ column-major weights ``scratchllm generate`` uses without ``--int8``.
 Candidates:
 
 * ``cpp`` — scratchllm's packed int8 kernel (:mod:`scratchllm.model.quantize`), fp32 activations;
+* ``cpp-q8`` — the same packed weights, activations rounded to int8 in runs of 16 (integer dot
+  products, as llama.cpp's q8_0 does);
 * ``int8pack-bf16`` / ``int8pack-fp32`` — ``aten._weight_int8pack_mm`` with bf16 / fp32 activations;
 * ``fbgemm-dynamic (deprecated)`` — ``quantized::linear_dynamic`` on a per-channel qint8 tensor,
   what scratchllm used before: the quantized-tensor API PyTorch deprecates (kept here as a
@@ -56,8 +58,10 @@ def _candidates(with_compile: bool) -> tuple[dict[str, Callable[[], Any]], dict[
     if (why := cpp_kernel_error()) is None:
         cpp = [Int8Linear.from_int8(q, s, None, "cpp") for q, s in zip(qs, scales)]
         fns["cpp (scratchllm)"] = lambda: [m(xs[m.in_features]) for m in cpp]
+        cpp_q8 = [Int8Linear.from_int8(q, s, None, "cpp-q8") for q, s in zip(qs, scales)]
+        fns["cpp-q8 (scratchllm, int8 activations)"] = lambda: [m(xs[m.in_features]) for m in cpp_q8]
     else:
-        skipped["cpp (scratchllm)"] = why
+        skipped["cpp (scratchllm)"] = skipped["cpp-q8 (scratchllm, int8 activations)"] = why
     bf16 = {k: v.to(torch.bfloat16) for k, v in xs.items()}
     sbf = [s.to(torch.bfloat16) for s in scales]
     fns["int8pack-bf16"] = lambda: [

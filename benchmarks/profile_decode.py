@@ -33,6 +33,8 @@ MATMUL_OPS = (
     "aten::linear",
     "aten::matmul",
     "scratchllm_int8::linear_packed",
+    "scratchllm_int8::linear_packed_q8",
+    "scratchllm_int8::linear_rows_f32",
     "aten::_weight_int8pack_mm",
 )
 
@@ -70,7 +72,9 @@ def profile(model: Any, prompt: Any, tokens: int, weight_bytes: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=64, help="tokens to decode per profile (default 64)")
-    p.add_argument("--kernel", default="auto", help="int8 kernel: auto, cpp, int8pack, fp32 (default auto)")
+    p.add_argument(
+        "--kernel", default="auto", help="int8 kernel: auto, cpp, cpp-q8, int8pack, fp32 (default auto)"
+    )
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -78,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.bench_generate import _models, overhead_per_token_ms, read_bandwidth_gbs
-    from scratchllm.model.quantize import kernel_in_use, quantize_int8, relayout_for_decoding
+    from scratchllm.model.quantize import kernel_in_use, prepare_fp32_decoding, quantize_int8
 
     ours, _ = _models(args.n_layer)
     weight_bytes = sum(p.numel() for p in ours.parameters() if p.dim() == 2 and p is not ours.pos_emb.weight)
     int8 = quantize_int8(copy.deepcopy(ours), kernel=args.kernel)
-    fp32 = relayout_for_decoding(ours)
+    prepare_fp32_decoding(ours)  # what `scratchllm generate` runs without --int8
+    fp32 = ours
     prompt = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(1))
     report = {
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -22,8 +22,10 @@ examples:
   scratchllm generate --model runs/shakespeare --prompt-file prompts.txt --num-samples 2 --json > out.jsonl
   scratchllm generate --model gpt2-hf/ --prompt "Hello" --int8 --int8-kernel int8pack
 
---int8 picks the fastest int8 kernel for this machine by a quick measurement the first time
-(cached in ~/.cache/scratchllm; the first use also compiles scratchllm's C++ kernel, ~30 s).
+On a CPU the weight products of each decoding step run the fastest kernel for this machine,
+picked by a quick measurement the first time (cached in ~/.cache/scratchllm; the first use also
+compiles scratchllm's C++ kernels, ~30 s): for fp32 weights scratchllm's matrix-vector kernel or
+PyTorch's (SCRATCHLLM_FP32_DECODER=cpp|blas forces one), with --int8 one of the int8 kernels.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8-kernel",
         default="auto",
-        choices=["auto", "cpp", "int8pack", "fp32"],
+        choices=["auto", "cpp", "cpp-q8", "int8pack", "fp32"],
         help="with --int8: auto (default: the fastest here, measured once and cached), cpp "
-        "(scratchllm's C++ kernel), int8pack (PyTorch's), fp32 (rounded weights in fp32)",
+        "(scratchllm's C++ kernel), cpp-q8 (the same with activations rounded to int8 in runs of "
+        "16: integer dot products), int8pack (PyTorch's), fp32 (rounded weights in fp32)",
     )
     p.add_argument(
         "--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps"
@@ -123,22 +126,22 @@ def run(args: argparse.Namespace) -> int:
     )
     tok = loaded.tokenizer
     model = loaded.model
-    kernel = None
+    kernel = decoder = None
     if device == "cpu":
         from scratchllm.model import quantize as q8
 
-        # This model only generates: use the faster CPU layouts (see scratchllm.model.quantize).
+        # This model only generates: use the faster CPU kernels (see scratchllm.model.quantize).
+        if args.int8_kernel in ("auto", *q8.CPP_KERNELS) and not args.json and not q8.cpp_kernel_is_built():
+            print("note: compiling scratchllm's decoding kernels for this CPU (once, ~30 s)", file=sys.stderr)
         if args.int8:
-            if args.int8_kernel in ("auto", "cpp") and not args.json and not q8.cpp_kernel_is_built():
-                print("note: compiling scratchllm's int8 kernel for this CPU (once, ~30 s)", file=sys.stderr)
-            if args.int8_kernel == "cpp" and (why := q8.cpp_kernel_error()) is not None:
+            if args.int8_kernel in q8.CPP_KERNELS and (why := q8.cpp_kernel_error()) is not None:
                 raise ScratchLLMError(
-                    f"--int8-kernel cpp is unavailable here ({why}); use --int8-kernel auto"
+                    f"--int8-kernel {args.int8_kernel} is unavailable here ({why}); use --int8-kernel auto"
                 )
             model = q8.quantize_int8(model, kernel=args.int8_kernel)
             kernel = q8.kernel_in_use(model)
         else:
-            model = q8.relayout_for_decoding(model)
+            decoder = q8.prepare_fp32_decoding(model)
 
     eot = tok.special_tokens.get("<|endoftext|>")
     if prompts is not None:
@@ -207,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             "model": loaded.source,
             "int8": bool(args.int8),
             "int8_kernel": kernel,
+            "fp32_decoder": decoder,
         }
         if note:
             result["note"] = note

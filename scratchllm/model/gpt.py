@@ -85,11 +85,14 @@ class TransformerBlock(nn.Module):
     ) -> Tensor:
         p = self.dropout if self.training else 0.0
 
+        # (no dropout call at all when p == 0: decoding runs this ~24 times per token)
         def attn(h: Tensor) -> Tensor:
-            return F.dropout(self.attn(h, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache), p)
+            y = self.attn(h, attn_mask=attn_mask, rope=rope, kv_cache=kv_cache)
+            return F.dropout(y, p) if p else y
 
         def ffn(h: Tensor) -> Tensor:
-            return F.dropout(self.feed_forward(h), p)
+            y = self.feed_forward(h)
+            return F.dropout(y, p) if p else y
 
         if self.pre_norm:
             x = x + attn(self.norm1(x))

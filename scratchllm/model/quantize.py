@@ -1,4 +1,4 @@
-"""Int8 weights for faster CPU generation.
+"""Faster CPU generation: int8 weights, and the matrix-vector kernels that decoding runs.
 
 Why: generating one token multiplies one activation vector by *every* weight matrix once. That is
 not limited by arithmetic but by how fast the weights stream from memory — GPT-2 small's 124M
@@ -8,22 +8,33 @@ How: each output row (channel) ``w`` of a Linear layer gets its own scale ``s = 
 is stored as ``round(w / s)`` in int8 (symmetric, per-output-channel). The matmul computes
 ``(x @ q.T) * s``, which equals ``x @ (q * s).T``: the scale is applied to the *outputs*, so the
 weights are never expanded back to float in memory. Only the weights are rounded ("weight-only"
-quantization); activations stay fp32.
+quantization); activations stay fp32 (except with the ``cpp-q8`` kernel below).
 
-Kernels — one :class:`Int8Linear` module, three ways to run its one-token product. All three
-compute the same numbers (the product with the dequantized weights ``q * s``, up to summation
-order and, for ``int8pack``, bf16 activations), so choosing one never changes what the model says:
+An fp32 model decodes faster too: :func:`prepare_fp32_decoding` (what ``scratchllm generate`` runs
+without ``--int8``) swaps its Linear layers' one-token product for scratchllm's fp32 kernel, which
+reads the unchanged weights at close to the memory bandwidth (see :class:`DecodingLinear`).
+
+Kernels — one :class:`Int8Linear` module, four ways to run its one-token product. Three compute
+the same numbers (the product with the dequantized weights ``q * s``, up to summation order), so
+choosing among them never changes what the model says; ``cpp-q8`` and ``int8pack`` also round the
+activations (to int8 in runs of 16, or to bf16), at a perplexity cost that is tested to stay
+under 1 %:
 
 * ``"cpp"``: scratchllm's own matrix-vector kernel (``int8_kernel.cpp`` beside this file), built
   at first use for this CPU's instruction set (AVX2+FMA or AVX-512; plain C++ elsewhere) and
   cached. It stores the weights in a cache-line-friendly packed order so they stream from memory
-  in one pass. Needs a C++ compiler (and ninja) once.
+  in one pass (four runs per thread, see the C++ file). Needs a C++ compiler (and ninja) once.
+* ``"cpp-q8"``: the same packed weights, with each activation row rounded to int8 in runs of 16
+  values (one scale per run, as llama.cpp's ``q8_0`` does per 32): the inner loop is then an
+  integer dot product (AVX2 ``maddubs``), ~4x fewer instructions per weight than widening int8 to
+  fp32. It wins where the widening, not memory, is the limit (one thread: 1.3x ``cpp`` here).
 * ``"int8pack"``: PyTorch's ``aten._weight_int8pack_mm`` (weight-only int8 x bf16 activations;
   with fp32 activations it takes a slow path on the CPUs we measured). No compiler needed; also
   the kernel on CUDA.
-* ``"fp32"``: the rounded weights expanded back to fp32 (column-major, see
-  :func:`relayout_for_decoding`). Not a memory saving: it is there so that ``--int8`` can never
-  be *slower* than fp32 on a machine where no int8 kernel wins.
+* ``"fp32"``: the rounded weights expanded back to fp32, multiplied the way an fp32 model decodes
+  (scratchllm's fp32 matrix-vector kernel where it builds, see :class:`DecodingLinear`). Not a
+  memory saving: it is there so that ``--int8`` can never be *slower* than fp32 on a machine
+  where no int8 kernel wins.
 
 ``kernel="auto"`` (the default) picks by measurement: each available kernel runs a decode-like
 pass over matrices of the model's own shapes, taking turns, and the fastest median wins. The
@@ -47,6 +58,7 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,7 +69,9 @@ from torch import Tensor, nn
 from scratchllm.errors import ScratchLLMError
 
 #: Every kernel name, in the order "auto" prefers them on a tie.
-KERNELS = ("cpp", "int8pack", "fp32")
+KERNELS = ("cpp", "cpp-q8", "int8pack", "fp32")
+#: The kernels that are scratchllm's own C++ (they share the packed weights and the build).
+CPP_KERNELS = ("cpp", "cpp-q8")
 #: Up to this many activation rows per call the matrix-vector kernels run; above it, dequant + matmul.
 SMALL_M = 16
 #: The C++ kernel packs rows 4 at a time and inputs 16 at a time (see int8_kernel.cpp).
@@ -134,13 +148,25 @@ def kernel_isa_flags(flags: set[str] | None = None) -> list[str]:
     return []
 
 
+def kernel_cflags() -> list[str]:
+    """Every compiler flag of the C++ kernel: optimisation, OpenMP and this CPU's ISA.
+
+    ``-fopenmp`` matters more than it looks: ``at::parallel_for`` is a header-only template whose
+    threads come from an ``#pragma omp parallel`` compiled *into the extension*; without the flag
+    the pragma is ignored and the kernel runs on one thread whatever ``torch.set_num_threads``
+    says. The extension then links ``libgomp.so.1``, which resolves to the copy torch has
+    already loaded (same soname), so it shares torch's thread pool and thread count.
+    """
+    return ["-O3", "-fopenmp", *kernel_isa_flags()]
+
+
 def _kernel_source() -> Path:
     return Path(__file__).with_name("int8_kernel.cpp")
 
 
 def cpp_kernel_build_dir() -> Path:
     """The build directory of the C++ kernel for this source, these flags and this torch."""
-    flags = ["-O3", *kernel_isa_flags()]
+    flags = kernel_cflags()
     tag = hashlib.sha256(
         _kernel_source().read_bytes() + " ".join(flags).encode() + torch.__version__.encode()
     ).hexdigest()[:16]
@@ -171,7 +197,8 @@ def _load_cpp_kernel() -> str | None:
             load(
                 name="scratchllm_int8",
                 sources=[str(_kernel_source())],
-                extra_cflags=["-O3", *kernel_isa_flags()],
+                extra_cflags=kernel_cflags(),
+                extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,
@@ -187,6 +214,31 @@ def _cpp_linear():  # the op's overload, looked up once (``torch.ops`` lookups c
     return torch.ops.scratchllm_int8.linear_packed.default
 
 
+@functools.cache
+def _cpp_linear_q8():
+    return torch.ops.scratchllm_int8.linear_packed_q8.default
+
+
+@functools.cache
+def _cpp_rows_f32():
+    return torch.ops.scratchllm_int8.linear_rows_f32.default
+
+
+def quantize_activations(x: Tensor, run: int = _STEP) -> tuple[Tensor, Tensor]:
+    """fp32 ``[..., K]`` (K a multiple of ``run``) -> (int8 values, fp32 scales ``[..., K/run]``).
+
+    What the ``cpp-q8`` kernel does to each activation row before its integer dot products: every
+    run of 16 consecutive values gets the scale ``d = max|x| / 127`` and is stored as
+    ``round(x / d)``. Written out here in PyTorch so tests (and learners) can check the kernel
+    against it; the kernel does the same in C++.
+    """
+    runs = x.float().reshape(*x.shape[:-1], -1, run)
+    amax = runs.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(runs * inv).to(torch.int8).reshape(x.shape)
+    return q, (amax / 127.0).squeeze(-1)
+
+
 def cpp_kernel_error() -> str | None:
     """None if the C++ kernel is usable here (building it if needed), else the reason it is not."""
     return _load_cpp_kernel()
@@ -196,7 +248,7 @@ def available_kernels(device: torch.device | str = "cpu") -> list[str]:
     """The kernels that can run on ``device`` here (building the C++ kernel on first call)."""
     if torch.device(device).type != "cpu":
         return ["int8pack", "fp32"]
-    return [k for k in KERNELS if k != "cpp" or cpp_kernel_error() is None]
+    return [k for k in KERNELS if k not in CPP_KERNELS or cpp_kernel_error() is None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +281,10 @@ class Int8Linear(nn.Module):
     def _setup(self, q: Tensor, scales: Tensor, bias: Tensor | None, kernel: str) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"unknown int8 kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-        if kernel == "cpp" and (why := cpp_kernel_error()) is not None:
-            raise ScratchLLMError(f"the cpp int8 kernel is unavailable here ({why}); use kernel 'int8pack'")
+        if kernel in CPP_KERNELS and (why := cpp_kernel_error()) is not None:
+            raise ScratchLLMError(
+                f"the {kernel} int8 kernel is unavailable here ({why}); use kernel 'int8pack'"
+            )
         self.out_features, self.in_features = q.shape
         self.kernel = kernel
         #: inputs rounded up to a multiple of 16: both int8 kernels want it (``_weight_int8pack_mm``
@@ -238,19 +292,22 @@ class Int8Linear(nn.Module):
         self.k16 = -(-self.in_features // _STEP) * _STEP
         self.register_buffer("scales", scales)
         self.register_buffer("bias", bias)
-        if kernel == "cpp":
+        if kernel in CPP_KERNELS:
             self.register_buffer("packed", pack_weight(q))
         elif kernel == "int8pack":
             self.register_buffer("weight_int8", F.pad(q, (0, self.k16 - self.in_features)).contiguous())
             self.register_buffer(
                 "scales_bf16", scales.to(torch.bfloat16)
             )  # the kernel wants activation dtype
-        else:  # column-major fp32 of the *rounded* weights: same numbers as the int8 kernels
-            self.register_buffer("weight", (q.float() * scales[:, None]).t().contiguous().t())
+        else:  # fp32 of the *rounded* weights: same numbers as the int8 kernels, decoded the way
+            # an fp32 model is (row-major for scratchllm's kernel, column-major for PyTorch's)
+            weight = q.float() * scales[:, None]
+            self.rows_kernel = cpp_kernel_error() is None
+            self.register_buffer("weight", weight if self.rows_kernel else weight.t().contiguous().t())
 
     def int8_weight(self) -> Tensor | None:
         """The int8 ``[out, in]`` matrix (None for the fp32 kernel, which keeps only floats)."""
-        if self.kernel == "cpp":
+        if self.kernel in CPP_KERNELS:
             return unpack_weight(self.packed, self.out_features, self.in_features)
         return self.weight_int8[:, : self.in_features] if self.kernel == "int8pack" else None
 
@@ -267,14 +324,18 @@ class Int8Linear(nn.Module):
         if x2.dtype != torch.float32:
             x2 = x2.float()
         if self.kernel == "fp32":
-            y = F.linear(x2, self.weight, self.bias)
+            if self.rows_kernel and x2.shape[0] <= SMALL_M:
+                y = _cpp_rows_f32()(x2.contiguous(), self.weight, self.bias)
+            else:
+                y = F.linear(x2, self.weight, self.bias)
         elif x2.shape[0] > SMALL_M:  # many rows (a prompt, an eval batch): compute-bound, use matmul
             y = F.linear(x2, self.dequantized(), self.bias)
         else:
             if self.k16 != self.in_features:
                 x2 = F.pad(x2, (0, self.k16 - self.in_features))
-            if self.kernel == "cpp":
-                y = _cpp_linear()(x2.contiguous(), self.packed, self.scales, self.bias, self.out_features)
+            if self.kernel in CPP_KERNELS:
+                op = _cpp_linear() if self.kernel == "cpp" else _cpp_linear_q8()
+                y = op(x2.contiguous(), self.packed, self.scales, self.bias, self.out_features)
             else:
                 y = torch.ops.aten._weight_int8pack_mm(
                     x2.to(torch.bfloat16), self.weight_int8, self.scales_bf16
@@ -312,15 +373,33 @@ def _machine_key(shapes: list[tuple[int, int]]) -> str:
                 break
     except OSError:
         pass
-    raw = json.dumps([model, flags, torch.__version__, torch.get_num_threads(), shapes])
+    # The kernel build's tag (source, flags, torch): a changed kernel is measured afresh.
+    raw = json.dumps(
+        [model, flags, torch.__version__, torch.get_num_threads(), shapes, cpp_kernel_build_dir().name]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def _measure_shapes(shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The model's ``(out, in)`` shapes in order, every s-th one so the pass stays under the cap."""
+def _measure_shapes(shapes: list[tuple[int, int]], cap: int = _MEASURE_BYTES) -> list[tuple[int, int]]:
+    """The model's ``(out, in)`` shapes in order, every s-th one so the pass stays under ``cap``
+    weights."""
     total = sum(n * k for n, k in shapes)
-    stride = max(1, -(-total // _MEASURE_BYTES))
+    stride = max(1, -(-total // cap))
     return shapes[::stride]
+
+
+def take_turns(passes: dict[str, Callable[[], object]], repeat: int = 5) -> dict[str, float]:
+    """Median seconds of each pass, run in turns (a, b, c, a, b, c, ...) after one warm-up round,
+    so a burst of background load hits every candidate alike."""
+    runs: dict[str, list[float]] = {k: [] for k in passes}
+    with torch.inference_mode():
+        for r in range(repeat + 1):
+            for name, one_pass in passes.items():
+                t0 = time.perf_counter()
+                one_pass()
+                if r:  # the first round is the warm-up
+                    runs[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def measure_kernels(
@@ -329,7 +408,7 @@ def measure_kernels(
     """Median seconds of one decode-like pass (one activation row through every matrix) per kernel.
 
     The matrices have the given ``(out, in)`` shapes and random weights; the kernels take turns
-    (a, b, c, a, b, c, ...) so a burst of background load hits each alike.
+    (see :func:`take_turns`).
     """
     gen = torch.Generator().manual_seed(0)
     layers: dict[str, list[Int8Linear]] = {k: [] for k in kernels}
@@ -339,16 +418,12 @@ def measure_kernels(
         for name in kernels:
             layers[name].append(Int8Linear.from_int8(q, scales, bias, name))
     inputs = {k: torch.randn(1, k) for _, k in shapes}
-    runs: dict[str, list[float]] = {k: [] for k in kernels}
-    with torch.inference_mode():
-        for r in range(repeat + 1):
-            for name in kernels:
-                t0 = time.perf_counter()
-                for layer in layers[name]:
-                    layer(inputs[layer.in_features])
-                if r:  # the first round is the warm-up
-                    runs[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return take_turns({name: functools.partial(_one_pass, layers[name], inputs) for name in kernels}, repeat)
+
+
+def _one_pass(layers: list[nn.Module], inputs: dict[int, Tensor]) -> None:
+    for layer in layers:
+        layer(inputs[layer.in_features])
 
 
 def choose_kernel(
@@ -364,46 +439,72 @@ def choose_kernel(
     earlier measurement for this machine, else :func:`measure_kernels` over the available kernels
     (the result is cached in ``cache_path``, default ``cache_dir() / "int8-kernels.json"``).
     """
-    forced = os.environ.get("SCRATCHLLM_INT8_KERNEL")
-    if forced:
-        if forced not in KERNELS:
-            raise ScratchLLMError(
-                f"SCRATCHLLM_INT8_KERNEL={forced!r} is not a kernel; use one of {', '.join(KERNELS)}"
-            )
-        return KernelChoice(forced)
+    if forced := _forced_choice("SCRATCHLLM_INT8_KERNEL", KERNELS):
+        return forced
     if torch.device(device).type != "cpu":
         return KernelChoice("int8pack")
-    cache_path = cache_path or cache_dir() / "int8-kernels.json"
-    key = _machine_key(shapes)
+    unavailable = {}
+    if (why := cpp_kernel_error()) is not None:
+        unavailable.update(dict.fromkeys(CPP_KERNELS, why))
+    kernels = available_kernels("cpu")
+    return _cached_choice(
+        _machine_key(shapes),
+        kernels,
+        lambda: measure_kernels(_measure_shapes(shapes), kernels),
+        KERNELS,
+        len(shapes),
+        cache_path or cache_dir() / "int8-kernels.json",
+        use_cache,
+        unavailable,
+    )
+
+
+def _forced_choice(variable: str, names: tuple[str, ...]) -> KernelChoice | None:
+    """The choice an environment variable forces (None if unset); a one-line error if it names
+    nothing known."""
+    forced = os.environ.get(variable)
+    if not forced:
+        return None
+    if forced not in names:
+        raise ScratchLLMError(f"{variable}={forced!r} is not one of {', '.join(names)}")
+    return KernelChoice(forced)
+
+
+def _cached_choice(
+    key: str,
+    candidates: list[str],
+    measure: Callable[[], dict[str, float]],
+    preference: tuple[str, ...],
+    n_shapes: int,
+    cache_path: Path,
+    use_cache: bool,
+    unavailable: dict[str, str],
+) -> KernelChoice:
+    """The cached winner for ``key`` if it is still a candidate, else measure, pick the lowest
+    median (ties: the earlier one in ``preference``) and cache it (atomically; a read-only home
+    directory just means no cache)."""
     cache: dict = {}
     if use_cache:
         try:
             cache = json.loads(cache_path.read_text())
             hit = cache.get(key)
-            if hit and hit.get("kernel") in available_kernels("cpu"):
+            if hit and hit.get("kernel") in candidates:
                 return KernelChoice(hit["kernel"], hit.get("seconds", {}), cached=True)
         except (OSError, ValueError, AttributeError):
             cache = {}
-    unavailable = {}
-    if (why := cpp_kernel_error()) is not None:
-        unavailable["cpp"] = why
-    kernels = available_kernels("cpu")
-    seconds = measure_kernels(_measure_shapes(shapes), kernels)
-    best = min(kernels, key=lambda k: (seconds[k], KERNELS.index(k)))
+    seconds = measure()
+    best = min(candidates, key=lambda k: (seconds[k], preference.index(k)))
     choice = KernelChoice(best, {k: round(v, 6) for k, v in seconds.items()}, False, unavailable)
     if use_cache:
         from scratchllm.io import atomic_write_json
 
         record = {k: v for k, v in asdict(choice).items() if k in ("kernel", "seconds")}
-        cache[key] = {
-            **record,
-            "shapes": len(shapes),
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        cache[key] = {**record, "shapes": n_shapes, "when": when}
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(cache_path, cache)
-        except (OSError, ScratchLLMError):  # a read-only home directory: just do not cache
+        except (OSError, ScratchLLMError):
             pass
     return choice
 
@@ -437,6 +538,118 @@ def quantize_int8(model: nn.Module, kernel: str | None = "auto") -> nn.Module:
 def kernel_in_use(model: nn.Module) -> str | None:
     """The kernel of ``model``'s int8 layers (None if it has none)."""
     return next((m.kernel for m in model.modules() if isinstance(m, Int8Linear)), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32 decoding: the same idea without rounding anything
+# ---------------------------------------------------------------------------------------------
+#: How an fp32 model's Linear layers run a decoding step: "cpp" (scratchllm's matrix-vector
+#: kernel on the unchanged row-major weights, :class:`DecodingLinear`) or "blas" (PyTorch's
+#: matmul on column-major weights, :func:`relayout_for_decoding`). In the order "auto" prefers.
+FP32_DECODERS = ("cpp", "blas")
+
+
+class DecodingLinear(nn.Linear):
+    """An ``nn.Linear`` whose few-row products (a decoding step) run scratchllm's fp32 kernel.
+
+    Decoding multiplies one activation row by each weight matrix: the time is the time to read
+    the weights. The C++ kernel (``linear_rows_f32`` in ``int8_kernel.cpp``) reads ``nn.Linear``'s
+    own row-major weight front to back, four runs per thread, at close to the memory bandwidth;
+    PyTorch's matrix-vector product reached ~55 % of it on the CPUs we measured. Same parameters
+    (the very same ``Parameter`` objects, so a tied head stays tied), same state dict, same
+    results up to the order of the sum. Everything else — prompts (more than :data:`SMALL_M`
+    rows), gradients, other dtypes or devices — goes through ``F.linear`` as before.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if (
+            x.dtype == torch.float32
+            and w.dtype == torch.float32
+            and x.device.type == "cpu"
+            and x.numel() <= SMALL_M * self.in_features
+            and w.is_contiguous()
+            and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+        ):
+            y = _cpp_rows_f32()(x.reshape(-1, self.in_features).contiguous(), w, self.bias)
+            return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, w, self.bias)
+
+
+def use_decoding_kernel(model: nn.Module) -> nn.Module:
+    """Make every plain ``nn.Linear`` of ``model`` a :class:`DecodingLinear` (in place); return it.
+
+    The modules keep their parameters and buffers; only their class (their ``forward``) changes,
+    so nothing is copied. Subclasses of ``nn.Linear`` (e.g. LoRA layers) are left alone.
+    """
+    if (why := cpp_kernel_error()) is not None:
+        raise ScratchLLMError(f"the C++ decoding kernel is unavailable here ({why})")
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = DecodingLinear
+    return model
+
+
+def measure_fp32_decoders(
+    shapes: list[tuple[int, int]], decoders: list[str], *, repeat: int = 5
+) -> dict[str, float]:
+    """Median seconds of a decode-like fp32 pass over matrices of these shapes, per decoder."""
+    gen = torch.Generator().manual_seed(0)
+    layers: dict[str, list[nn.Module]] = {d: [] for d in decoders}
+    for n, k in shapes:
+        w = torch.randn(n, k, generator=gen) * 0.02
+        for name in decoders:
+            lin = nn.Linear(k, n, bias=False).requires_grad_(False)
+            lin.weight.data = w if name == "cpp" else w.t().contiguous().t()
+            layers[name].append(use_decoding_kernel(lin) if name == "cpp" else lin)
+    inputs = {k: torch.randn(1, k) for _, k in shapes}
+    return take_turns({name: functools.partial(_one_pass, layers[name], inputs) for name in decoders}, repeat)
+
+
+def choose_fp32_decoder(
+    shapes: list[tuple[int, int]], *, cache_path: Path | None = None, use_cache: bool = True
+) -> KernelChoice:
+    """Pick how an fp32 model decodes on this CPU (see :data:`FP32_DECODERS`), as
+    :func:`choose_kernel` picks an int8 kernel: ``$SCRATCHLLM_FP32_DECODER`` if set, else a
+    cached measurement, else :func:`measure_fp32_decoders` (fp32 matrices, a quarter of the int8
+    pass's bytes) cached beside the int8 choices."""
+    if forced := _forced_choice("SCRATCHLLM_FP32_DECODER", FP32_DECODERS):
+        return forced
+    unavailable = {} if (why := cpp_kernel_error()) is None else {"cpp": why}
+    decoders = [d for d in FP32_DECODERS if d not in unavailable]
+    subset = _measure_shapes(shapes, _MEASURE_BYTES // 4)
+    return _cached_choice(
+        "fp32-decoding:" + _machine_key(shapes),
+        decoders,
+        lambda: measure_fp32_decoders(subset, decoders),
+        FP32_DECODERS,
+        len(shapes),
+        cache_path or cache_dir() / "int8-kernels.json",
+        use_cache,
+        unavailable,
+    )
+
+
+def prepare_fp32_decoding(model: nn.Module, decoder: str | None = "auto") -> str:
+    """Get an fp32 model ready for fast CPU generation (in place); return the decoder used.
+
+    ``decoder``: ``"cpp"`` (:func:`use_decoding_kernel`), ``"blas"``
+    (:func:`relayout_for_decoding`), or ``"auto"``/None to pick by measurement
+    (:func:`choose_fp32_decoder`). For a model that only generates.
+    """
+    if decoder not in (None, "auto", *FP32_DECODERS):
+        raise ValueError(f"unknown fp32 decoder {decoder!r}; choose one of {', '.join(FP32_DECODERS)}")
+    model.eval()
+    shapes = [(m.out_features, m.in_features) for m in model.modules() if type(m) is nn.Linear]
+    if not shapes:
+        return "blas"
+    if decoder in (None, "auto"):
+        decoder = choose_fp32_decoder(shapes).kernel
+    if decoder == "cpp":
+        use_decoding_kernel(model)
+    else:
+        relayout_for_decoding(model)
+    return decoder
 
 
 def relayout_for_decoding(model: nn.Module) -> nn.Module:

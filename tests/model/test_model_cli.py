@@ -78,14 +78,15 @@ def test_generate_stop_string_and_int8(run_dir, capsys):
     assert main(base + ["--max-new-tokens", "20", "--stop", stop]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["stop_reason"] == "stop" and res["text"] == text[: text.index(stop)]
+    assert res["fp32_decoder"] in ("cpp", "blas") and res["int8_kernel"] is None
     assert main(base + ["--max-new-tokens", "5", "--int8"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["int8"] is True and res["int8_kernel"] in ("cpp", "int8pack", "fp32")
-    # every kernel computes the rounded weights' product: forcing one gives the same greedy text
+    assert res["int8"] is True and res["int8_kernel"] in ("cpp", "cpp-q8", "int8pack", "fp32")
+    # the fp32-math kernels compute the rounded weights' product: forcing one gives the same text
     assert main(base + ["--max-new-tokens", "5", "--int8", "--int8-kernel", "fp32"]) == 0
     forced = json.loads(capsys.readouterr().out)
     assert forced["int8_kernel"] == "fp32"
-    if res["int8_kernel"] != "int8pack":  # (int8pack rounds activations to bf16 as well)
+    if res["int8_kernel"] not in ("int8pack", "cpp-q8"):  # (they round activations as well)
         assert forced["text"] == res["text"]
     assert main(base + ["--max-new-tokens", "5", "--int8-kernel", "fp32"]) == 2
     assert "--int8-kernel needs --int8" in capsys.readouterr().err

@@ -28,10 +28,15 @@ from scratchllm.model.quantize import (
 
 
 def _kernel_params() -> list:
-    """Every kernel; "cpp" is skipped (with the reason) only where it cannot be built, e.g. no compiler."""
+    """Every kernel; the C++ ones are skipped (with the reason) only where they cannot be built,
+    e.g. no compiler."""
     why = q8.cpp_kernel_error()
-    cpp = pytest.param("cpp", marks=pytest.mark.skipif(why is not None, reason=f"cpp kernel: {why}"))
-    return [cpp, "int8pack", "fp32"]
+    skip = pytest.mark.skipif(why is not None, reason=f"cpp kernel: {why}")
+    return [*(pytest.param(k, marks=skip) for k in q8.CPP_KERNELS), "int8pack", "fp32"]
+
+
+#: kernels that round the activations too (bf16 or int8) on the one-row path
+ROUNDS_ACTIVATIONS = ("int8pack", "cpp-q8")
 
 
 KERNELS = _kernel_params()
@@ -73,11 +78,49 @@ def test_each_kernel_matches_the_dequantized_reference(kernel, n, k, bias, rows)
         y = layer(x)
     assert y.shape == (2, rows, n) and y.dtype == torch.float32
     err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
-    # int8pack multiplies bf16 activations (8-bit mantissa) on the one-row path; the others are fp32
-    assert err < (2e-2 if kernel == "int8pack" and rows <= q8.SMALL_M else 1e-5), err
+    # int8pack multiplies bf16 activations (8-bit mantissa) on the one-row path, cpp-q8 int8 ones
+    # (its exact reference is the next test); the others are fp32
+    assert err < (2e-2 if kernel in ROUNDS_ACTIVATIONS and rows <= q8.SMALL_M else 1e-5), err
     if kernel != "fp32":
         assert torch.equal(layer.int8_weight(), q)
     assert torch.allclose(layer.dequantized(), q.float() * s[:, None])
+
+
+@pytest.mark.skipif(q8.cpp_kernel_error() is not None, reason="the C++ kernels cannot be built here")
+@pytest.mark.parametrize(
+    "n,k,bias", [(5, 16, True), (7, 20, False), (65, 64, True), (300, 768, False), (9, 48, True)]
+)
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_q8_kernel_is_the_integer_product_of_the_rounded_activations(n, k, bias, rows):
+    """cpp-q8 = (activations rounded in runs of 16, as quantize_activations does) @ int8 weights,
+    exactly up to fp32 summation; and the rounding itself is within half a step of each run."""
+    torch.manual_seed(n * k + rows)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    layer = Int8Linear(lin, "cpp-q8")
+    x = torch.randn(rows, k) * torch.linspace(0.01, 20, k)  # runs of very different magnitudes
+    x[0, :16] = 0.0  # an all-zero run (scale 0) must not divide by zero
+    with torch.inference_mode():
+        y = layer(x)
+    xp = torch.nn.functional.pad(x, (0, layer.k16 - k))
+    qx, d = q8.quantize_activations(xp)
+    assert qx.dtype == torch.int8 and d.shape == (rows, layer.k16 // 16) and qx.abs().max() <= 127
+    x_rounded = (qx.double().view(rows, -1, 16) * d.double()[..., None]).view(rows, -1)
+    assert ((x_rounded - xp.double()).abs() <= d.double().repeat_interleave(16, dim=1) / 2 + 1e-6).all()
+    qw, s = quantize_weight(lin.weight)
+    ref = x_rounded[:, :k] @ (qw.double() * s.double()[:, None]).T + (lin.bias.double() if bias else 0)
+    assert torch.isfinite(y).all()
+    err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < 1e-5, err
+
+
+@pytest.mark.skipif(q8.cpp_kernel_error() is not None, reason="the C++ kernels cannot be built here")
+def test_cpp_kernel_is_built_with_openmp():
+    """``at::parallel_for`` gets its threads from an ``omp parallel`` pragma compiled into the
+    extension itself: without ``-fopenmp`` the pragma is ignored and the kernel silently runs on
+    one thread (as it did until this test), whatever ``torch.set_num_threads`` says."""
+    assert "-fopenmp" in q8.kernel_cflags()
+    library = (q8.cpp_kernel_build_dir() / "scratchllm_int8.so").read_bytes()
+    assert b"GOMP_parallel" in library  # the pragma became a call into OpenMP's runtime
 
 
 def test_unknown_kernel_is_an_error():
@@ -132,10 +175,31 @@ def test_int8_close_to_fp32_and_small_perplexity_cost(trained, kernel):
     assert (a == b).float().mean() > 0.8
 
 
+def _decoded_perplexity(model, xv, yv, rows: int = 4) -> float:
+    """Perplexity with every position computed by a one-token decoding step (KV cache): the path
+    the kernels run, which a whole-batch forward (the dequant + matmul path) never takes."""
+    losses = []
+    with torch.inference_mode():
+        for x, y in zip(xv[:rows], yv[:rows]):
+            cache = model.make_kv_cache(1)
+            logits = torch.cat([model(x[None, t : t + 1], kv_cache=cache) for t in range(len(x))], dim=1)
+            losses.append(lm_loss(logits, y[None]).item())
+    return math.exp(sum(losses) / len(losses))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_perplexity_cost_on_the_decoding_path(trained, kernel):
+    """< 1 % perplexity cost where it matters for the kernels that round activations too."""
+    model, xv, yv = trained
+    ref = _decoded_perplexity(model, xv, yv)
+    ppl = _decoded_perplexity(quantize_int8(copy.deepcopy(model), kernel=kernel), xv, yv)
+    assert ppl < ref * 1.01, (ppl, ref)
+
+
 def test_kernels_agree_token_for_token(trained):
     """The kernel changes speed, not results: fp32-math kernels give the same greedy tokens."""
     model, xv, _ = trained
-    kernels = [k for k in q8.available_kernels() if k != "int8pack"]  # (int8pack rounds activations)
+    kernels = [k for k in q8.available_kernels() if k not in ROUNDS_ACTIVATIONS]
     outs = [
         generate(quantize_int8(copy.deepcopy(model), kernel=k), xv[1, :8], 24, temperature=0) for k in kernels
     ]
@@ -200,3 +264,66 @@ def test_relayout_for_decoding_changes_storage_not_results():
     with torch.no_grad():
         assert torch.allclose(model(idx), logits, atol=1e-5)
     assert torch.equal(generate(model, idx, 5, temperature=0), ref)
+
+
+needs_cpp = pytest.mark.skipif(
+    q8.cpp_kernel_error() is not None, reason="the C++ kernels cannot be built here"
+)
+
+
+@needs_cpp
+@pytest.mark.parametrize("n,k,bias", [(37, 50, True), (5, 16, False), (300, 768, True), (64, 3, False)])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+def test_decoding_linear_computes_f_linear(n, k, bias, rows):
+    """Odd shapes on purpose (inputs not a multiple of 16, fewer rows than the kernel's streams);
+    17 rows is past SMALL_M, where F.linear itself runs."""
+    torch.manual_seed(n * k + rows)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    x = torch.randn(2, rows, k)
+    ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    weight = lin.weight
+    q8.use_decoding_kernel(lin)
+    assert isinstance(lin, q8.DecodingLinear) and lin.weight is weight
+    with torch.inference_mode():
+        y = lin(x)
+    assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
+    # with gradients wanted it is plain F.linear, and they flow
+    lin(x).sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.shape == (n, k)
+
+
+@needs_cpp
+def test_prepare_fp32_decoding_keeps_parameters_ties_and_greedy_tokens():
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 50, (1, 10))
+    ref = generate(model, idx, 8, temperature=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert q8.prepare_fp32_decoding(model, "cpp") == "cpp"
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())
+    assert model.out_head.weight is model.tok_emb.weight  # a tied head stays tied
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(generate(model, idx, 8, temperature=0), ref)
+    with pytest.raises(ValueError, match="unknown fp32 decoder"):
+        q8.prepare_fp32_decoding(model, "mkl")
+
+
+def test_choose_fp32_decoder_measures_caches_and_obeys_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCRATCHLLM_FP32_DECODER", raising=False)
+    cache = tmp_path / "kernels.json"
+    shapes = [(96, 32), (32, 96)]
+    first = q8.choose_fp32_decoder(shapes, cache_path=cache)
+    expected = [d for d in q8.FP32_DECODERS if d != "cpp" or q8.cpp_kernel_error() is None]
+    assert not first.cached and set(first.seconds) == set(expected)
+    assert first.kernel == min(first.seconds, key=first.seconds.get)
+    again = q8.choose_fp32_decoder(shapes, cache_path=cache)
+    assert again.cached and again.kernel == first.kernel
+    # the int8 choice for the same shapes is another entry of the same file
+    q8.choose_kernel(shapes, cache_path=cache)
+    assert len(json.loads(cache.read_text())) == 2
+    monkeypatch.setenv("SCRATCHLLM_FP32_DECODER", "blas")
+    assert q8.choose_fp32_decoder(shapes, cache_path=cache).kernel == "blas"
+    monkeypatch.setenv("SCRATCHLLM_FP32_DECODER", "mkl")
+    with pytest.raises(ScratchLLMError, match="SCRATCHLLM_FP32_DECODER"):
+        q8.choose_fp32_decoder(shapes)
