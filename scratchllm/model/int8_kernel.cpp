@@ -201,8 +201,9 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, const at
 // ---------------------------------------------------------------------------------------------
 // The "q8" variant: int8 activations too, so the inner loop is an integer dot product.
 //
-// Widening every int8 weight to fp32 (above) costs three instructions per 8 weights: on a
-// 2-core AVX2 machine that, not memory, is the limit (~9 GB/s of weights). If the activations are
+// Widening every int8 weight to fp32 (above) costs three instructions per 8 weights: on one core
+// of the AVX2 machine we measured that, not memory, is the limit (8.5 GB/s of weights, against
+// 11.7 for this kernel; with both cores busy both meet the memory limit). If the activations are
 // rounded to int8 as well, the CPU's byte multiply-add (maddubs: 32 byte products summed in pairs
 // into 16 int16 at once) does the work of 4 of those FMAs in one instruction.
 //
