@@ -41,7 +41,9 @@ def run_worker(worker: Path, out: Path, timeout: float) -> Path:
         timeout=timeout,
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the head of stderr says where a crash started, the tail how it ended
+    err = proc.stderr if len(proc.stderr) <= 6000 else proc.stderr[:3000] + "\n[...]\n" + proc.stderr[-3000:]
+    assert proc.returncode == 0, err
     return out
 
 
