@@ -176,6 +176,7 @@ def run(quick: bool = True) -> list[Row]:
     from scratchllm.model.quantize import (
         FP32_DECODERS,
         available_kernels,
+        choose_fp32_decoder,
         cpp_kernel_error,
         kernel_in_use,
         prepare_fp32_decoding,
@@ -194,12 +195,14 @@ def run(quick: bool = True) -> list[Row]:
     # What `scratchllm generate` runs on a CPU without --int8: the same fp32 weights, each
     # one-token matrix-vector product by the decoder "auto" picks here (scratchllm's kernel or
     # PyTorch's on column-major weights); the other decoder is timed too.
-    other_decoders = {}
-    for name in FP32_DECODERS:
-        if name != "cpp" or cpp_kernel_error() is None:
-            other_decoders[name] = copy.deepcopy(ours)
-    decoder = prepare_fp32_decoding(ours)
-    other_decoders.pop(decoder, None)
+    shapes = [(m.out_features, m.in_features) for m in ours.modules() if type(m) is torch.nn.Linear]
+    decoder = choose_fp32_decoder(shapes).kernel
+    other_decoders = {
+        name: copy.deepcopy(ours)
+        for name in FP32_DECODERS
+        if name != decoder and (name != "cpp" or cpp_kernel_error() is None)
+    }
+    prepare_fp32_decoding(ours, decoder)
     for name, model in other_decoders.items():
         prepare_fp32_decoding(model, name)
     prompt = torch.randint(0, 50257, (1, prompt_len), generator=torch.Generator().manual_seed(1))
