@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,20 +32,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stderr_excerpt(stderr: str) -> str:
+    # the head of stderr says where a crash started, the tail how it ended
+    return stderr if len(stderr) <= 6000 else stderr[:3000] + "\n[...]\n" + stderr[-3000:]
+
+
 def run_worker(worker: Path, out: Path, timeout: float) -> Path:
-    """Run a 2-process worker script (``worker OUT PORT``, one thread each); return ``out``."""
+    """Run a 2-process worker script (``worker OUT PORT``, one thread each); return ``out``.
+
+    A worker killed by a native abort (``terminated with signal SIGABRT``, "terminate called
+    without an active exception" from one gloo process: seen in two full-suite runs, never in ~100
+    standalone runs of the same script) runs once more on what ``out`` held before it started; the
+    first attempt's stderr is reported as a warning so it stays visible. Any other failure, and a
+    second abort, fail the test.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(
-        [sys.executable, str(worker), str(out), str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    # the head of stderr says where a crash started, the tail how it ended
-    err = proc.stderr if len(proc.stderr) <= 6000 else proc.stderr[:3000] + "\n[...]\n" + proc.stderr[-3000:]
-    assert proc.returncode == 0, err
+    with tempfile.TemporaryDirectory(prefix="worker-input-") as keep:
+        before = Path(keep) / "out"
+        shutil.copytree(out, before)
+        for attempt in (1, 2):
+            if attempt == 2:
+                shutil.rmtree(out)
+                shutil.copytree(before, out)
+            proc = subprocess.run(
+                [sys.executable, str(worker), str(out), str(free_port())],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+            )
+            aborted = proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr
+            if not aborted or attempt == 2:
+                break
+            excerpt = _stderr_excerpt(proc.stderr)
+            warnings.warn(f"{worker.name}: a process aborted; running it again:\n{excerpt}", stacklevel=2)
+    assert proc.returncode == 0, _stderr_excerpt(proc.stderr)
     return out
 
 
@@ -115,3 +139,35 @@ def test_world_size_change_needs_the_flag(ddp_runs, tmp_path):
     )
     assert result.resumed_from == 1 and result.step == 2
     assert any("world_size changed from 2 to 1" in m for m in messages)
+
+
+ABORTS_ONCE = """
+import os, sys
+from pathlib import Path
+import torch.multiprocessing as mp
+
+def worker(rank, out):
+    marker = Path(out).parent / (Path(out).name + "-aborted")
+    if rank == 1 and not marker.exists():
+        marker.touch()
+        os.abort()  # what "terminate called without an active exception" ends in
+    (Path(out) / f"rank{rank}").write_text("done")
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1],), nprocs=2, join=True)
+"""
+
+
+def test_a_native_abort_runs_the_worker_once_more_from_the_same_start(tmp_path):
+    worker, out = tmp_path / "aborts_once.py", tmp_path / "out"
+    worker.write_text(ABORTS_ONCE)
+    out.mkdir()
+    (out / "input").write_text("prepared by the test")
+    with pytest.warns(UserWarning, match="a process aborted; running it again"):
+        run_worker(worker, out, timeout=60)
+    assert sorted(p.name for p in out.iterdir()) == ["input", "rank0", "rank1"]
+    # a second abort fails the test
+    (tmp_path / "out-aborted").unlink()
+    worker.write_text(ABORTS_ONCE.replace("not marker.exists()", "True"))
+    with pytest.warns(UserWarning), pytest.raises(AssertionError, match="SIGABRT"):
+        run_worker(worker, out, timeout=60)

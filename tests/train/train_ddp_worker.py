@@ -6,6 +6,7 @@ and OUT_DIR/nan (rank 1 alone returns a NaN loss at the only step).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ def worker(rank: int, out: str, port: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
+    # a native abort (SIGABRT) prints where every Python thread was, not only "terminate called"
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     from scratchllm.tasks.lm import LanguageModelingTask
     from scratchllm.train.distributed import DistEnv, shutdown_distributed

@@ -19,6 +19,7 @@ test_train_loop.py with ``strategy="fsdp"`` on 2 ranks:
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def worker(rank: int, out: str, port: int) -> None:
         WORLD_SIZE="2",
         LOCAL_WORLD_SIZE="2",
     )
+    # a native abort (SIGABRT) prints where every Python thread was, not only "terminate called"
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     from scratchllm.tasks.lm import LanguageModelingTask
     from scratchllm.train.distributed import DistEnv, shutdown_distributed
