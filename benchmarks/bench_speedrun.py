@@ -192,14 +192,18 @@ def _our_loop_step(data: Path, run_dir: Path, compile: bool) -> Any:
 def _step_worker(side: str, data: str, compile: str) -> int:
     """A child process holding one side's training state; each line on stdin ("N") runs N steps and
     answers with the seconds they took. Each side runs as its own program would: ours with what
-    ``scratchllm train`` sets up (the CLI's ``OMP_WAIT_POLICY=PASSIVE``, the loop's session),
-    nanoGPT's as ``python train.py`` (nothing)."""
+    ``scratchllm train`` sets up (the CLI's OpenMP wait policy, :func:`~scratchllm.device.
+    choose_wait_policy`, and the loop's session), nanoGPT's as ``python train.py`` (nothing). The
+    first line says "ready" and the wait policy the worker runs with."""
     if side == "ours":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scratchllm/cli/main.py does
+        from scratchllm.device import choose_wait_policy
+
+        choose_wait_policy()  # as scratchllm/cli/main.py does for `train`
     import torch
 
     from benchmarks.nanogpt_peer import Recipe, Trainer
     from scratchllm.data.shards import load_shards
+    from scratchllm.device import wait_policy
 
     with tempfile.TemporaryDirectory(prefix="scratchllm-bench-step-") as d:
         if side == "ours":
@@ -209,7 +213,7 @@ def _step_worker(side: str, data: str, compile: str) -> int:
             if compile == "1":
                 peer.model = torch.compile(peer.model)  # what nanoGPT's compile=True does
             fn = peer.iteration
-        print("ready", flush=True)
+        print("ready", wait_policy(), flush=True)
         for line in sys.stdin:
             t0 = time.perf_counter()
             for _ in range(int(line)):
@@ -228,30 +232,36 @@ def step_speed(
     ``compile=True``; its README's CPU command turns it off): the warm-up turn compiles."""
     import statistics
 
+    def start(side: str, compile: bool) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_speedrun",
+                "step-worker",
+                side,
+                str(data),
+                str(int(compile)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
+        ready = p.stdout.readline().split()
+        if ready[:1] != ["ready"]:
+            raise RuntimeError(f"the {side} step-speed worker failed to start")
+        policies[side] = ready[1]
+        return p
+
+    policies: dict[str, str] = {}
+
     def pair(compile: bool) -> dict[str, list[float]]:
-        procs = {
-            side: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.bench_speedrun",
-                    "step-worker",
-                    side,
-                    str(data),
-                    str(int(compile)),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=Path(__file__).parents[1],
-            )
-            for side in ("ours", "nanogpt")
-        }
+        # one after the other, so that ours decides its wait policy on a machine as quiet as a
+        # user's who starts `scratchllm train` (not while the peer is still importing torch)
+        procs = {side: start(side, compile) for side in ("nanogpt", "ours")}
         times: dict[str, list[float]] = {side: [] for side in procs}
         try:
-            for p in procs.values():
-                if p.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a step-speed worker failed to start")
             for turn in range(repeat + 1):
                 for side, p in procs.items():
                     p.stdin.write(f"{steps_per_turn}\n")
@@ -270,6 +280,7 @@ def step_speed(
     for suffix, times in runs.items():
         for side, t in times.items():
             out[side + suffix] = {"median_s_per_step": statistics.median(t), "min_s_per_step": min(t)}
+    out["ours_wait_policy"] = policies["ours"]
     return out
 
 

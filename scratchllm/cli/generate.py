@@ -46,6 +46,7 @@ from scratchllm.cli.common import (
     print_json,
     unescape,
 )
+from scratchllm.device import wait_policy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             "int8": bool(args.int8),
             "int8_kernel": kernel,
             "fp32_decoder": decoder,
+            "omp_wait_policy": wait_policy(),
         }
         if note:
             result["note"] = note

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Sequence
 
 from scratchllm import __version__
+from scratchllm.device import choose_wait_policy
 from scratchllm.errors import ScratchLLMError, ScratchLLMWarning, os_error_message
 
 # verb -> (module under scratchllm.cli, one-line help). The order is the pipeline's order.
@@ -47,6 +48,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "scaling laws: train a ladder of sizes per compute budget and fit L(N, D)"),
     "explain": ("explain", "see each idea (attention, BPE, sampling, LoRA...) work on real numbers"),
 }
+
+
+#: Verbs whose OpenMP threads spin when the machine is quiet at start (long, compute-bound runs
+#: that gain 5-25 % from it). ``serve`` is not among them: a server lives for days beside other
+#: work, so its threads always sleep between tasks.
+SPIN_IF_QUIET = frozenset({"demo", "train", "finetune", "generate", "eval", "chat", "compare", "sweep"})
 
 
 def _available() -> dict[str, tuple[str, str]]:
@@ -93,9 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv else 2
     verb, rest = argv[0], argv[1:]
-    # Idle OpenMP threads sleep instead of spinning (set before torch loads its OpenMP runtime):
-    # with other work on the machine, spinning threads steal the cores the busy ones need.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # How idle OpenMP threads wait, decided before torch loads its OpenMP runtime: the training
+    # and decoding verbs let them spin if the cores are quiet now, everything else (and a busy
+    # machine) makes them sleep — see scratchllm.device.choose_wait_policy.
+    if not {"-h", "--help"} & set(rest):
+        choose_wait_policy(spin_if_quiet=verb in SPIN_IF_QUIET)
     if verb not in verbs:
         print(
             f"scratchllm: error: unknown command {verb!r}; choose from {', '.join(verbs)}",

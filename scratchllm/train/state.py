@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scratchllm.device import wait_policy
 from scratchllm.errors import ScratchLLMError
 
 RNG_FORMAT_VERSION = 1
@@ -150,6 +151,8 @@ def env_fingerprint(
         "num_threads": torch.get_num_threads(),
         "world_size": int(world_size),
         "strategy": strategy,
+        # how idle OpenMP threads waited (speed only, not results: not compared on resume)
+        "omp_wait_policy": wait_policy(),
     }
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,6 +71,15 @@ def test_generate_streams_and_is_reproducible(run_dir, capsys):
     assert main(args + ["--json", "--temperature", "0", "--top-p", "0.9"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["new_tokens"] == 12 and res["stop_reason"] == "max_new_tokens" and len(res["text"]) == 12
+
+
+def test_generate_json_reports_the_openmp_wait_policy(run_dir):
+    """A fresh process: the CLI decides the policy before torch loads, and says which it ran with."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    cmd = [sys.executable, "-m", "scratchllm", "generate", "--model", str(run_dir), "--prompt", "a"]
+    cmd += ["--max-new-tokens", "2", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    assert json.loads(proc.stdout)["omp_wait_policy"] == "active"
 
 
 def test_generate_stop_string_and_int8(run_dir, capsys):

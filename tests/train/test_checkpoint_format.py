@@ -147,6 +147,9 @@ def test_env_fingerprint_differences():
     diffs = fingerprint_differences(a, b)
     assert any("num_threads" in d for d in diffs) and any("world_size" in d for d in diffs)
     assert fingerprint_differences(a, a) == []
+    # the OpenMP wait policy is recorded, but it changes speed, not results: no resume warning
+    assert a["omp_wait_policy"] in ("default", "passive", "active")
+    assert fingerprint_differences(a, dict(a, omp_wait_policy="something else")) == []
 
 
 def test_jsonable_rejects_objects():
