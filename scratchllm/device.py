@@ -202,6 +202,17 @@ def busy_cores(window_s: float = 0.1) -> float | None:
 QUIET_BELOW_CORES = 0.25
 
 
+def cpu_quota_cores() -> float | None:
+    """The CPU time this container may use, in cores (cgroup v2 ``cpu.max``: quota / period), or
+    None when there is no quota. A container can see many cores and still be allowed two."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
 def choose_wait_policy(spin_if_quiet: bool = True, window_s: float = 0.1) -> str:
     """Decide how torch's idle OpenMP threads wait, before torch loads; returns what was decided.
 
@@ -218,7 +229,9 @@ def choose_wait_policy(spin_if_quiet: bool = True, window_s: float = 0.1) -> str
     ``spin_if_quiet``, this looks at the cores for ``window_s`` seconds (:func:`busy_cores`): if
     other work kept less than :data:`QUIET_BELOW_CORES` of a core busy, OpenMP keeps its default
     ("spin": the machine was quiet); if more, or if it cannot tell, or if several processes of one
-    ``torchrun`` launch share this machine (``LOCAL_WORLD_SIZE`` > 1), it sets ``PASSIVE``. The
+    ``torchrun`` launch share this machine (``LOCAL_WORLD_SIZE`` > 1), or if a container's CPU
+    quota is below the cores it sees (:func:`cpu_quota_cores`: one spinning thread per visible
+    core would burn the quota), it sets ``PASSIVE``. The
     decision is made once, at start: a machine that gets busy later still has spinning threads —
     set ``OMP_WAIT_POLICY=PASSIVE`` for a machine you share. Once torch is imported its OpenMP
     runtime has read the setting already, so this changes nothing then ("loaded").
@@ -227,7 +240,10 @@ def choose_wait_policy(spin_if_quiet: bool = True, window_s: float = 0.1) -> str
         return "yours"
     if "torch" in sys.modules:
         return "loaded"
-    shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1
+    quota = cpu_quota_cores()
+    shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1 or (
+        quota is not None and quota < available_cores()  # throttled below the cores we see
+    )
     busy = None if shared or not spin_if_quiet else busy_cores(window_s)
     if busy is not None and busy < QUIET_BELOW_CORES:
         return "spin"

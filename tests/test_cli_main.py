@@ -106,3 +106,11 @@ def test_wait_policy_decision(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert choose_wait_policy(spin_if_quiet=False) == "passive" and len(measured) == n
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    # a container allowed 1.5 cores of the 4 it sees: spinning threads would burn the quota
+    monkeypatch.setattr(device, "available_cores", lambda: 4)
+    monkeypatch.setattr(device, "cpu_quota_cores", lambda: 1.5)
+    assert choose_wait_policy() == "passive" and len(measured) == n
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setattr(device, "cpu_quota_cores", lambda: 4.0)
+    assert choose_wait_policy() == "spin" and len(measured) == n + 1
