@@ -174,6 +174,7 @@ def run(quick: bool = True) -> list[Row]:
 
     from scratchllm.generate import generate
     from scratchllm.model.quantize import (
+        CPP_KERNELS,
         FP32_DECODERS,
         available_kernels,
         choose_fp32_decoder,
@@ -192,6 +193,12 @@ def run(quick: bool = True) -> list[Row]:
     auto = quantize_int8(copy.deepcopy(ours))  # what `scratchllm generate --int8` runs
     chosen = kernel_in_use(auto)
     forced = {k: quantize_int8(copy.deepcopy(ours), kernel=k) for k in available_kernels() if k != chosen}
+    # the same kernel with every block on the module path (PyTorch operators around the products)
+    unfused = (
+        quantize_int8(copy.deepcopy(ours), kernel=chosen, fuse_blocks=False)
+        if chosen in CPP_KERNELS
+        else None
+    )
     # What `scratchllm generate` runs on a CPU without --int8: the same fp32 weights, each
     # one-token matrix-vector product by the decoder "auto" picks here (scratchllm's kernel or
     # PyTorch's on column-major weights); the other decoder is timed too.
@@ -230,6 +237,10 @@ def run(quick: bool = True) -> list[Row]:
     for name, model in forced.items():
         fns[f"int8_{name}"] = lambda m=model, n=name: outputs.__setitem__(
             f"int8_{n}", generate(m, prompt, new_tokens, temperature=0.0)
+        )
+    if unfused is not None:
+        fns["int8_unfused"] = lambda: outputs.__setitem__(
+            "int8_unfused", generate(unfused, prompt, new_tokens, temperature=0.0)
         )
     for name, model in other_decoders.items():
         fns[f"fp32_{name}"] = lambda m=model, n=name: outputs.__setitem__(
@@ -322,6 +333,18 @@ def run(quick: bool = True) -> list[Row]:
                 unit="tokens/s (median)",
                 peer_name="scratchllm fp32",
                 target="informative (auto picks the fastest)",
+            )
+        )
+    if unfused is not None:
+        rows.append(
+            Row(
+                name=f"generate int8 (kernel {chosen}): one C++ call per block vs the module path, {what}",
+                ours=tps["int8"],
+                peer=tps["int8_unfused"],
+                unit="tokens/s (median)",
+                peer_name="the same kernel, blocks as PyTorch operators",
+                target="informative (the fused block's gain)",
+                extra={"same_tokens": bool(torch.equal(outputs["int8_unfused"], outputs["int8"]))},
             )
         )
     for name in other_decoders:

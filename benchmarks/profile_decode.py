@@ -2,11 +2,13 @@
 
     python -m benchmarks.profile_decode                 # GPT-2 124M shape, fp32 and int8 (auto)
     python -m benchmarks.profile_decode --kernel cpp --tokens 64 --json
+    python -m benchmarks.profile_decode --unfused      # int8 blocks as PyTorch operators
 
 For each model it decodes ``--tokens`` tokens under ``torch.profiler`` and prints, per token:
 
 * the wall time, and the time inside the weight matrix products (the ``aten::mm``/``addmm``/
-  ``linear`` ops for fp32, the int8 kernel's op for int8) with the bandwidth that time implies
+  ``linear`` ops for fp32, the int8 kernel's op for int8 — with fused blocks, the whole
+  ``decode_block`` call, products and the arithmetic around them) with the bandwidth that time implies
   for the bytes of weights read, next to the machine's read bandwidth measured now;
 * the other operators (attention, layer norm, GELU, the KV-cache copies, sampling);
 * the per-token time of a model with the same operations but tiny matrices, which is the Python
@@ -35,6 +37,7 @@ MATMUL_OPS = (
     "scratchllm_int8::linear_packed",
     "scratchllm_int8::linear_packed_q8",
     "scratchllm_int8::linear_rows_f32",
+    "scratchllm_int8::decode_block",  # a whole block: its four products and the arithmetic around
     "aten::_weight_int8pack_mm",
 )
 
@@ -76,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         "--kernel", default="auto", help="int8 kernel: auto, cpp, cpp-q8, int8pack, fp32 (default auto)"
     )
     p.add_argument("--n-layer", type=int, default=12)
+    p.add_argument(
+        "--unfused",
+        action="store_true",
+        help="int8 blocks as PyTorch operators, not one C++ call each (to see every product)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -86,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ours, _ = _models(args.n_layer)
     weight_bytes = sum(p.numel() for p in ours.parameters() if p.dim() == 2 and p is not ours.pos_emb.weight)
-    int8 = quantize_int8(copy.deepcopy(ours), kernel=args.kernel)
+    # --unfused: every block as PyTorch operators, so the profile sees each weight product
+    # separately (fused, a block's products and arithmetic are one scratchllm_int8::decode_block)
+    int8 = quantize_int8(copy.deepcopy(ours), kernel=args.kernel, fuse_blocks=not args.unfused)
     prepare_fp32_decoding(ours)  # what `scratchllm generate` runs without --int8
     fp32 = ours
     prompt = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(1))

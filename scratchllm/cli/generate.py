@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     )
     tok = loaded.tokenizer
     model = loaded.model
-    kernel = decoder = None
+    kernel = decoder = fused = None
     if device == "cpu":
         from scratchllm.model import quantize as q8
 
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             model = q8.quantize_int8(model, kernel=args.int8_kernel)
             kernel = q8.kernel_in_use(model)
+            fused = q8.fused_blocks(model)
         else:
             decoder = q8.prepare_fp32_decoding(model)
 
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             "model": loaded.source,
             "int8": bool(args.int8),
             "int8_kernel": kernel,
+            "int8_fused_blocks": fused,
             "fp32_decoder": decoder,
             "omp_wait_policy": wait_policy(),
         }

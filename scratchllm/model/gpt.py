@@ -57,6 +57,10 @@ class TransformerBlock(nn.Module):
     encoder-decoder's encoder block.
     """
 
+    #: One-token decoding step in one call, set by ``scratchllm.model.quantize.use_fused_decoding``
+    #: (``decode_step(x, kv_cache) -> x``); None: always the module path below.
+    decode_step = None
+
     def __init__(self, config: BlockConfig, layer_idx: int = 0, *, causal: bool = True) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
@@ -83,6 +87,19 @@ class TransformerBlock(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
+        if (
+            self.decode_step is not None
+            and kv_cache is not None
+            and attn_mask is None
+            and rope is None
+            and x.shape[0] == 1
+            and x.shape[1] == 1
+            and not kv_cache.per_row
+            and not torch.is_grad_enabled()
+            and not self.attn.keep_weights
+            and x.is_contiguous()
+        ):
+            return self.decode_step(x, kv_cache)  # one new token of one sequence: the fused block
         p = self.dropout if self.training else 0.0
 
         # (no dropout call at all when p == 0: decoding runs this ~24 times per token)

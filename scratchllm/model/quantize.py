@@ -61,6 +61,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -509,11 +510,13 @@ def _cached_choice(
     return choice
 
 
-def quantize_int8(model: nn.Module, kernel: str | None = "auto") -> nn.Module:
+def quantize_int8(model: nn.Module, kernel: str | None = "auto", *, fuse_blocks: bool = True) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by :class:`Int8Linear`; return the model.
 
     ``kernel``: one of :data:`KERNELS`, or ``"auto"``/None to pick by measurement (see
     :func:`choose_kernel`). The choice is in each layer's ``kernel`` and in :func:`kernel_in_use`.
+    ``fuse_blocks``: with a C++ kernel, also decode one token through each transformer block in
+    one C++ call where the block allows it (:func:`use_fused_decoding`).
 
     The output head is quantized too: it is the largest matrix of a small GPT. The token embedding
     stays in float (it is a table lookup, one row per token, so its size costs no bandwidth).
@@ -532,7 +535,112 @@ def quantize_int8(model: nn.Module, kernel: str | None = "auto") -> nn.Module:
         kernel = choose_kernel([(c.out_features, c.in_features) for _, _, c in targets], device).kernel
     for module, name, child in targets:
         setattr(module, name, Int8Linear(child, kernel))
+    if fuse_blocks and kernel in CPP_KERNELS:
+        use_fused_decoding(model)
     return model
+
+
+# ----------------------------------------------------------------------------- fused blocks
+@functools.cache
+def _cpp_decode_block():
+    return torch.ops.scratchllm_int8.decode_block.default
+
+
+#: activation name (``GPTConfig.activation``) -> the C++ block's code for it
+_FUSED_ACTIVATIONS = {"gelu": 0, "gelu_erf": 1, "relu": 2, "relu2": 3, "swiglu": 4}
+
+
+def fused_decoding_obstacle(block: nn.Module) -> str | None:
+    """Why ``block`` (a :class:`~scratchllm.model.gpt.TransformerBlock`) cannot decode through the
+    fused C++ block, or None when it can: pre-norm, LayerNorm/RMSNorm, a dense FFN with one of
+    :data:`_FUSED_ACTIVATIONS`, no QK-norm, and all four products on one of the C++ int8 kernels
+    with no padding of the inputs. (RoPE, ALiBi, padding and batches are checked per call.)"""
+    from scratchllm.model.layers import FeedForward, LayerNorm, RMSNorm
+
+    if not getattr(block, "pre_norm", False):
+        return "not a pre-norm block"
+    norms = (block.norm1, block.norm2)
+    if not all(type(n) in (LayerNorm, RMSNorm) for n in norms) or type(norms[0]) is not type(norms[1]):
+        return "its norms are not both LayerNorm or both RMSNorm"
+    if norms[0].eps != norms[1].eps:
+        return "its two norms have different eps"
+    ffn = getattr(block, "ffn", None)
+    if type(ffn) is not FeedForward or ffn.activation not in _FUSED_ACTIVATIONS:
+        return "its feed-forward layer is not a dense FFN with GELU, ReLU, ReLU² or SwiGLU"
+    attn = block.attn
+    if attn.q_norm is not None or not attn.causal:
+        return "its attention uses QK-norm or is not causal"
+    linears = (attn.qkv, attn.proj, ffn.fc, ffn.proj)
+    if not all(isinstance(m, Int8Linear) and m.kernel in CPP_KERNELS for m in linears):
+        return "its products are not all on a C++ int8 kernel"
+    if len({m.kernel for m in linears}) != 1 or any(m.k16 != m.in_features for m in linears):
+        return "its products use different kernels or inputs that need padding"
+    return None
+
+
+class FusedDecodeBlock:
+    """One token through one transformer block in one C++ call (``decode_block`` in
+    ``int8_kernel.cpp``): the block's tensors gathered once, the KV-cache slot written in place.
+
+    Decoding a token of GPT-2 small ran ~35 small PyTorch operators per block around the four
+    weight products — each a trip through Python and the dispatcher, ~5-7 ms per token in all,
+    as much as the products took once they were fast. The fused block does that arithmetic in
+    C++ (norms, the cache write, attention of one query over the cache, activation, residuals).
+    The module path stays for everything else; the results agree up to the order of the sums.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        attn, ffn = block.attn, block.ffn
+        self.layer = attn.layer_idx
+        self.n_head = attn.n_head
+        norm1, norm2 = block.norm1, block.norm2
+        q8 = attn.qkv.kernel == "cpp-q8"
+        rms = not hasattr(norm1, "bias")
+
+        def product(m: Int8Linear) -> tuple[Tensor, Tensor, Tensor | None]:
+            return m.packed, m.scales, m.bias
+
+        self.before = (
+            norm1.weight.detach(),
+            None if rms or norm1.bias is None else norm1.bias.detach(),
+            *product(attn.qkv),
+            *product(attn.proj),
+            norm2.weight.detach(),
+            None if rms or norm2.bias is None else norm2.bias.detach(),
+            *product(ffn.fc),
+            *product(ffn.proj),
+        )
+        self.after = (self.n_head, float(norm1.eps), rms, _FUSED_ACTIVATIONS[ffn.activation], q8)
+
+    def __call__(self, x: Tensor, kv_cache: Any) -> Tensor:
+        k, v = kv_cache.k[self.layer, 0], kv_cache.v[self.layer, 0]
+        return _cpp_decode_block()(x, *self.before, k, v, kv_cache.length, *self.after)
+
+
+def use_fused_decoding(model: nn.Module) -> int:
+    """Give every transformer block of ``model`` that can take it (:func:`fused_decoding_obstacle`)
+    a :class:`FusedDecodeBlock` for one-token decoding steps (in place); returns how many got one.
+
+    The block uses it only for one row, one new token, a whole-batch (not per-row) KV cache, no
+    mask, no RoPE, gradients off; every other call takes the module path as before. For a model
+    that only generates: the fused block holds the weights it was built from, so quantize, move
+    and convert the model first.
+    """
+    if cpp_kernel_error() is not None:
+        return 0
+    from scratchllm.model.gpt import TransformerBlock
+
+    n = 0
+    for block in model.modules():
+        if isinstance(block, TransformerBlock) and fused_decoding_obstacle(block) is None:
+            block.decode_step = FusedDecodeBlock(block)
+            n += 1
+    return n
+
+
+def fused_blocks(model: nn.Module) -> int:
+    """How many blocks of ``model`` decode through the fused C++ block (:func:`use_fused_decoding`)."""
+    return sum(isinstance(getattr(m, "decode_step", None), FusedDecodeBlock) for m in model.modules())
 
 
 def kernel_in_use(model: nn.Module) -> str | None:

@@ -94,6 +94,8 @@ def test_generate_stop_string_and_int8(run_dir, capsys):
     assert main(base + ["--max-new-tokens", "5", "--int8"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["int8"] is True and res["int8_kernel"] in ("cpp", "cpp-q8", "int8pack", "fp32")
+    # with a C++ kernel both blocks of this small GPT decode a token in one C++ call each
+    assert res["int8_fused_blocks"] == (2 if res["int8_kernel"] in ("cpp", "cpp-q8") else 0)
     # the fp32-math kernels compute the rounded weights' product: forcing one gives the same text
     assert main(base + ["--max-new-tokens", "5", "--int8", "--int8-kernel", "fp32"]) == 0
     forced = json.loads(capsys.readouterr().out)

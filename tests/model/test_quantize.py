@@ -327,3 +327,98 @@ def test_choose_fp32_decoder_measures_caches_and_obeys_the_environment(tmp_path,
     monkeypatch.setenv("SCRATCHLLM_FP32_DECODER", "mkl")
     with pytest.raises(ScratchLLMError, match="SCRATCHLLM_FP32_DECODER"):
         q8.choose_fp32_decoder(shapes)
+
+
+# ----------------------------------------------------------------------------- fused decode blocks
+FUSED_VARIANTS = [
+    {},  # GPT-2: LayerNorm with bias, GELU-tanh, learned positions
+    {"norm": "rmsnorm", "activation": "swiglu", "pos_emb": "none", "bias": False},
+    {"activation": "gelu_erf", "n_kv_head": 2},  # grouped-query attention
+    {"activation": "relu2"},
+    {"activation": "relu", "bias": False},
+]
+
+
+def _variant_id(variant: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in variant.items()) or "gpt2"
+
+
+def _decoding_logits(model, cfg, steps: int = 24, rows: int = 1) -> torch.Tensor:
+    """Logits of ``steps`` one-token decoding steps (KV cache) after a 5-token prompt, fed the same
+    random tokens whatever the model predicts, so that two models are compared step by step."""
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, cfg.vocab_size, (rows, 5 + steps), generator=gen)
+    cache = model.make_kv_cache(rows)
+    with torch.inference_mode():
+        model(idx[:, :5], kv_cache=cache)
+        return torch.cat([model(idx[:, t : t + 1], kv_cache=cache) for t in range(5, 5 + steps)], dim=1)
+
+
+def _counting_fused_steps(model) -> list[int]:
+    calls = [0]
+    for block in model.blocks:
+        if block.decode_step is not None:
+            inner = block.decode_step
+
+            def counted(x, cache, inner=inner):
+                calls[0] += 1
+                return inner(x, cache)
+
+            block.decode_step = counted
+    return calls
+
+
+@pytest.mark.skipif(q8.cpp_kernel_error() is not None, reason="the C++ kernels cannot be built here")
+@pytest.mark.parametrize("kernel", q8.CPP_KERNELS)
+@pytest.mark.parametrize(
+    "variant", FUSED_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "gpt2"
+)
+def test_fused_decode_block_computes_the_module_path(kernel, variant):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, context_length=48, n_layer=2, n_head=4, n_embd=64, dropout=0.0, **variant)
+    base = GPTModel(cfg).eval()
+    fused = quantize_int8(copy.deepcopy(base), kernel=kernel)
+    plain = quantize_int8(copy.deepcopy(base), kernel=kernel, fuse_blocks=False)
+    assert all(b.decode_step is not None for b in fused.blocks)
+    assert all(b.decode_step is None for b in plain.blocks)
+    calls = _counting_fused_steps(fused)
+    a, b = _decoding_logits(fused, cfg), _decoding_logits(plain, cfg)
+    assert calls[0] == 24 * cfg.n_layer  # every decoding step of every block went through C++
+    if kernel == "cpp":  # the same numbers up to the order of the sums
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    else:  # cpp-q8 rounds each product's inputs to int8: a last-bit difference can move one a step
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2 * float(b.abs().max()))
+
+
+@pytest.mark.skipif(q8.cpp_kernel_error() is not None, reason="the C++ kernels cannot be built here")
+def test_what_the_fused_block_leaves_to_the_module_path():
+    torch.manual_seed(0)
+    small = {"vocab_size": 97, "context_length": 48, "n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.0}
+    # blocks it cannot take, and why
+    for variant, why in [
+        ({"qk_norm": True}, "QK-norm"),
+        ({"norm_position": "post"}, "pre-norm"),
+        ({"n_experts": 4}, "dense FFN"),
+        ({"n_embd": 40, "n_head": 4}, "padding"),
+    ]:
+        model = quantize_int8(GPTModel(GPTConfig(**{**small, **variant})).eval(), kernel="cpp")
+        assert all(b.decode_step is None for b in model.blocks), variant
+        assert why in q8.fused_decoding_obstacle(model.blocks[0])
+    model = quantize_int8(GPTModel(GPTConfig(**small)).eval(), kernel="fp32")
+    assert "C++ int8 kernel" in q8.fused_decoding_obstacle(model.blocks[0])
+    # calls it leaves alone: RoPE, several rows, gradients on — exactly the module path's numbers
+    for variant, rows in [({"pos_emb": "rope"}, 1), ({}, 3)]:
+        cfg = GPTConfig(**{**small, **variant})
+        base = GPTModel(cfg).eval()
+        fused = quantize_int8(copy.deepcopy(base), kernel="cpp")
+        calls = _counting_fused_steps(fused)
+        plain = quantize_int8(copy.deepcopy(base), kernel="cpp", fuse_blocks=False)
+        assert torch.equal(_decoding_logits(fused, cfg, 6, rows), _decoding_logits(plain, cfg, 6, rows))
+        assert calls[0] == 0, variant
+    cfg = GPTConfig(**small)
+    fused = quantize_int8(GPTModel(cfg).eval(), kernel="cpp")
+    calls = _counting_fused_steps(fused)
+    cache = fused.make_kv_cache(1)
+    fused(torch.tensor([[1, 2]]), kv_cache=cache)
+    fused(torch.tensor([[3]]), kv_cache=cache)  # gradients on (no inference mode): module path
+    assert calls[0] == 0
