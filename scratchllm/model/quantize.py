@@ -613,8 +613,10 @@ class FusedDecodeBlock:
         self.after = (self.n_head, float(norm1.eps), rms, _FUSED_ACTIVATIONS[ffn.activation], q8)
 
     def __call__(self, x: Tensor, kv_cache: Any) -> Tensor:
-        k, v = kv_cache.k[self.layer, 0], kv_cache.v[self.layer, 0]
-        return _cpp_decode_block()(x, *self.before, k, v, kv_cache.length, *self.after)
+        # the whole cache and this block's layer: the kernel finds the slice (batch of one)
+        return _cpp_decode_block()(
+            x, *self.before, kv_cache.k, kv_cache.v, self.layer, kv_cache.length, *self.after
+        )
 
 
 def use_fused_decoding(model: nn.Module) -> int:
