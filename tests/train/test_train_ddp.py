@@ -41,7 +41,7 @@ def run_worker(worker: Path, out: Path, timeout: float) -> Path:
     """Run a 2-process worker script (``worker OUT PORT``, one thread each); return ``out``.
 
     A worker killed by a native abort (``terminated with signal SIGABRT``, "terminate called
-    without an active exception" from one gloo process: seen in two full-suite runs, never in ~100
+    without an active exception" from one gloo process: seen in two full-suite runs, never in ~70
     standalone runs of the same script) runs once more on what ``out`` held before it started; the
     first attempt's stderr is reported as a warning so it stays visible. Any other failure, and a
     second abort, fail the test.
