@@ -234,18 +234,16 @@ def run(quick: bool = True) -> list[Row]:
             )
 
     fns: dict[str, Any] = {"ours": ours_fp32, "int8": ours_q8, "hf": peer_hf}
+
+    def decode_into(key: str, model: Any) -> Any:  # a timed function that keeps its tokens
+        return lambda: outputs.__setitem__(key, generate(model, prompt, new_tokens, temperature=0.0))
+
     for name, model in forced.items():
-        fns[f"int8_{name}"] = lambda m=model, n=name: outputs.__setitem__(
-            f"int8_{n}", generate(m, prompt, new_tokens, temperature=0.0)
-        )
+        fns[f"int8_{name}"] = decode_into(f"int8_{name}", model)
     if unfused is not None:
-        fns["int8_unfused"] = lambda: outputs.__setitem__(
-            "int8_unfused", generate(unfused, prompt, new_tokens, temperature=0.0)
-        )
+        fns["int8_unfused"] = decode_into("int8_unfused", unfused)
     for name, model in other_decoders.items():
-        fns[f"fp32_{name}"] = lambda m=model, n=name: outputs.__setitem__(
-            f"fp32_{n}", generate(m, prompt, new_tokens, temperature=0.0)
-        )
+        fns[f"fp32_{name}"] = decode_into(f"fp32_{name}", model)
     if peer is not None:
         for gguf in ("f32", "q8_0"):
 

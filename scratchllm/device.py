@@ -231,24 +231,30 @@ def choose_wait_policy(spin_if_quiet: bool = True, window_s: float = 0.1) -> str
     ("spin": the machine was quiet); if more, or if it cannot tell, or if several processes of one
     ``torchrun`` launch share this machine (``LOCAL_WORLD_SIZE`` > 1), or if a container's CPU
     quota is below the cores it sees (:func:`cpu_quota_cores`: one spinning thread per visible
-    core would burn the quota), it sets ``PASSIVE``. The
-    decision is made once, at start: a machine that gets busy later still has spinning threads —
-    set ``OMP_WAIT_POLICY=PASSIVE`` for a machine you share. Once torch is imported its OpenMP
-    runtime has read the setting already, so this changes nothing then ("loaded").
+    core would burn the quota), it sets ``PASSIVE``. The decision is made once, at start: a
+    machine that gets busy later still has spinning threads — set ``OMP_WAIT_POLICY=PASSIVE`` for
+    a machine you share. Once torch is imported its OpenMP runtime has read the setting already,
+    so this changes nothing then ("loaded").
     """
     if os.environ.get("OMP_WAIT_POLICY"):
         return "yours"
     if "torch" in sys.modules:
         return "loaded"
-    quota = cpu_quota_cores()
-    shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1 or (
-        quota is not None and quota < available_cores()  # throttled below the cores we see
-    )
-    busy = None if shared or not spin_if_quiet else busy_cores(window_s)
-    if busy is not None and busy < QUIET_BELOW_CORES:
-        return "spin"
+    if spin_if_quiet and not _cores_shared_by_design():
+        busy = busy_cores(window_s)
+        if busy is not None and busy < QUIET_BELOW_CORES:
+            return "spin"
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "passive"
+
+
+def _cores_shared_by_design() -> bool:
+    """Several processes of one torchrun launch on this machine, or a container's CPU quota below
+    the cores it sees: spinning threads would compete with each other, whatever the load now."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
+        return True
+    quota = cpu_quota_cores()
+    return quota is not None and quota < available_cores()
 
 
 def wait_policy() -> str:

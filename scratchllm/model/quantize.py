@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.model.layers import FeedForward, LayerNorm, RMSNorm
 
 #: Every kernel name, in the order "auto" prefers them on a tie.
 KERNELS = ("cpp", "cpp-q8", "int8pack", "fp32")
@@ -555,8 +556,6 @@ def fused_decoding_obstacle(block: nn.Module) -> str | None:
     fused C++ block, or None when it can: pre-norm, LayerNorm/RMSNorm, a dense FFN with one of
     :data:`_FUSED_ACTIVATIONS`, no QK-norm, and all four products on one of the C++ int8 kernels
     with no padding of the inputs. (RoPE, ALiBi, padding and batches are checked per call.)"""
-    from scratchllm.model.layers import FeedForward, LayerNorm, RMSNorm
-
     if not getattr(block, "pre_norm", False):
         return "not a pre-norm block"
     norms = (block.norm1, block.norm2)
@@ -578,6 +577,10 @@ def fused_decoding_obstacle(block: nn.Module) -> str | None:
     return None
 
 
+def _detached(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
 class FusedDecodeBlock:
     """One token through one transformer block in one C++ call (``decode_block`` in
     ``int8_kernel.cpp``): the block's tensors gathered once, the KV-cache slot written in place.
@@ -595,18 +598,18 @@ class FusedDecodeBlock:
         self.n_head = attn.n_head
         norm1, norm2 = block.norm1, block.norm2
         q8 = attn.qkv.kernel == "cpp-q8"
-        rms = not hasattr(norm1, "bias")
+        rms = isinstance(norm1, RMSNorm)  # (no bias; LayerNorm's is optional)
 
         def product(m: Int8Linear) -> tuple[Tensor, Tensor, Tensor | None]:
             return m.packed, m.scales, m.bias
 
         self.before = (
             norm1.weight.detach(),
-            None if rms or norm1.bias is None else norm1.bias.detach(),
+            _detached(getattr(norm1, "bias", None)),
             *product(attn.qkv),
             *product(attn.proj),
             norm2.weight.detach(),
-            None if rms or norm2.bias is None else norm2.bias.detach(),
+            _detached(getattr(norm2, "bias", None)),
             *product(ffn.fc),
             *product(ffn.proj),
         )
